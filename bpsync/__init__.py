@@ -1,0 +1,3 @@
+"""bpsync: keep BigPanda mapping enrichment tables in git, the way Terraform keeps infrastructure."""
+
+__version__ = "0.1.0"

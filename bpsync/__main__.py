@@ -1,0 +1,3 @@
+from bpsync.cli import main
+
+main()

@@ -1,0 +1,84 @@
+"""Where output goes and whether it is coloured.
+
+Renderings asked for with --format go alone to stdout; notes, warnings and progress go to
+stderr (SPEC §2). Colour only on a TTY, never with NO_COLOR or --no-color.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from bpsync.errors import Problem
+
+_CODES = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "bold": "1", "dim": "2"}
+
+
+def wants_color(stream: TextIO, env: Mapping[str, str], no_color_flag: bool) -> bool:
+    if no_color_flag or "NO_COLOR" in env:
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+@dataclass
+class Console:
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    color_out: bool = False
+    color_err: bool = False
+
+    def paint(self, text: str, style: str, *, stream: str = "out") -> str:
+        on = self.color_out if stream == "out" else self.color_err
+        if not on or not style:
+            return text
+        codes = ";".join(_CODES[s] for s in style.split())
+        return f"\033[{codes}m{text}\033[0m"
+
+    def print(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+
+    def note(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    def warn(self, text: str) -> None:
+        self.note(self.paint("Warning:", "yellow bold", stream="err") + " " + text)
+
+    def error(self, text: str) -> None:
+        self.note(self.paint("Error:", "red bold", stream="err") + " " + text)
+
+    def problems(self, problems: Iterable[Problem], fmt: str = "text") -> None:
+        for p in sorted(problems, key=_problem_order):
+            if fmt == "github":
+                self.out.write(github_annotation(p) + "\n")
+            elif p.severity == "warning":
+                self.warn(str(p))
+            else:
+                self.error(str(p))
+
+
+def _problem_order(p: Problem) -> tuple[str, int, int]:
+    return (p.path, p.line or 0, p.col or 0)
+
+
+def github_annotation(p: Problem) -> str:
+    """A GitHub Actions workflow command that annotates the file and line."""
+    level = "warning" if p.severity == "warning" else "error"
+    props = [f"file={_escape_prop(p.path)}"]
+    if p.line is not None:
+        props.append(f"line={p.line}")
+    if p.col is not None:
+        props.append(f"col={p.col}")
+    message = p.message + (f" — {p.hint}" if p.hint else "")
+    return f"::{level} {','.join(props)}::{_escape_data(message)}"
+
+
+def _escape_data(s: str) -> str:
+    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_prop(s: str) -> str:
+    return _escape_data(s).replace(":", "%3A").replace(",", "%2C")

@@ -1,0 +1,297 @@
+"""Table manifests (`tables/<name>.yaml`, SPEC §1): loading, discovery and rule checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bpsync.bigpanda import facts
+from bpsync.config import Config
+from bpsync.errors import Problem, display_path
+from bpsync.table import TableLayout
+from bpsync.yamlfile import LoadedYaml, check_schema, load_yaml
+
+DEFAULT_MAX_DELETE_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Field:
+    title: str
+    type: str
+    tag_name: str | None = None
+    override_existing: bool | None = None
+
+    @property
+    def is_key(self) -> bool:
+        return self.type == facts.QUERY_TAG
+
+    @property
+    def target_tag(self) -> str:
+        return self.tag_name or self.title
+
+    def wire(self) -> dict[str, Any]:
+        """The field as BigPanda's schema object writes it (keys left out when unset)."""
+        out: dict[str, Any] = {"title": self.title, "type": self.type}
+        if self.tag_name is not None:
+            out["tag_name"] = self.tag_name
+        if self.override_existing is not None:
+            out["override_existing"] = self.override_existing
+        return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    path: Path
+    display: str  # path relative to the project root, for messages
+    map_name: str
+    description: str | None
+    active: bool
+    when: str | None
+    csv_path: Path
+    csv_display: str
+    enrichment_id: str | None
+    max_delete_fraction: float
+    fields: tuple[Field, ...]
+
+    @property
+    def layout(self) -> TableLayout:
+        titles = tuple(f.title for f in self.fields)
+        keys = tuple(i for i, f in enumerate(self.fields) if f.is_key)
+        return TableLayout(titles, keys)
+
+    @property
+    def key_titles(self) -> tuple[str, ...]:
+        return tuple(f.title for f in self.fields if f.is_key)
+
+    def schema(self) -> dict[str, Any]:
+        """What bpsync applies of this manifest; state keeps it, plans diff it."""
+        return {
+            "map_name": self.map_name,
+            "description": self.description,
+            "active": self.active,
+            "when": self.when,
+            "fields": [f.wire() for f in self.fields],
+        }
+
+
+def discover(config: Config) -> list[Path]:
+    """Manifest files matching the configured globs, sorted, each once."""
+    found: set[Path] = set()
+    state_dir = config.state_dir.resolve()
+    for pattern in config.manifests:
+        for p in config.root.glob(pattern):
+            if p.is_file() and state_dir not in p.resolve().parents:
+                found.add(p)
+    return sorted(found)
+
+
+def load_manifests(config: Config) -> tuple[list[Manifest], list[Problem]]:
+    """Every manifest of the project and every problem found in them (not the CSVs)."""
+    manifests: list[Manifest] = []
+    problems: list[Problem] = []
+    for path in discover(config):
+        manifest, found = load_manifest(path, config.root)
+        problems += found
+        if manifest is not None:
+            manifests.append(manifest)
+    problems += _check_names(manifests)
+    problems += _check_result_tag_budget(manifests)
+    return manifests, problems
+
+
+def load_manifest(path: Path, root: Path) -> tuple[Manifest | None, list[Problem]]:
+    display = display_path(path, root)
+    doc, problems = load_yaml(path, display)
+    if doc is None:
+        return None, problems
+    if not isinstance(doc.data, dict):
+        return None, [
+            Problem(
+                display, 1, 1, "a manifest must be a mapping of keys", "see README, 'Manifests'"
+            )
+        ]
+    problems += check_schema(doc, "manifest", display)
+    if problems:
+        return None, problems
+    manifest = _build(path, display, doc.data, root)
+    problems += _check_fields(manifest, doc)
+    problems += _check_csv_path(manifest, doc, root)
+    return (manifest if not _has_errors(problems) else None), problems
+
+
+def _has_errors(problems: list[Problem]) -> bool:
+    return any(p.severity == "error" for p in problems)
+
+
+def _build(path: Path, display: str, data: dict[str, Any], root: Path) -> Manifest:
+    csv_path = path.parent / data["csv"]
+    return Manifest(
+        name=data.get("name") or path.stem,
+        path=path,
+        display=display,
+        map_name=data["map_name"],
+        description=data.get("description"),
+        active=data.get("active", True),
+        when=data.get("when"),
+        csv_path=csv_path,
+        csv_display=display_path(csv_path, root),
+        enrichment_id=data.get("enrichment_id"),
+        max_delete_fraction=float(data.get("max_delete_fraction", DEFAULT_MAX_DELETE_FRACTION)),
+        fields=tuple(
+            Field(f["title"], f["type"], f.get("tag_name"), f.get("override_existing"))
+            for f in data["fields"]
+        ),
+    )
+
+
+def _at(doc: LoadedYaml, *path: str | int) -> tuple[int | None, int | None]:
+    line, col = doc.marks.get(tuple(path), (None, None))
+    return line, col
+
+
+def _check_fields(m: Manifest, doc: LoadedYaml) -> list[Problem]:
+    out: list[Problem] = []
+    if not any(f.is_key for f in m.fields):
+        out.append(
+            Problem(
+                m.display,
+                *_at(doc, "fields"),
+                "no field is a query_tag",
+                "mark the column(s) that identify a row as `type: query_tag`",
+            )
+        )
+    if all(f.is_key for f in m.fields):
+        out.append(
+            Problem(
+                m.display,
+                *_at(doc, "fields"),
+                "no field is a result_tag",
+                "add at least one `type: result_tag` field",
+            )
+        )
+    titles: dict[str, int] = {}
+    targets: dict[str, int] = {}
+    for i, f in enumerate(m.fields):
+        line, col = _at(doc, "fields", i)
+        if f.title in titles:
+            out.append(
+                Problem(
+                    m.display,
+                    line,
+                    col,
+                    f"title {f.title!r} is used twice (first in field {titles[f.title] + 1})",
+                    "rename one of them",
+                )
+            )
+        titles.setdefault(f.title, i)
+        if f.is_key:
+            continue
+        where = _at(doc, "fields", i, "tag_name") if f.tag_name else _at(doc, "fields", i, "title")
+        if f.target_tag in targets:
+            out.append(
+                Problem(
+                    m.display,
+                    *where,
+                    f"result tag {f.target_tag!r} is targeted twice in this manifest "
+                    f"(also by field {targets[f.target_tag] + 1})",
+                    "give one of them another tag_name",
+                )
+            )
+        targets.setdefault(f.target_tag, i)
+        out += _check_tag_name(m.display, f, where)
+    return out
+
+
+def _check_tag_name(display: str, f: Field, where: tuple[int | None, int | None]) -> list[Problem]:
+    reason = facts.tag_name_problem(f.target_tag)
+    if reason is not None:
+        hint = (
+            f"set `tag_name:` to a valid name (e.g. {_suggest_tag(f.target_tag)!r})"
+            if f.tag_name is None
+            else "rename it"
+        )
+        return [Problem(display, *where, reason, hint)]
+    if f.target_tag in facts.DISCOURAGED_TAG_NAMES:
+        return [
+            Problem(
+                display,
+                *where,
+                f"tag name {f.target_tag!r} is used by BigPanda itself and may have "
+                "limited functionality",
+                f"prefer another name, e.g. 'short_{f.target_tag}'",
+                "warning",
+            )
+        ]
+    return []
+
+
+def _suggest_tag(title: str) -> str:
+    import re
+
+    name = re.sub(r"[^a-z0-9_-]+", "_", title.lower()).strip("_") or "tag"
+    if not name[0].isalpha():
+        name = "t_" + name
+    return name[: facts.TAG_NAME_MAX]
+
+
+def _check_csv_path(m: Manifest, doc: LoadedYaml, root: Path) -> list[Problem]:
+    line, col = _at(doc, "csv")
+    resolved = m.csv_path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        return [
+            Problem(
+                m.display,
+                line,
+                col,
+                f"csv {m.csv_path} resolves outside the repository",
+                "keep tables inside the repository (no absolute paths, `..` or "
+                "symlinks leading out)",
+            )
+        ]
+    if not m.csv_path.is_file():
+        return [
+            Problem(
+                m.display,
+                line,
+                col,
+                f"csv file {m.csv_display} does not exist",
+                "create it, or fix the `csv:` path (relative to the manifest)",
+            )
+        ]
+    return []
+
+
+def _check_names(manifests: list[Manifest]) -> list[Problem]:
+    out = []
+    seen: dict[str, Manifest] = {}
+    for m in manifests:
+        if m.name in seen:
+            out.append(
+                Problem(
+                    m.display,
+                    None,
+                    None,
+                    f"table name {m.name!r} is also used by {seen[m.name].display}",
+                    "give each manifest a unique `name:`",
+                )
+            )
+        seen.setdefault(m.name, m)
+    return out
+
+
+def _check_result_tag_budget(manifests: list[Manifest]) -> list[Problem]:
+    tags = {f.target_tag for m in manifests for f in m.fields if not f.is_key}
+    if len(tags) <= facts.MAX_MAPPING_RESULT_TAGS:
+        return []
+    return [
+        Problem(
+            "(all manifests)",
+            None,
+            None,
+            f"{len(tags)} distinct result tags; BigPanda allows "
+            f"{facts.MAX_MAPPING_RESULT_TAGS} mapping result tags per organisation",
+            "reuse existing tags via tag_name, or drop columns",
+        )
+    ]

@@ -1,0 +1,51 @@
+"""What bpsync remembers between runs: the state model, the backend contract, and the local
+backend (``.bpsync/``). Standard library only, so importing it costs nothing at start-up."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bpsync.state.backend import StateBackend
+from bpsync.state.local import LocalBackend
+from bpsync.state.lock import LockInfo, format_duration, lock_held
+from bpsync.state.model import (
+    FORMAT_VERSION,
+    PendingJob,
+    State,
+    TableState,
+    dumps_state,
+    referenced_snapshots,
+    state_digest,
+    state_from_dict,
+    state_to_dict,
+)
+
+if TYPE_CHECKING:
+    from bpsync.config import Config
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LocalBackend",
+    "LockInfo",
+    "PendingJob",
+    "State",
+    "StateBackend",
+    "TableState",
+    "dumps_state",
+    "format_duration",
+    "lock_held",
+    "open_backend",
+    "referenced_snapshots",
+    "state_digest",
+    "state_from_dict",
+    "state_to_dict",
+]
+
+
+def open_backend(config: Config) -> StateBackend:
+    """The state backend that bpsync.yaml configures."""
+    if config.state.backend == "s3":
+        from bpsync.state.s3 import S3Backend  # optional dependency: boto3
+
+        return S3Backend.from_config(config.state)
+    return LocalBackend(config.state_dir)

@@ -1,0 +1,61 @@
+"""`bpsync validate`: every manifest against its schema, every CSV against SPEC §4."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from bpsync.config import Config
+from bpsync.errors import Problem, UsageError
+from bpsync.manifest import Manifest, load_manifests
+from bpsync.table import ProblemSink, TableInfo, scan_table
+
+
+@dataclass(frozen=True)
+class CheckedTable:
+    manifest: Manifest
+    info: TableInfo
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    manifests: tuple[Manifest, ...]
+    tables: tuple[CheckedTable, ...]
+    problems: tuple[Problem, ...]
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "warning")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def select(manifests: list[Manifest], names: Collection[str]) -> list[Manifest]:
+    """The manifests named by `--table`; an unknown name is a usage error."""
+    if not names:
+        return manifests
+    known = {m.name for m in manifests}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise UsageError(
+            f"unknown table(s): {', '.join(unknown)}",
+            hint=f"known tables: {', '.join(sorted(known)) or '(none)'}",
+        )
+    return [m for m in manifests if m.name in names]
+
+
+def validate_project(config: Config, tables: Collection[str] = ()) -> ValidationReport:
+    manifests, problems = load_manifests(config)
+    checked = []
+    for manifest in select(manifests, tables):
+        sink = ProblemSink(manifest.csv_display)
+        info = scan_table(manifest.csv_path, manifest.layout, sink)
+        problems += sink.finish()
+        checked.append(CheckedTable(manifest, info))
+    return ValidationReport(tuple(manifests), tuple(checked), tuple(problems))
