@@ -113,12 +113,41 @@ def load_manifest(path: Path, root: Path) -> tuple[Manifest | None, list[Problem
             )
         ]
     problems += check_schema(doc, "manifest", display)
-    if problems:
+    # Check what can be checked even when other keys are wrong: all problems in one run.
+    fields = _fields_of(doc.data.get("fields"))
+    if fields is not None:
+        problems += _check_fields(display, fields, doc)
+    csv = doc.data.get("csv")
+    if isinstance(csv, str) and csv:
+        problems += _check_csv_path(path.parent / csv, display, doc, root)
+    if _has_errors(problems) or fields is None:
         return None, problems
-    manifest = _build(path, display, doc.data, root)
-    problems += _check_fields(manifest, doc)
-    problems += _check_csv_path(manifest, doc, root)
-    return (manifest if not _has_errors(problems) else None), problems
+    return _build(path, display, doc.data, root), problems
+
+
+def _fields_of(raw: Any) -> tuple[Field, ...] | None:
+    """The fields, when their structure is sound enough to check their meaning."""
+    if not isinstance(raw, list):
+        return None
+    out = []
+    for f in raw:
+        if not (
+            isinstance(f, dict)
+            and isinstance(f.get("title"), str)
+            and f.get("type") in (facts.QUERY_TAG, facts.RESULT_TAG)
+        ):
+            return None
+        tag = f.get("tag_name")
+        override = f.get("override_existing")
+        out.append(
+            Field(
+                f["title"],
+                f["type"],
+                tag if isinstance(tag, str) else None,
+                override if isinstance(override, bool) else None,
+            )
+        )
+    return tuple(out)
 
 
 def _has_errors(problems: list[Problem]) -> bool:
@@ -139,10 +168,7 @@ def _build(path: Path, display: str, data: dict[str, Any], root: Path) -> Manife
         csv_display=display_path(csv_path, root),
         enrichment_id=data.get("enrichment_id"),
         max_delete_fraction=float(data.get("max_delete_fraction", DEFAULT_MAX_DELETE_FRACTION)),
-        fields=tuple(
-            Field(f["title"], f["type"], f.get("tag_name"), f.get("override_existing"))
-            for f in data["fields"]
-        ),
+        fields=_fields_of(data["fields"]) or (),
     )
 
 
@@ -151,21 +177,21 @@ def _at(doc: LoadedYaml, *path: str | int) -> tuple[int | None, int | None]:
     return line, col
 
 
-def _check_fields(m: Manifest, doc: LoadedYaml) -> list[Problem]:
+def _check_fields(display: str, fields: tuple[Field, ...], doc: LoadedYaml) -> list[Problem]:
     out: list[Problem] = []
-    if not any(f.is_key for f in m.fields):
+    if not any(f.is_key for f in fields):
         out.append(
             Problem(
-                m.display,
+                display,
                 *_at(doc, "fields"),
                 "no field is a query_tag",
                 "mark the column(s) that identify a row as `type: query_tag`",
             )
         )
-    if all(f.is_key for f in m.fields):
+    if all(f.is_key for f in fields):
         out.append(
             Problem(
-                m.display,
+                display,
                 *_at(doc, "fields"),
                 "no field is a result_tag",
                 "add at least one `type: result_tag` field",
@@ -173,12 +199,12 @@ def _check_fields(m: Manifest, doc: LoadedYaml) -> list[Problem]:
         )
     titles: dict[str, int] = {}
     targets: dict[str, int] = {}
-    for i, f in enumerate(m.fields):
+    for i, f in enumerate(fields):
         line, col = _at(doc, "fields", i)
         if f.title in titles:
             out.append(
                 Problem(
-                    m.display,
+                    display,
                     line,
                     col,
                     f"title {f.title!r} is used twice (first in field {titles[f.title] + 1})",
@@ -192,7 +218,7 @@ def _check_fields(m: Manifest, doc: LoadedYaml) -> list[Problem]:
         if f.target_tag in targets:
             out.append(
                 Problem(
-                    m.display,
+                    display,
                     *where,
                     f"result tag {f.target_tag!r} is targeted twice in this manifest "
                     f"(also by field {targets[f.target_tag] + 1})",
@@ -200,7 +226,7 @@ def _check_fields(m: Manifest, doc: LoadedYaml) -> list[Problem]:
                 )
             )
         targets.setdefault(f.target_tag, i)
-        out += _check_tag_name(m.display, f, where)
+        out += _check_tag_name(display, f, where)
     return out
 
 
@@ -236,27 +262,26 @@ def _suggest_tag(title: str) -> str:
     return name[: facts.TAG_NAME_MAX]
 
 
-def _check_csv_path(m: Manifest, doc: LoadedYaml, root: Path) -> list[Problem]:
+def _check_csv_path(csv_path: Path, display: str, doc: LoadedYaml, root: Path) -> list[Problem]:
     line, col = _at(doc, "csv")
-    resolved = m.csv_path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
+    if not csv_path.resolve().is_relative_to(root.resolve()):
         return [
             Problem(
-                m.display,
+                display,
                 line,
                 col,
-                f"csv {m.csv_path} resolves outside the repository",
-                "keep tables inside the repository (no absolute paths, `..` or "
-                "symlinks leading out)",
+                f"csv {doc.data.get('csv')} resolves outside the repository",
+                "keep tables inside the repository (no absolute paths, "
+                "`..` or symlinks leading out)",
             )
         ]
-    if not m.csv_path.is_file():
+    if not csv_path.is_file():
         return [
             Problem(
-                m.display,
+                display,
                 line,
                 col,
-                f"csv file {m.csv_display} does not exist",
+                f"csv file {display_path(csv_path, root)} does not exist",
                 "create it, or fix the `csv:` path (relative to the manifest)",
             )
         ]

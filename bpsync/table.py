@@ -187,6 +187,7 @@ class TableScan:
         self.header_done = False
         self.header_line = layout.header_line
         self.track_keys = True
+        self.emit_despite_errors = False  # the duplicate pass reads rows of invalid files too
 
     # -- driving ---------------------------------------------------------------------------
     def run(self) -> TableInfo:
@@ -297,14 +298,32 @@ class TableScan:
             # Plain lines are canonical already: no quoting is needed where there is none.
             self.sha.update(raw or ("\n".join(lines) + "\n").encode("utf-8"))
         else:
-            canon = self._slow(lines, first)
+            numbered = self._slow(lines, first)
+            canon = [line for _, line in numbered]
             if canon != lines:
                 self.canonical = False
-            lines = canon
-            if lines:
-                self.sha.update(("\n".join(lines) + "\n").encode("utf-8"))
-        if self.on_rows is not None and lines and self.sink.errors == 0:
+            if canon:
+                self.sha.update(("\n".join(canon) + "\n").encode("utf-8"))
+            self._emit_runs(numbered)
+            return
+        if self.on_rows is not None and (self.sink.errors == 0 or self.emit_despite_errors):
             self.on_rows(first, lines)
+
+    def _emit_runs(self, numbered: list[tuple[int, str]]) -> None:
+        """Pass valid rows on in runs of consecutive lines (invalid rows leave gaps)."""
+        if self.on_rows is None or not (self.sink.errors == 0 or self.emit_despite_errors):
+            return
+        run: list[str] = []
+        start = 0
+        for lineno, line in numbered:
+            if run and lineno != start + len(run):
+                self.on_rows(start, run)
+                run = []
+            if not run:
+                start = lineno
+            run.append(line)
+        if run:
+            self.on_rows(start, run)
 
     def _header(self, line: str, lineno: int) -> None:
         self.header_done = True
@@ -404,9 +423,10 @@ class TableScan:
                         col=col,
                     )
 
-    def _slow(self, lines: list[str], first: int) -> list[str]:
-        """Row-by-row checks with csv.reader; returns the canonical lines of the block."""
-        out: list[str] = []
+    def _slow(self, lines: list[str], first: int) -> list[tuple[int, str]]:
+        """Row-by-row checks with csv.reader; returns (line number, canonical line) of each
+        valid row of the block."""
+        out: list[tuple[int, str]] = []
         reader = csv.reader(lines, strict=True)
         consumed = 0
         rows: list[list[str]] = []
@@ -434,7 +454,7 @@ class TableScan:
                 continue
             rows.append(row)
             row_lines.append(start)
-            out.append(format_row(row))
+            out.append((start, format_row(row)))
         if rows:
             self._keys(map(self.keyget, rows), row_lines[0])
         self.rows += len(rows)
@@ -522,6 +542,7 @@ class TableScan:
 
         rescan = TableScan(self.path, self.layout, ProblemSink(self.path), collect)
         rescan.track_keys = False
+        rescan.emit_despite_errors = True
         rescan.run()
 
 

@@ -1,0 +1,468 @@
+"""Carries out a Plan against BigPanda and records what BigPanda confirmed (SPEC §3, §5).
+
+The order of every table's steps is what keeps BigPanda and the state in agreement even
+when the process is killed at any moment:
+
+    create     POST enrichment  -> state: enrichment id (before anything else, so a crash
+                                   never leads to a second enrichment for the table)
+    snapshot   canonical table stored under its SHA-256 (before upload, so a resumed job
+                                   can be completed even if the CSV changed meanwhile)
+    upload     POST …/map (202) -> state: pending job id + digest sent
+    wait       poll the job     -> done: state gets digest, rows, version, applied-at;
+                                   pending cleared. failed: pending cleared, old snapshot kept.
+    replace    only after done  -> the old enrichment is deactivated
+
+A later run finds any pending job in state and re-attaches to it instead of uploading again.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from bpsync.errors import ApiError, BpsyncError, JobFailed, NotFoundError, StalePlan
+from bpsync.manifest import Manifest
+from bpsync.plan import (
+    CREATE,
+    DEACTIVATE,
+    NO_OP,
+    REPLACE,
+    UPDATE,
+    UPDATE_IN_PLACE,
+    Plan,
+    TablePlan,
+)
+from bpsync.planner import Remote
+from bpsync.state import PendingJob, State, StateBackend, TableState, referenced_snapshots
+from bpsync.state.lock import format_duration
+from bpsync.table import ProblemSink, TableLayout, sha256_file, write_canonical
+
+Note = Callable[[str], None]
+FaultHook = Callable[[str], None]
+
+
+class Client(Protocol):
+    """The part of bpsync.bigpanda.client.BigPandaClient that apply uses."""
+
+    def get_enrichment(self, enrichment_id: str) -> Any: ...
+    def create_enrichment(self, spec: Any) -> Any: ...
+    def update_enrichment(self, enrichment_id: str, **changes: Any) -> Any: ...
+    def upload_table(self, enrichment_id: str, path: Path) -> Any: ...
+    def wait_for_job(self, job: Any, *, timeout: float, on_progress: Any = None) -> Any: ...
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- refresh ------------------------------------------------------------------------------
+
+
+def refresh_remote(
+    client: Client, state: State, manifests: list[Manifest], only: Collection[str], note: Note
+) -> dict[str, Remote]:
+    """Read every known enrichment from BigPanda, for drift detection."""
+    ids: dict[str, str] = {}
+    for ts in state.tables.values():
+        if ts.enrichment_id and (not only or ts.name in only):
+            ids[ts.name] = ts.enrichment_id
+    for m in manifests:
+        if m.enrichment_id and m.name not in ids:
+            ids[m.name] = m.enrichment_id
+    out: dict[str, Remote] = {}
+    for name, eid in sorted(ids.items()):
+        try:
+            e = client.get_enrichment(eid)
+        except NotFoundError:
+            out[name] = Remote(exists=False)
+            continue
+        out[name] = Remote(
+            exists=True,
+            active=e.active,
+            version=e.version,
+            fields=tuple(e.fields) if e.fields else None,
+            name=e.name,
+        )
+    if ids:
+        note(f"Refreshed {len(ids)} enrichment(s) from BigPanda.")
+    return out
+
+
+# -- state, shared by the worker threads ---------------------------------------------------
+
+
+class StateStore:
+    """Serialises read-modify-write of the state among apply's threads."""
+
+    def __init__(self, backend: StateBackend, state: State, fault: FaultHook) -> None:
+        self.backend = backend
+        self.state = state
+        self._lock = threading.Lock()
+        self._fault = fault
+
+    def update(self, name: str, change: Callable[[TableState | None], TableState | None]) -> None:
+        with self._lock:
+            current = self.state.table(name)
+            new = change(current)
+            state = self.state.without_table(name) if new is None else self.state.with_table(new)
+            self._fault("state-write")
+            self.state = self.backend.write(state)
+
+
+# -- the applier --------------------------------------------------------------------------
+
+
+@dataclass
+class TableResult:
+    name: str
+    action: str
+    ok: bool
+    message: str = ""
+    rows: tuple[int, int, int] = (0, 0, 0)  # added, changed, removed
+
+
+@dataclass
+class ApplyResult:
+    results: list[TableResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[TableResult]:
+        return [r for r in self.results if not r.ok]
+
+    def summary(self) -> str:
+        ok = [r for r in self.results if r.ok]
+        counts = {
+            a: sum(1 for r in ok if r.action == a)
+            for a in (CREATE, UPDATE, REPLACE, UPDATE_IN_PLACE, DEACTIVATE)
+        }
+        added = sum(r.rows[0] for r in ok)
+        changed = sum(r.rows[1] for r in ok)
+        removed = sum(r.rows[2] for r in ok)
+        tables = (
+            f"{counts[CREATE]} created, {counts[UPDATE]} updated, {counts[REPLACE]} "
+            f"replaced, {counts[UPDATE_IN_PLACE]} updated in place, {counts[DEACTIVATE]} "
+            "deactivated"
+        )
+        rows = f"{added} added, {changed} changed, {removed} removed"
+        if not self.failed:
+            return f"Apply complete! Tables: {tables}; rows: {rows}."
+        names = ", ".join(r.name for r in self.failed)
+        return (
+            f"Apply failed for {len(self.failed)} of {len(self.results)} table(s): {names}. "
+            f"Done: {tables}; rows: {rows}."
+        )
+
+
+@dataclass
+class Applier:
+    client: Client
+    store: StateStore
+    root: Path
+    api_version: str
+    note: Note
+    timeout: float = 1800.0
+    parallelism: int = 4
+    clock: Callable[[], float] = time.monotonic
+    progress_every: float = 30.0
+    fault: FaultHook = field(default=lambda point: None)
+    tty: bool = False
+
+    # -- resume ---------------------------------------------------------------------------
+    def resume_pending(self) -> list[TableResult]:
+        """Finish or clear jobs left pending by an interrupted apply (SPEC §5)."""
+        results = []
+        for ts in list(self.store.state.tables.values()):
+            if ts.pending is None or not ts.pending.job_id:
+                continue  # no job to wait on (a replace created its enrichment, no upload yet)
+            results.append(self._resume(ts, ts.pending))
+        return results
+
+    def _resume(self, ts: TableState, job: PendingJob) -> TableResult:
+        self.note(f"{ts.name}: re-attaching to job {job.job_id} left by an interrupted apply")
+        try:
+            done = self._wait(ts.name, job.job_url or job.job_id, job.job_id)
+        except JobFailed as e:
+            self.store.update(ts.name, lambda cur: replace(cur, pending=None) if cur else None)
+            self.note(f"{ts.name}: that job failed: {e.reason}; the change will be planned again")
+            return TableResult(ts.name, job.kind, True, f"earlier job failed: {e.reason}")
+        del done
+        self._complete(ts.name, job)
+        return TableResult(ts.name, job.kind, True, f"completed job {job.job_id}")
+
+    # -- apply ----------------------------------------------------------------------------
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = ApplyResult()
+        todo = [t for t in plan.tables if t.action != NO_OP]
+        if not todo:
+            return result
+        with ThreadPoolExecutor(max_workers=max(1, self.parallelism)) as pool:
+            for r in pool.map(self._apply_one, todo):
+                result.results.append(r)
+        self._prune()
+        return result
+
+    def _apply_one(self, tp: TablePlan) -> TableResult:
+        counts = (tp.rows_added, tp.rows_changed, tp.rows_removed)
+        try:
+            msg = self._run(tp)
+        except BpsyncError as e:
+            return TableResult(tp.name, tp.action, False, e.render(), counts)
+        return TableResult(tp.name, tp.action, True, msg, counts)
+
+    def _run(self, tp: TablePlan) -> str:
+        if tp.action == DEACTIVATE:
+            return self._deactivate(tp)
+        if tp.action == UPDATE_IN_PLACE:
+            return self._update_in_place(tp)
+        with self._canonical_file(tp) as path:
+            eid = tp.enrichment_id
+            if tp.action in (CREATE, REPLACE):
+                eid = self._create(tp)
+            assert eid is not None
+            if tp.action == UPDATE and tp.old_schema is not None:
+                self._patch_metadata(tp, eid)
+            self.store.backend.put_snapshot(tp.new_sha256 or "", path)
+            self.fault("snapshot-stored")
+            job = self._upload(tp, eid, path)
+        self._wait(tp.name, job.job_url or job.job_id, job.job_id)
+        self._complete(tp.name, job)
+        return f"job {job.job_id} done"
+
+    def _create(self, tp: TablePlan) -> str:
+        from bpsync.bigpanda.client import EnrichmentSpec
+
+        schema = dict(tp.schema or {})
+        cur = self.store.state.table(tp.name)
+        if tp.action == REPLACE and cur is not None and cur.pending and not cur.pending.job_id:
+            if cur.pending.schema == schema:
+                self.note(
+                    f"{tp.name}: reusing enrichment {cur.pending.enrichment_id}, created "
+                    "by an interrupted apply"
+                )
+                return cur.pending.enrichment_id
+            self._retire(tp.name, cur.pending.enrichment_id)
+        spec = EnrichmentSpec(
+            name=schema["map_name"],
+            fields=tuple(schema["fields"]),
+            active=bool(schema.get("active", True)),
+            description=schema.get("description"),
+            when=schema.get("when"),
+        )
+        created = self.client.create_enrichment(spec)
+        eid: str = created.id
+        self.note(f"{tp.name}: created enrichment {eid}")
+
+        def record(cur: TableState | None) -> TableState:
+            if tp.action == REPLACE and cur is not None:
+                # The old enrichment stays the applied one until the new upload is done; the
+                # new one is remembered (job id still empty) so a crash cannot orphan it.
+                created_job = PendingJob(
+                    job_id="",
+                    job_url=None,
+                    enrichment_id=eid,
+                    sha256=tp.new_sha256 or "",
+                    rows=tp.new_rows or 0,
+                    kind=REPLACE,
+                    started_at=_now(),
+                    replaces=cur.enrichment_id,
+                    schema=schema,
+                )
+                return replace(cur, pending=created_job)
+            return TableState(tp.name, eid, self.api_version, schema)
+
+        self.store.update(tp.name, record)
+        self.fault("created")
+        return eid
+
+    def _upload(self, tp: TablePlan, eid: str, path: Path) -> PendingJob:
+        self.note(f"{tp.name}: uploading {tp.new_rows:,} rows to enrichment {eid}")
+        self.fault("before-upload")
+        receipt = self.client.upload_table(eid, path)
+        if receipt.sha256 != tp.new_sha256:
+            # Never record a digest BigPanda did not get.
+            raise StalePlan(
+                f"{tp.name}: the bytes sent differ from the planned table",
+                hint="the CSV changed during apply; run `bpsync plan` again",
+            )
+        old = self.store.state.table(tp.name)
+        job = PendingJob(
+            job_id=receipt.job_id,
+            job_url=receipt.job_url,
+            enrichment_id=eid,
+            sha256=receipt.sha256,
+            rows=tp.new_rows or 0,
+            kind=tp.action,
+            started_at=_now(),
+            replaces=old.enrichment_id if tp.action == REPLACE and old else None,
+            schema=dict(tp.schema or {}),
+        )
+        self.fault("accepted")
+        self.store.update(
+            tp.name,
+            lambda cur: (
+                replace(cur, pending=job)
+                if cur
+                else TableState(tp.name, eid, self.api_version, job.schema, pending=job)
+            ),
+        )
+        self.fault("pending-recorded")
+        return job
+
+    def _wait(self, name: str, job_ref: str, job_id: str) -> Any:
+        started = self.clock()
+        last_log = [started]
+        last_status = [""]
+
+        def progress(job: Any, elapsed: float) -> None:
+            status = getattr(job, "status", "?")
+            now = self.clock()
+            if status in ("done", "failed"):
+                self.note(f"{name}: job {job_id} {status} after {format_duration(elapsed)}")
+            elif status != last_status[0] or now - last_log[0] >= self.progress_every:
+                self.note(
+                    f"{name}: still waiting on job {job_id} "
+                    f"[{format_duration(elapsed)} elapsed, status {status}]"
+                )
+                last_log[0] = now
+            last_status[0] = status
+
+        self.fault("waiting")
+        return self.client.wait_for_job(job_ref, timeout=self.timeout, on_progress=progress)
+
+    def _complete(self, name: str, job: PendingJob) -> None:
+        """The job is done: record it, then retire the replaced enrichment."""
+        self.fault("job-done")
+        version = None
+        try:
+            version = self.client.get_enrichment(job.enrichment_id).version
+        except ApiError as e:
+            self.note(f"{name}: could not read back the enrichment's version ({e.message})")
+
+        def record(cur: TableState | None) -> TableState:
+            return TableState(
+                name,
+                job.enrichment_id,
+                self.api_version,
+                job.schema,
+                remote_version=version,
+                sha256=job.sha256,
+                rows=job.rows,
+                applied_at=_now(),
+                pending=None,
+            )
+
+        self.store.update(name, record)
+        self.fault("state-recorded")
+        if job.replaces and job.replaces != job.enrichment_id:
+            self.client.update_enrichment(job.replaces, active=False)
+            self.note(f"{name}: deactivated the replaced enrichment {job.replaces}")
+
+    def _retire(self, name: str, eid: str) -> None:
+        """Deactivate an enrichment an interrupted replace created for an older schema."""
+        try:
+            self.client.update_enrichment(eid, active=False)
+            self.note(f"{name}: deactivated enrichment {eid}, left over by an interrupted apply")
+        except ApiError as e:
+            self.note(f"{name}: could not deactivate leftover enrichment {eid}: {e.message}")
+
+    def _patch_metadata(self, tp: TablePlan, eid: str) -> None:
+        schema = tp.schema or {}
+        old = tp.old_schema or {}
+        changes: dict[str, Any] = {}
+        for key, arg in (
+            ("active", "active"),
+            ("map_name", "name"),
+            ("description", "description"),
+            ("when", "when"),
+        ):
+            if schema.get(key) != old.get(key):
+                changes[arg] = schema.get(key)
+        if changes:
+            self.client.update_enrichment(eid, **changes)
+
+    def _update_in_place(self, tp: TablePlan) -> str:
+        assert tp.enrichment_id is not None
+        self._patch_metadata(tp, tp.enrichment_id)
+        schema = dict(tp.schema or {})
+        self.store.update(tp.name, lambda cur: replace(cur, schema=schema) if cur else None)
+        return "metadata updated"
+
+    def _deactivate(self, tp: TablePlan) -> str:
+        if tp.enrichment_id:
+            try:
+                self.client.update_enrichment(tp.enrichment_id, active=False)
+            except NotFoundError:
+                self.note(f"{tp.name}: enrichment {tp.enrichment_id} no longer exists")
+        self.store.update(tp.name, lambda cur: None)
+        return f"enrichment {tp.enrichment_id} deactivated"
+
+    @contextmanager
+    def _canonical_file(self, tp: TablePlan) -> Iterator[Path]:
+        """The exact bytes to upload: the CSV itself when canonical, else a canonical copy."""
+        assert tp.csv is not None and tp.new_sha256 is not None
+        path = self.root / tp.csv
+        if sha256_file(path) == tp.new_sha256:
+            yield path
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".bpsync-upload-", suffix=".csv.tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                layout = TableLayout(tp.columns, tuple(tp.columns.index(k) for k in tp.key_columns))
+                info = write_canonical(path, out, layout, ProblemSink(tp.csv))
+            if not info.ok or info.canonical_sha256 != tp.new_sha256:
+                raise StalePlan(
+                    f"{tp.csv} changed since the plan was made",
+                    hint="run `bpsync plan` again and review the new plan",
+                )
+            yield Path(tmp)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _prune(self) -> None:
+        try:
+            self.store.backend.prune_snapshots(referenced_snapshots(self.store.state))
+        except BpsyncError as e:  # pruning is housekeeping; never fail an apply for it
+            self.note(f"could not prune old snapshots: {e.message}")
+
+
+def check_mass_delete(plan: Plan, allow: bool) -> None:
+    from bpsync.errors import ApplyRefused
+
+    flagged = [t for t in plan.tables if t.mass_delete]
+    if flagged and not allow:
+        lines = [
+            f"{t.name}: removes {t.rows_removed} of {t.old_rows} rows (limit "
+            f"{t.max_delete_fraction:.0%})"
+            for t in flagged
+        ]
+        raise ApplyRefused(
+            "refusing a mass delete: " + "; ".join(lines),
+            hint="review the plan; if intended, apply with --allow-mass-delete",
+        )
+
+
+def describe_moved(saved: Plan, fresh: Plan) -> list[str]:
+    """What moved between a saved plan and now: manifests, tables, state."""
+    moved = []
+    for kind, old, new in (
+        ("manifest", saved.inputs.manifests, fresh.inputs.manifests),
+        ("table", saved.inputs.tables, fresh.inputs.tables),
+    ):
+        for path in sorted(set(old) | set(new)):
+            if old.get(path) != new.get(path):
+                what = "added" if path not in old else "removed" if path not in new else "changed"
+                moved.append(f"{kind} {path} {what}")
+    if saved.inputs.state != fresh.inputs.state:
+        moved.append("the state changed (another apply ran since the plan)")
+    if saved.inputs.deleted != fresh.inputs.deleted:
+        moved.append("the set of deleted manifests changed")
+    return moved

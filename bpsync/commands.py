@@ -1,0 +1,352 @@
+"""One function per command: each takes the CLI context and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from bpsync.cli import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
+from bpsync.errors import ApplyRefused, ConfigError, InvalidInput, StalePlan, UsageError
+from bpsync.fmt import format_table
+from bpsync.manifest import Manifest, load_manifests
+from bpsync.state import TableState, open_backend
+from bpsync.validate import select, validate_project
+
+if TYPE_CHECKING:
+    from bpsync.plan import Plan
+
+# Heavy modules (planner, renderers, applier, httpx) are imported inside the commands that
+# need them, so `bpsync validate` and `--help` start fast.
+
+
+def validate(ctx: Context) -> int:
+    report = validate_project(ctx.config, ctx.args.table)
+    ctx.console.problems(report.problems, ctx.args.format)
+    rows = sum(t.info.rows for t in report.tables)
+    summary = (
+        f"{len(report.manifests)} manifest(s), {len(report.tables)} table(s), "
+        f"{rows:,} row(s): {len(report.errors)} error(s), "
+        f"{len(report.warnings)} warning(s)"
+    )
+    if report.ok:
+        ctx.console.note(ctx.console.paint("Valid.", "green", stream="err") + " " + summary)
+        return EXIT_OK
+    ctx.console.note(summary)
+    return EXIT_ERROR
+
+
+def fmt(ctx: Context) -> int:
+    manifests, problems = load_manifests(ctx.config)
+    if any(p.severity == "error" for p in problems):
+        raise InvalidInput(problems)
+    check = bool(ctx.args.check)
+    failed = False
+    changed = 0
+    for manifest in select(manifests, ctx.args.table):
+        result = format_table(manifest, check=check)
+        if result.problems:
+            ctx.console.problems(result.problems)
+            failed = True
+        elif result.changed:
+            changed += 1
+            verb = "would reformat" if check else "reformatted"
+            ctx.console.print(f"{verb} {manifest.csv_display} ({', '.join(result.reasons)})")
+    if failed:
+        ctx.console.error("some tables are invalid and were left as they are")
+        return EXIT_ERROR
+    if check and changed:
+        ctx.console.note(f"{changed} table(s) not in canonical form; run `bpsync fmt`")
+        return EXIT_ERROR
+    if not changed:
+        ctx.console.note("All tables are in canonical form.")
+    return EXIT_OK
+
+
+def add_extra_commands(sub: Any) -> None:
+    """Commands that live in their own modules (ci, state) register here."""
+    _ = (sub, argparse)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _load_selected(ctx: Context) -> list[Manifest]:
+    manifests, problems = load_manifests(ctx.config)
+    if any(p.severity == "error" for p in problems):
+        raise InvalidInput(problems)
+    for p in problems:
+        ctx.console.warn(str(p))
+    return select_known(manifests, ctx.args.table)
+
+
+def select_known(manifests: list[Manifest], names: list[str]) -> list[Manifest]:
+    """Like `select`, but a name may also be a table that only the state knows (deleted)."""
+    if not names:
+        return manifests
+    return [m for m in manifests if m.name in names]
+
+
+def build_plan(ctx: Context, *, refresh: bool) -> Plan:
+    """Plan the selected tables; shared by `plan` and `apply`."""
+    from bpsync.applier import refresh_remote
+    from bpsync.planner import make_plan
+
+    config = ctx.config
+    manifests = _load_selected(ctx)
+    backend = open_backend(config)
+    state = backend.read()
+    remote = None
+    if refresh:
+        with _client(ctx) as client:
+            remote = refresh_remote(client, state, manifests, ctx.args.table, ctx.console.note)
+    plan = make_plan(
+        config, manifests, state, backend, only=ctx.args.table, remote=remote, now=_now()
+    )
+    for w in plan.warnings:
+        ctx.console.warn(w)
+    return plan
+
+
+def _client(ctx: Context) -> Any:
+    from bpsync.bigpanda.client import BigPandaClient
+
+    config = ctx.config
+    log = ctx.console.note if ctx.args.debug else None
+    return BigPandaClient(
+        config.resolved_base_url, config.token(ctx.env), config.api.version, log=log
+    )
+
+
+def _wants_refresh(ctx: Context) -> bool:
+    refresh = ctx.args.refresh
+    if refresh is None:
+        return ctx.config.has_token(ctx.env)
+    if refresh:
+        ctx.config.token(ctx.env)  # --refresh without a token is an error (SPEC §2)
+    return bool(refresh)
+
+
+def render(ctx: Context, plan: Plan, fmt: str) -> None:
+    from bpsync.render.json import write_json
+    from bpsync.render.markdown import github_link_base, render_markdown
+    from bpsync.render.text import render_text
+
+    if fmt == "json":
+        write_json(plan, ctx.console.out)
+        ctx.console.out.flush()
+        return
+    if fmt == "markdown":
+        ctx.console.print(render_markdown(plan, link_base=github_link_base(ctx.env)))
+        return
+    paint = ctx.console.paint if ctx.console.color_out else None
+    text = (
+        render_text(plan, paint=paint, max_rows=ctx.args.max_rows)
+        if paint
+        else render_text(plan, max_rows=ctx.args.max_rows)
+    )
+    ctx.console.out.write(text if text.endswith("\n") else text + "\n")
+
+
+def plan(ctx: Context) -> int:
+    from bpsync.planfile import save_plan
+
+    the_plan = build_plan(ctx, refresh=_wants_refresh(ctx))
+    render(ctx, the_plan, ctx.args.format)
+    if ctx.args.out:
+        save_plan(the_plan, ctx.args.out)
+        ctx.console.note(
+            f"Saved the plan to {ctx.args.out}; apply it with `bpsync apply {ctx.args.out}`."
+        )
+    if ctx.args.detailed_exitcode and the_plan.has_changes:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def show(ctx: Context) -> int:
+    from bpsync.planfile import load_plan
+
+    render(ctx, load_plan(ctx.args.planfile), ctx.args.format)
+    return EXIT_OK
+
+
+def force_unlock(ctx: Context) -> int:
+    info = open_backend(ctx.config).force_unlock(ctx.args.lock_id)
+    ctx.console.note(
+        f"Lock {info.id} released (was held by {info.holder}, pid {info.pid} on "
+        f"{info.host}, command `{info.command}`)."
+    )
+    return EXIT_OK
+
+
+def _fault_hook(env: Mapping[str, str]) -> Callable[[str], None]:
+    """Test seam for the crash matrix: SIGKILL this process at a named apply step.
+
+    Set only by bpsync's own tests (BPSYNC_TEST_KILL_AT); deterministic, unlike sleeps.
+    """
+    point = env.get("BPSYNC_TEST_KILL_AT", "")
+
+    def hook(name: str) -> None:
+        if name == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _confirm(ctx: Context, the_plan: Plan) -> None:
+    if ctx.args.auto_approve:
+        return
+    if not ctx.stdin_isatty:
+        raise ApplyRefused(
+            "no terminal to ask for confirmation",
+            hint="review the plan and run `bpsync apply --auto-approve`, or apply "
+            "a saved plan file",
+        )
+    ctx.console.note("Do you want to perform these actions? Only 'yes' will be accepted.")
+    ctx.console.err.write("  Enter a value: ")
+    ctx.console.err.flush()
+    answer = input().strip()
+    if answer != "yes":
+        raise ApplyRefused("apply cancelled", hint="nothing was changed")
+
+
+def _check_saved(ctx: Context, saved: Plan) -> None:
+    from bpsync.applier import describe_moved
+
+    names = [t.name for t in saved.tables]
+    ctx.args.table = names
+    fresh = build_plan(ctx, refresh=False)
+    moved = describe_moved(saved, fresh)
+    if moved:
+        raise StalePlan(
+            "the saved plan is stale: " + "; ".join(moved),
+            hint="run `bpsync plan --out FILE` again and review it",
+        )
+
+
+def apply(ctx: Context) -> int:
+    from bpsync.applier import Applier, StateStore, check_mass_delete, refresh_remote
+    from bpsync.planner import make_plan
+
+    config = ctx.config
+    config.token(ctx.env)  # fail before taking the lock when there is no token
+    backend = open_backend(config)
+    fault = _fault_hook(ctx.env)
+    with backend.lock(
+        "bpsync apply", timeout=ctx.args.lock_timeout, notify=ctx.console.warn
+    ) as _lock:
+        fault("locked")
+        the_plan = _offline_plan(ctx)
+        with _client(ctx) as client:
+            store = StateStore(backend, backend.read(), fault)
+            applier = Applier(
+                client,
+                store,
+                config.root,
+                config.api.version,
+                ctx.console.note,
+                timeout=ctx.args.timeout,
+                parallelism=ctx.args.parallelism,
+                fault=fault,
+                tty=ctx.stdin_isatty,
+            )
+            resumed = applier.resume_pending()
+            if resumed and (ctx.args.planfile or ctx.args.expect_fingerprint):
+                raise StalePlan(
+                    "a job left pending by an interrupted apply was completed, "
+                    "so the state moved since the plan was made",
+                    hint="run `bpsync plan` again and review it",
+                )
+            if not ctx.args.planfile:
+                manifests = _load_selected(ctx)
+                remote = refresh_remote(
+                    client, store.state, manifests, ctx.args.table, ctx.console.note
+                )
+                the_plan = make_plan(
+                    config,
+                    manifests,
+                    store.state,
+                    backend,
+                    only=ctx.args.table,
+                    remote=remote,
+                    now=_now(),
+                )
+                check_mass_delete(the_plan, ctx.args.allow_mass_delete)
+                render(ctx, the_plan, "text")
+                if not the_plan.has_changes:
+                    return EXIT_OK
+                _confirm(ctx, the_plan)
+            result = applier.apply(the_plan)
+    for r in result.failed:
+        ctx.console.error(f"{r.name}: {r.message}")
+    ctx.console.print(result.summary())
+    if result.failed:
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _offline_plan(ctx: Context) -> Plan:
+    """The plan checked before any request: saved plan digests, fingerprint, mass delete."""
+    from bpsync.applier import check_mass_delete
+    from bpsync.planfile import load_plan
+
+    if ctx.args.planfile:
+        saved = load_plan(ctx.args.planfile)
+        _check_saved(ctx, saved)
+        the_plan = saved
+    else:
+        the_plan = build_plan(ctx, refresh=False)
+        expected = ctx.args.expect_fingerprint
+        if expected and expected != the_plan.fingerprint:
+            raise ApplyRefused(
+                f"fingerprint mismatch: the approved plan was {expected}, "
+                f"a fresh plan is {the_plan.fingerprint}",
+                hint="the tables, manifests or state moved since the plan was "
+                "reviewed; review the new plan before applying",
+            )
+    check_mass_delete(the_plan, ctx.args.allow_mass_delete)
+    return the_plan
+
+
+def import_(ctx: Context) -> int:
+    config = ctx.config
+    name, eid = ctx.args.name, ctx.args.enrichment_id
+    manifests, _ = load_manifests(config)
+    if name not in {m.name for m in manifests}:
+        raise UsageError(
+            f"no manifest defines table {name!r}",
+            hint="write tables/<name>.yaml first, then import",
+        )
+    config.token(ctx.env)
+    backend = open_backend(config)
+    with backend.lock("bpsync import", timeout=ctx.args.lock_timeout, notify=ctx.console.warn):
+        state = backend.read()
+        current = state.table(name)
+        if current is not None and current.enrichment_id:
+            raise ConfigError(
+                f"table {name} already manages enrichment {current.enrichment_id}",
+                hint="delete its manifest and apply first, to manage another one",
+            )
+        with _client(ctx) as client:
+            e = client.get_enrichment(eid)
+        schema = {
+            "map_name": e.name,
+            "description": e.description,
+            "active": e.active,
+            "when": e.when,
+            "fields": [dict(f) for f in e.fields],
+        }
+        backend.write(
+            state.with_table(
+                TableState(name, eid, config.api.version, schema, remote_version=e.version)
+            )
+        )
+    ctx.console.note(
+        f"Imported enrichment {eid} as table {name}. Its current rows are unknown "
+        "to bpsync, so the next plan shows every row as to be uploaded."
+    )
+    return EXIT_OK

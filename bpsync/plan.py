@@ -1,0 +1,172 @@
+"""The plan: an immutable value that renderers and the applier only read (SPEC §2, §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = "1"
+
+CREATE = "create"
+UPDATE = "update"
+REPLACE = "replace"
+UPDATE_IN_PLACE = "update-in-place"
+DEACTIVATE = "deactivate"
+NO_OP = "no-op"
+ACTIONS = (CREATE, UPDATE, REPLACE, UPDATE_IN_PLACE, DEACTIVATE, NO_OP)
+
+ADD = "add"
+CHANGE = "change"
+REMOVE = "remove"
+
+
+@dataclass(frozen=True)
+class RowChange:
+    op: str  # add | change | remove
+    key: tuple[str, ...]
+    before: tuple[str, ...] | None  # cells in the snapshot's column order
+    after: tuple[str, ...] | None  # cells in the new table's column order
+    line: int  # line in the new CSV; for removals, in the snapshot
+    old_line: int | None = None  # line in the snapshot (change, remove)
+
+
+class RowChanges:
+    """The row changes of one table: a tuple, or all rows of a CSV read lazily.
+
+    A first apply of a 500 MB table adds five million rows; holding them as objects would
+    take gigabytes, so `create` plans keep only where the rows are and read them on demand.
+    """
+
+    def __init__(self, changes: Iterable[RowChange] = (), *, lazy: Any = None, count: int = 0):
+        self._changes = tuple(changes)
+        self._lazy = lazy  # a callable returning an iterator of RowChange
+        self._count = count if lazy is not None else len(self._changes)
+
+    def __iter__(self) -> Iterator[RowChange]:
+        if self._lazy is not None:
+            return iter(self._lazy())
+        return iter(self._changes)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def in_memory(self) -> bool:
+        """Held as objects: sorting them costs memory for references only, not a re-read."""
+        return self._lazy is None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RowChanges) and list(self) == list(other)
+
+    def __hash__(self) -> int:
+        return hash((self._count, self._changes))
+
+    def __repr__(self) -> str:
+        return f"RowChanges({self._count} changes)"
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    subject: str  # e.g. 'field "owner"' or 'map_name'
+    detail: str  # e.g. "override_existing false → true"
+    structural: bool  # needs a new enrichment (replace)
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    name: str
+    action: str
+    enrichment_id: str | None
+    manifest: str | None  # display path of the manifest (None for deactivate)
+    csv: str | None  # display path of the CSV
+    columns: tuple[str, ...]  # column titles of the new table (or of the snapshot)
+    old_columns: tuple[str, ...]
+    key_columns: tuple[str, ...]
+    schema: Mapping[str, Any] | None  # desired schema (None for deactivate)
+    old_schema: Mapping[str, Any] | None  # schema as last applied
+    schema_changes: tuple[SchemaChange, ...]
+    drift: tuple[str, ...]
+    notes: tuple[str, ...]
+    rows_added: int
+    rows_changed: int
+    rows_removed: int
+    rows_unchanged: int
+    row_changes: RowChanges
+    baseline: str  # "snapshot" | "none" (create) | "unknown" (adopted, content unknown)
+    new_sha256: str | None
+    new_rows: int | None
+    old_sha256: str | None
+    old_rows: int | None
+    max_delete_fraction: float
+    mass_delete: bool
+    upload: bool  # apply uploads the table
+
+    @property
+    def has_changes(self) -> bool:
+        return self.action != NO_OP
+
+    @property
+    def destructive(self) -> bool:
+        return self.rows_removed > 0 or self.action in (REPLACE, DEACTIVATE) or self.mass_delete
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "added": self.rows_added,
+            "changed": self.rows_changed,
+            "removed": self.rows_removed,
+            "unchanged": self.rows_unchanged,
+        }
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Digests of everything a plan was made from, to refuse a stale saved plan."""
+
+    manifests: Mapping[str, str]  # display path -> sha256 of the file
+    tables: Mapping[str, str]  # display path -> canonical sha256
+    state: str  # digest of the state entries of the covered tables
+    deleted: tuple[str, ...] = ()  # tables in state whose manifest is gone
+
+
+@dataclass(frozen=True)
+class Plan:
+    fingerprint: str
+    tables: tuple[TablePlan, ...]
+    inputs: Inputs
+    api_version: str
+    refreshed: bool
+    created_at: str
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def changed_tables(self) -> tuple[TablePlan, ...]:
+        return tuple(t for t in self.tables if t.has_changes)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changed_tables)
+
+    def summary(self) -> dict[str, int]:
+        changed = self.changed_tables
+        return {
+            "tables_changed": len(changed),
+            "rows_added": sum(t.rows_added for t in changed),
+            "rows_changed": sum(t.rows_changed for t in changed),
+            "rows_removed": sum(t.rows_removed for t in changed),
+        }
+
+    def table(self, name: str) -> TablePlan | None:
+        return next((t for t in self.tables if t.name == name), None)
+
+    def closing_line(self) -> str:
+        if not self.has_changes:
+            return "No changes."
+        s = self.summary()
+        return (
+            f"Plan: {s['tables_changed']} tables to change; {s['rows_added']} rows to add, "
+            f"{s['rows_changed']} to change, {s['rows_removed']} to remove."
+        )

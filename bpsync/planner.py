@@ -1,0 +1,502 @@
+"""Builds the Plan from manifests, tables and state (SPEC §3). Reads; never writes.
+
+Per table the work is: compare the desired schema with the applied one (deepdiff, over
+small dicts), then the table with its snapshot. A table whose bytes hash to the applied
+digest is `no-op` after one SHA-256 pass; only a changed table is scanned and diffed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from bpsync.config import Config
+from bpsync.errors import InvalidInput, Problem
+from bpsync.manifest import Manifest
+from bpsync.plan import (
+    ADD,
+    CREATE,
+    DEACTIVATE,
+    NO_OP,
+    REPLACE,
+    UPDATE,
+    UPDATE_IN_PLACE,
+    Inputs,
+    Plan,
+    RowChange,
+    RowChanges,
+    SchemaChange,
+    TablePlan,
+)
+from bpsync.rowdiff import diff_table
+from bpsync.state import State, StateBackend, TableState, state_to_dict
+from bpsync.table import (
+    ProblemSink,
+    TableInfo,
+    TableLayout,
+    TableScan,
+    parse_line,
+    scan_table,
+    sha256_file,
+)
+
+# Below this many rows a create plan holds its rows sorted by key; above, it reads them
+# from the CSV on demand in file order (five million row objects would take gigabytes).
+MATERIALISE_ROWS = 200_000
+METADATA_KEYS = ("map_name", "description", "active", "when")
+
+
+@dataclass(frozen=True)
+class Remote:
+    """What a refresh learned about one enrichment (None fields: not known)."""
+
+    exists: bool
+    active: bool | None = None
+    version: int | None = None
+    fields: tuple[dict[str, Any], ...] | None = None
+    name: str | None = None
+
+
+@dataclass
+class _Rows:
+    info: TableInfo | None
+    changes: RowChanges
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    old_rows: int | None = None
+    old_columns: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    baseline: str = "snapshot"
+    same: bool = False  # the table equals the applied snapshot
+
+
+def make_plan(
+    config: Config,
+    manifests: list[Manifest],
+    state: State,
+    backend: StateBackend,
+    *,
+    only: Collection[str] = (),
+    remote: Mapping[str, Remote] | None = None,
+    now: str,
+) -> Plan:
+    """The plan for `manifests` (already selected) and the deleted tables of `state`."""
+    problems: list[Problem] = []
+    tables: list[TablePlan] = []
+    manifest_digests: dict[str, str] = {}
+    table_digests: dict[str, str] = {}
+    for m in manifests:
+        manifest_digests[m.display] = sha256_file(m.path)
+        tp = _plan_table(m, state.table(m.name), backend, problems, (remote or {}).get(m.name))
+        if tp is not None:
+            tables.append(tp)
+            table_digests[m.csv_display] = tp.new_sha256 or ""
+    present = {m.name for m in manifests}
+    deleted = [
+        ts
+        for ts in state.tables.values()
+        if ts.name not in present and (not only or ts.name in only)
+    ]
+    if only:
+        unknown = set(only) - present - {ts.name for ts in deleted}
+        if unknown:
+            from bpsync.errors import UsageError
+
+            raise UsageError(f"unknown table(s): {', '.join(sorted(unknown))}")
+    tables += [_plan_deleted(ts, (remote or {}).get(ts.name)) for ts in deleted]
+    if any(p.severity == "error" for p in problems):
+        raise InvalidInput(problems)
+    covered = sorted({t.name for t in tables})
+    inputs = Inputs(
+        manifest_digests,
+        table_digests,
+        _state_digest(state, covered),
+        tuple(sorted(ts.name for ts in deleted)),
+    )
+    tables.sort(key=lambda t: t.name)
+    return Plan(
+        fingerprint=fingerprint(inputs),
+        tables=tuple(tables),
+        inputs=inputs,
+        api_version=config.api.version,
+        refreshed=remote is not None,
+        created_at=now,
+        warnings=tuple(str(p) for p in problems if p.severity == "warning"),
+    )
+
+
+def fingerprint(inputs: Inputs) -> str:
+    """Digest of the state planned against and of every manifest and table covered."""
+    doc = {
+        "manifests": dict(inputs.manifests),
+        "tables": dict(inputs.tables),
+        "state": inputs.state,
+        "deleted": list(inputs.deleted),
+    }
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _state_digest(state: State, names: list[str]) -> str:
+    tables = state_to_dict(state).get("tables", {})
+    covered = {n: tables[n] for n in names if n in tables}
+    raw = json.dumps(covered, sort_keys=True, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+# -- one table ----------------------------------------------------------------------------
+
+
+def _plan_table(
+    m: Manifest,
+    ts: TableState | None,
+    backend: StateBackend,
+    problems: list[Problem],
+    remote: Remote | None,
+) -> TablePlan | None:
+    enrichment_id = ts.enrichment_id if ts and ts.enrichment_id else m.enrichment_id
+    if ts and ts.enrichment_id and m.enrichment_id and m.enrichment_id != ts.enrichment_id:
+        problems.append(
+            Problem(
+                m.display,
+                None,
+                None,
+                f"enrichment_id {m.enrichment_id} differs from the one in state "
+                f"({ts.enrichment_id})",
+                "remove enrichment_id from the manifest, or `bpsync import` the other enrichment",
+            )
+        )
+        return None
+    old_schema = ts.schema if ts and ts.schema else None
+    if old_schema is None and remote is not None and remote.exists and remote.fields is not None:
+        old_schema = {"map_name": remote.name, "fields": list(remote.fields)}
+    schema = m.schema()
+    changes = schema_changes(old_schema, schema) if old_schema else ()
+    sink = ProblemSink(m.csv_display)
+    rows = _rows(m, ts, enrichment_id, backend, sink)
+    problems += sink.finish()
+    if rows.info is not None and not rows.info.ok:
+        return None
+    drift = _drift(ts, remote) if ts and ts.enrichment_id else ()
+    notes: list[str] = []
+    action = _action(m, enrichment_id, changes, rows, ts, remote, notes)
+    if ts and ts.pending:
+        notes.append(
+            f"an interrupted apply left job {ts.pending.job_id} pending; apply checks "
+            "it before uploading again"
+        )
+    if action == CREATE:
+        enrichment_id = None
+    upload = action in (CREATE, UPDATE, REPLACE)
+    return _table_plan(
+        m, ts, action, enrichment_id, schema, old_schema, changes, drift, tuple(notes), rows, upload
+    )
+
+
+def _table_plan(
+    m: Manifest,
+    ts: TableState | None,
+    action: str,
+    enrichment_id: str | None,
+    schema: dict[str, Any],
+    old_schema: Mapping[str, Any] | None,
+    changes: tuple[SchemaChange, ...],
+    drift: tuple[str, ...],
+    notes: tuple[str, ...],
+    rows: _Rows,
+    upload: bool,
+) -> TablePlan:
+    old_rows = rows.old_rows
+    mass = bool(
+        rows.baseline == "snapshot" and old_rows and rows.removed > m.max_delete_fraction * old_rows
+    )
+    info = rows.info
+    return TablePlan(
+        name=m.name,
+        action=action,
+        enrichment_id=enrichment_id,
+        manifest=m.display,
+        csv=m.csv_display,
+        columns=rows.columns,
+        old_columns=rows.old_columns,
+        key_columns=m.key_titles,
+        schema=schema,
+        old_schema=old_schema,
+        schema_changes=changes,
+        drift=drift,
+        notes=notes,
+        rows_added=rows.added,
+        rows_changed=rows.changed,
+        rows_removed=rows.removed,
+        rows_unchanged=rows.unchanged,
+        row_changes=rows.changes,
+        baseline=rows.baseline,
+        new_sha256=info.canonical_sha256 if info else (ts.sha256 if ts else None),
+        new_rows=info.rows if info else (ts.rows if ts else None),
+        old_sha256=ts.sha256 if ts else None,
+        old_rows=old_rows,
+        max_delete_fraction=m.max_delete_fraction,
+        mass_delete=mass,
+        upload=upload,
+    )
+
+
+def _action(
+    m: Manifest,
+    enrichment_id: str | None,
+    changes: tuple[SchemaChange, ...],
+    rows: _Rows,
+    ts: TableState | None,
+    remote: Remote | None,
+    notes: list[str],
+) -> str:
+    if enrichment_id is None:
+        return CREATE
+    if remote is not None and not remote.exists:
+        notes.append(
+            f"enrichment {enrichment_id} no longer exists in BigPanda; apply creates a new one"
+        )
+        return CREATE
+    if any(c.structural for c in changes):
+        return REPLACE
+    if (
+        remote is not None
+        and remote.fields is not None
+        and ts
+        and ts.schema
+        and _field_map(list(remote.fields)) != _field_map(ts.schema.get("fields", []))
+    ):
+        notes.append("the remote schema was changed outside bpsync; apply replaces it")
+        return REPLACE
+    if not rows.same:
+        return UPDATE
+    if (
+        ts
+        and remote
+        and remote.version is not None
+        and ts.remote_version is not None
+        and remote.version != ts.remote_version
+    ):
+        notes.append("the remote table was changed outside bpsync; apply re-uploads it")
+        return UPDATE
+    if changes or (remote is not None and remote.active is not None and remote.active != m.active):
+        return UPDATE_IN_PLACE
+    return NO_OP
+
+
+def _drift(ts: TableState, remote: Remote | None) -> tuple[str, ...]:
+    if remote is None:
+        return ()
+    eid = ts.enrichment_id
+    if not remote.exists:
+        return (f"enrichment {eid} is missing in BigPanda (deleted outside bpsync?)",)
+    out = []
+    if remote.active is False and ts.schema.get("active", True):
+        out.append(f"enrichment {eid} was deactivated outside bpsync")
+    if (
+        remote.version is not None
+        and ts.remote_version is not None
+        and remote.version != ts.remote_version
+    ):
+        out.append(
+            f"enrichment {eid} moved from version {ts.remote_version} to "
+            f"{remote.version} since the last apply (changed outside bpsync)"
+        )
+    if remote.fields is not None and _field_map(list(remote.fields)) != _field_map(
+        ts.schema.get("fields", [])
+    ):
+        out.append(f"the fields of enrichment {eid} differ from the last applied schema")
+    return tuple(out)
+
+
+def _plan_deleted(ts: TableState, remote: Remote | None) -> TablePlan:
+    old_columns = tuple(f["title"] for f in ts.schema.get("fields", []))
+    keys = tuple(f["title"] for f in ts.schema.get("fields", []) if f.get("type") == "query_tag")
+    return TablePlan(
+        name=ts.name,
+        action=DEACTIVATE,
+        enrichment_id=ts.enrichment_id,
+        manifest=None,
+        csv=None,
+        columns=old_columns,
+        old_columns=old_columns,
+        key_columns=keys,
+        schema=None,
+        old_schema=ts.schema,
+        schema_changes=(),
+        drift=_drift(ts, remote) if ts.enrichment_id else (),
+        notes=(
+            "manifest deleted: the enrichment is deactivated (its rows stay in BigPanda, unused)",
+        ),
+        rows_added=0,
+        rows_changed=0,
+        rows_removed=0,
+        rows_unchanged=ts.rows or 0,
+        row_changes=RowChanges(),
+        baseline="snapshot",
+        new_sha256=None,
+        new_rows=None,
+        old_sha256=ts.sha256,
+        old_rows=ts.rows,
+        max_delete_fraction=1.0,
+        mass_delete=False,
+        upload=False,
+    )
+
+
+# -- rows ---------------------------------------------------------------------------------
+
+
+def _rows(
+    m: Manifest,
+    ts: TableState | None,
+    enrichment_id: str | None,
+    backend: StateBackend,
+    sink: ProblemSink,
+) -> _Rows:
+    layout = m.layout
+    if ts is not None and ts.sha256:
+        if sha256_file(m.csv_path) == ts.sha256:
+            # Byte-identical to what was applied (and validated then): nothing to read.
+            return _Rows(
+                None,
+                RowChanges(),
+                unchanged=ts.rows or 0,
+                old_rows=ts.rows,
+                old_columns=layout.titles,
+                columns=layout.titles,
+                same=True,
+            )
+        if backend.has_snapshot(ts.sha256):
+            return _diffed(m, ts, backend, sink)
+    # No snapshot: a new table, or an adopted/interrupted one whose remote content is unknown.
+    return _all_added(m, layout, sink, "none" if enrichment_id is None else "unknown")
+
+
+def _diffed(m: Manifest, ts: TableState, backend: StateBackend, sink: ProblemSink) -> _Rows:
+    sha = ts.sha256
+    assert sha is not None
+    d = diff_table(m.csv_path, m.layout, sink, lambda: backend.open_snapshot(sha, table=m.name))
+    same = d.info.ok and d.info.canonical_sha256 == ts.sha256
+    return _Rows(
+        d.info,
+        RowChanges(d.changes),
+        d.added,
+        d.changed,
+        d.removed,
+        d.unchanged,
+        d.old_rows,
+        d.old_columns,
+        _columns(m),
+        same=same,
+    )
+
+
+def _all_added(m: Manifest, layout: TableLayout, sink: ProblemSink, baseline: str) -> _Rows:
+    info = scan_table(m.csv_path, layout, sink)
+    columns = _columns(m)
+    if not info.ok:
+        return _Rows(info, RowChanges(), baseline=baseline)
+    path = m.csv_path
+
+    def read() -> Iterator[RowChange]:
+        return _iter_rows(path, layout, columns)
+
+    if info.rows <= MATERIALISE_ROWS:
+        changes = RowChanges(sorted(read(), key=lambda c: c.key))
+    else:
+        changes = RowChanges(lazy=read, count=info.rows)
+    return _Rows(info, changes, added=info.rows, old_rows=None, columns=columns, baseline=baseline)
+
+
+def _iter_rows(path: Path, layout: TableLayout, columns: tuple[str, ...]) -> Iterator[RowChange]:
+    keys = [columns.index(layout.titles[k]) for k in layout.key_indexes]
+    found: list[RowChange] = []
+
+    def collect(first: int, lines: list[str]) -> None:
+        for i, line in enumerate(lines):
+            cells = tuple(parse_line(line))
+            found.append(RowChange(ADD, tuple(cells[k] for k in keys), None, cells, first + i))
+
+    # Block by block: the scan calls back per block; yield what each block produced.
+    scan = TableScan(path, layout, ProblemSink(str(path)), collect)
+    scan.track_keys = False
+    for _ in scan.iter_blocks():
+        yield from found
+        found.clear()
+
+
+def _columns(m: Manifest) -> tuple[str, ...]:
+    with m.csv_path.open("r", encoding="utf-8", newline="") as f:
+        header = f.readline().rstrip("\r\n")
+    return tuple(parse_line(header)) if header else m.layout.titles
+
+
+# -- schema -------------------------------------------------------------------------------
+
+
+def _field_map(fields: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f["title"]: {k: v for k, v in f.items() if k != "title"} for f in fields}
+
+
+def schema_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[SchemaChange, ...]:
+    """Schema differences in words; any change to the fields is structural (SPEC §3)."""
+    out: list[SchemaChange] = []
+    for key in METADATA_KEYS:
+        if key in old and old.get(key) != new.get(key):
+            out.append(SchemaChange(key, f"{_show(old.get(key))} → {_show(new.get(key))}", False))
+    before = _field_map(list(old.get("fields", [])))
+    after = _field_map(list(new.get("fields", [])))
+    diff = DeepDiff(before, after, ignore_order=True, verbose_level=2)
+    for path, value in sorted(diff.get("dictionary_item_added", {}).items()):
+        out.append(_field_change(path, "added", value))
+    for path, value in sorted(diff.get("dictionary_item_removed", {}).items()):
+        out.append(_field_change(path, "removed", value))
+    for path, change in sorted(diff.get("values_changed", {}).items()):
+        out.append(
+            _field_change(
+                path, f"{_show(change['old_value'])} → {_show(change['new_value'])}", None
+            )
+        )
+    for path, change in sorted(diff.get("type_changes", {}).items()):
+        out.append(
+            _field_change(
+                path, f"{_show(change['old_value'])} → {_show(change['new_value'])}", None
+            )
+        )
+    return tuple(out)
+
+
+def _field_change(path: str, what: str, value: Any) -> SchemaChange:
+    # deepdiff paths look like root['owner'] or root['owner']['tag_name'].
+    parts = [p.strip("'\"") for p in path.removeprefix("root").strip("[]").split("][")]
+    subject = f'field "{parts[0]}"'
+    if len(parts) == 1:
+        detail = what if value is None else f"{what} ({_describe_field(value)})"
+    else:
+        detail = f"{parts[1]} {what}" if value is None else f"{parts[1]} {what}: {_show(value)}"
+    return SchemaChange(subject, detail, True)
+
+
+def _describe_field(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_show(v)}" for k, v in sorted(value.items()))
+    return _show(value)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
