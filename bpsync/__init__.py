@@ -1,3 +1,3 @@
-"""bpsync: keep BigPanda mapping enrichment tables in git, the way Terraform keeps infrastructure."""
+"""bpsync: keep BigPanda mapping enrichment tables in git, as Terraform keeps infrastructure."""
 
 __version__ = "0.1.0"

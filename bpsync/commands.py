@@ -93,7 +93,6 @@ def select_known(manifests: list[Manifest], names: list[str]) -> list[Manifest]:
 
 def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     """Plan the selected tables; shared by `plan` and `apply`."""
-    from bpsync.applier import refresh_remote
     from bpsync.planner import make_plan
 
     config = ctx.config
@@ -102,6 +101,8 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     state = backend.read()
     remote = None
     if refresh:
+        from bpsync.applier import refresh_remote
+
         with _client(ctx) as client:
             remote = refresh_remote(client, state, manifests, ctx.args.table, ctx.console.note)
     plan = make_plan(

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepdiff import DeepDiff
-
 from bpsync.config import Config
 from bpsync.errors import InvalidInput, Problem
 from bpsync.manifest import Manifest
@@ -449,6 +447,9 @@ def _field_map(fields: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def schema_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[SchemaChange, ...]:
     """Schema differences in words; any change to the fields is structural (SPEC §3)."""
+    if dict(old) == dict(new):
+        return ()
+    from deepdiff import DeepDiff  # ~50 ms to import; only when a schema really changed
     out: list[SchemaChange] = []
     for key in METADATA_KEYS:
         if key in old and old.get(key) != new.get(key):

@@ -13,7 +13,6 @@ import difflib
 import json
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +153,8 @@ def load_yaml(path: Path, display: str) -> tuple[LoadedYaml | None, list[Problem
 @cache
 def load_schema(name: str) -> dict[str, Any]:
     """A JSON Schema shipped inside the package (`bpsync/schemas/<name>.schema.json`)."""
-    text = resources.files("bpsync").joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
+    # Shipped inside the package (a copy of the repository's schemas/, kept equal by a test).
+    text = (Path(__file__).parent / "schemas" / f"{name}.schema.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -1,0 +1,256 @@
+"""The three renderings of a Plan: golden files, plus the properties goldens cannot show."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import replace
+
+import plan_cases as pc
+import pytest
+from golden_util import assert_golden
+
+from bpsync import render
+from bpsync.console import Console
+from bpsync.plan import ADD, CHANGE, NO_OP, RowChange, RowChanges
+from bpsync.render.json import render_json, write_json
+from bpsync.render.markdown import MARKER, github_link_base, render_markdown
+from bpsync.render.text import render_text
+
+LINK_BASE = "https://github.com/acme/tables/blob/0123abc/"
+LINKED = {"update", "hostile"}  # golden cases whose Markdown is rendered with row links
+
+
+@pytest.mark.parametrize("case", sorted(pc.GOLDEN_CASES))
+def test_golden(case: str, request: pytest.FixtureRequest) -> None:
+    plan = pc.GOLDEN_CASES[case]()
+    assert_golden(request.config, case, "plan.txt", render_text(plan))
+    link_base = LINK_BASE if case in LINKED else None
+    assert_golden(request.config, case, "plan.md", render_markdown(plan, link_base=link_base))
+    assert_golden(request.config, case, "plan.json", render_json(plan))
+
+
+# -- text -----------------------------------------------------------------------------------
+
+
+def test_text_truncates_rows_and_says_how_to_see_all() -> None:
+    plan = pc.update_case()
+    text = render_text(plan, max_rows=2)
+    assert "… and 2 more row changes (bpsync plan --max-rows 0, or --format json)" in text
+    assert text.count("\n  ~ ") == 2 and "\n  + " not in text
+    everything = render_text(plan, max_rows=0)
+    assert "more row changes" not in everything
+    assert len(re.findall(r"^  [+~-] ", everything, re.M)) == 4
+
+
+def test_text_shows_first_rows_by_key_of_a_huge_lazy_plan() -> None:
+    text = render_text(pc.big_case(30_000, lazy=True), max_rows=3)
+    rows = re.findall(r"^  [+~-] application=(\S+)", text, re.M)
+    assert rows == ["app0000000", "app0000001", "app0000002"]
+    assert "… and 29,997 more row changes" in text
+
+
+def test_text_colour_only_through_paint() -> None:
+    plan = pc.update_case()
+    assert "\033[" not in render_text(plan)
+    coloured = render_text(plan, paint=Console(color_out=True).paint)
+    assert "\033[32m+\033[0m application=crm" in coloured
+    assert "\033[" in coloured
+
+
+def test_text_escapes_control_characters_of_values() -> None:
+    text = render_text(pc.hostile_case())
+    assert "\x1b" not in text and '"\\x1b[31mred"' in text
+
+
+def test_text_drift_comes_before_the_plan() -> None:
+    text = render_text(pc.drift_case())
+    assert text.index("Drift") < text.index("~ service-owners (update)")
+
+
+def test_text_no_changes() -> None:
+    text = render_text(pc.noop_case())
+    assert text.endswith("Fingerprint: " + pc.FP + "\nNo changes.\n")
+    assert "2 tables unchanged." in text and "(no-op)" not in text
+
+
+@pytest.mark.parametrize(("case", "words"), [
+    ("replace", ["-/+ service-owners (replace)", "(no column) → \"sales\""]),
+    ("deactivate", ["- legacy (deactivate)", "manifest deleted"]),
+    ("mass-delete", ["MASS DELETE: removes 6 of 10 rows (60%)", "--allow-mass-delete"]),
+    ("adopted", ["content of the remote table unknown (adopted); all rows will be uploaded"]),
+    ("update-in-place", ["~ service-owners (update-in-place)", 'map_name: "Service owners"']),
+    ("create", ["+ service-owners (create) — new enrichment: +2 ~0 -0"]),
+])
+def test_text_words(case: str, words: list[str]) -> None:
+    text = render_text(pc.GOLDEN_CASES[case]())
+    for w in words:
+        assert w in text
+
+
+def test_text_change_folds_unchanged_cells_and_pairs_by_title() -> None:
+    text = render_text(pc.replace_case())
+    assert '~ application=crm  team: (no column) → "sales"  (2 unchanged cells)' in text
+
+
+# -- markdown -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_markdown_fits_a_huge_diff_and_says_what_was_cut(lazy: bool) -> None:
+    md = render_markdown(pc.big_case(200_000, lazy=lazy), link_base=LINK_BASE)
+    assert len(md) <= 60_000
+    assert md.startswith(MARKER + "\n### bpsync plan\n")
+    assert "of 200,000 row changes" in md
+    assert "`bpsync show plan.out --format json`" in md
+    assert md.rstrip().endswith("**Plan: 1 tables to change; 66667 rows to add, 66667 to change, "
+                                "66666 to remove.**")
+    assert f"`{pc.FP}`" in md
+    assert md.count("<details>") == md.count("</details>") == 1
+
+
+def test_markdown_many_tables_within_a_small_limit() -> None:
+    tables = [replace(pc.update_case().tables[0], name=f"table-{i:03d}") for i in range(400)]
+    plan = pc.plan(*tables)
+    for limit in (2_000, 5_000, 20_000, 60_000):
+        md = render_markdown(plan, limit=limit)
+        assert len(md) <= limit
+        assert md.count("<details>") == md.count("</details>")
+        assert "Cut to fit one comment" in md or "cut to fit one comment" in md
+        assert pc.FP in md
+
+
+def test_markdown_long_values_are_cut() -> None:
+    plan = pc.plan(pc.table(rows_added=1, row_changes=RowChanges([
+        pc.add("crm", "x" * 32_768, "u", 2)])))
+    md = render_markdown(plan)
+    assert len(md) < 3_000 and "x" * 120 + "…" in md
+
+
+def test_markdown_order_summary_then_warnings_then_details() -> None:
+    md = render_markdown(pc.mass_delete_case())
+    summary = md.index("| table | action | + | ~ | − |")
+    warning = md.index("> [!WARNING]")
+    details = md.index("<details>")
+    assert summary < warning < details
+    assert "MASS DELETE" in md[warning:details] and "\\-\\-allow" not in md
+    drift = render_markdown(pc.drift_case())
+    assert drift.index("**Drift**") < drift.index("<details>")
+
+
+def test_markdown_cells_cannot_break_the_table_or_inject_html() -> None:
+    md = render_markdown(pc.hostile_case())
+    rows = [line for line in md.splitlines() if line.startswith("| + |") or
+            line.startswith("| ~ |")]
+    assert len(rows) == 2
+    for line in rows:  # op, 3 columns, line: 6 cell borders, no more
+        assert len(re.findall(r"(?<!\\)\|", line)) == 6
+        assert "\n" not in line and "\x1b" not in line
+    assert "<script>" not in md and "&lt;script&gt;" in md
+    assert "\\`rm -rf\\`" in md and "\\*\\*bold\\*\\*" in md and "\\$x\\$" in md
+    assert "<code>@octocat</code>" in md  # GitHub does not mention inside <code>
+
+
+def test_markdown_links_only_with_link_base() -> None:
+    plan = pc.update_case()
+    assert "](http" not in render_markdown(plan)
+    md = render_markdown(plan, link_base=LINK_BASE)
+    assert f"[42]({LINK_BASE}tables/service-owners.csv#L42)" in md
+    assert f"[7]({LINK_BASE}tables/service-owners.csv#L7)" in md
+    assert md.count("](") == 3  # two changes and one add; removals have no line to link
+    hostile = render_markdown(pc.hostile_case(), link_base=LINK_BASE)
+    assert f"({LINK_BASE}tables/my%20table%20%281%29.csv#L2)" in hostile
+
+
+def test_github_link_base() -> None:
+    env = {"GITHUB_SERVER_URL": "https://github.com/", "GITHUB_REPOSITORY": "acme/tables",
+           "GITHUB_SHA": "0123abc"}
+    assert github_link_base(env) == "https://github.com/acme/tables/blob/0123abc/"
+    assert github_link_base({**env, "GITHUB_SHA": ""}) is None
+    assert github_link_base({}) is None
+
+
+def test_markdown_no_changes() -> None:
+    md = render_markdown(pc.noop_case())
+    assert md.startswith(MARKER) and "<details>" not in md and "| table |" not in md
+    assert md.rstrip().endswith("**No changes.**")
+
+
+def test_markdown_limit_too_small_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least"):
+        render_markdown(pc.update_case(), limit=100)
+
+
+# -- json -----------------------------------------------------------------------------------
+
+CONTRACT_TABLE_KEYS = {"name", "action", "enrichment_id", "schema_changes", "drift", "rows",
+                       "row_changes"}
+CONTRACT_ROW_KEYS = {"op", "key", "before", "after", "line"}
+
+
+@pytest.mark.parametrize("case", sorted(pc.GOLDEN_CASES))
+def test_json_contract(case: str) -> None:
+    plan = pc.GOLDEN_CASES[case]()
+    doc = json.loads(render_json(plan))
+    assert doc["format_version"] == "1" and doc["fingerprint"] == plan.fingerprint
+    assert doc["summary"] == plan.summary()
+    names = [t["name"] for t in doc["tables"]]
+    assert names == sorted(t.name for t in plan.tables)
+    for t in doc["tables"]:
+        assert t.keys() >= CONTRACT_TABLE_KEYS
+        assert set(t["rows"]) == {"added", "changed", "removed", "unchanged"}
+        if t["action"] == NO_OP:
+            assert t["row_changes"] == []
+            assert (t["rows"]["added"], t["rows"]["changed"], t["rows"]["removed"]) == (0, 0, 0)
+        keys = [tuple(r["key"].values()) for r in t["row_changes"]]
+        assert keys == sorted(keys)
+        for r in t["row_changes"]:
+            assert r.keys() >= CONTRACT_ROW_KEYS
+            assert (r["before"] is None) == (r["op"] == ADD)
+            assert isinstance(r["line"], int)
+    changed = [t for t in doc["tables"] if t["action"] != NO_OP]
+    assert doc["summary"]["rows_added"] == sum(t["rows"]["added"] for t in changed)
+
+
+def test_json_pairs_cells_by_title_across_a_replace() -> None:
+    doc = json.loads(render_json(pc.replace_case()))
+    crm = next(r for r in doc["tables"][0]["row_changes"] if r["key"] == {"application": "crm"})
+    assert crm["before"] == {"application": "crm", "owner": "ana", "Runbook URL": "u"}
+    assert crm["after"] == {"application": "crm", "owner": "ana", "Runbook URL": "u",
+                            "team": "sales"}
+    assert doc["tables"][0]["schema_changes"] == [
+        {"subject": 'field "team"', "detail": "added (result_tag)", "structural": True}]
+
+
+def test_json_is_deterministic_and_streams() -> None:
+    plan = pc.update_case()
+    buf = io.StringIO()
+    write_json(plan, buf)
+    assert buf.getvalue() == render_json(plan) == render_json(pc.update_case())
+
+
+def test_json_no_op_table_never_lists_rows() -> None:
+    odd = replace(pc.unchanged_table(), row_changes=RowChanges([pc.add("x", "y", "z", 2)]))
+    doc = json.loads(render_json(pc.plan(odd)))
+    assert doc["tables"][0]["row_changes"] == []
+
+
+def test_json_huge_lazy_plan_is_sorted_by_key_through_an_external_sort(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render, "SORT_RUN", 1_000)  # forces ten spilled runs
+    n = 10_000
+    lazy, eager = pc.big_case(n, lazy=True), pc.big_case(n)
+    text = render_json(lazy)
+    assert text == render_json(eager)
+    rows = json.loads(text)["tables"][0]["row_changes"]
+    assert len(rows) == n
+    assert [r["key"]["application"] for r in rows] == [f"app{i:07d}" for i in range(n)]
+    assert text.count("\n      {\"op\": ") == n  # one row change per line
+
+
+def test_sorted_changes_breaks_key_ties_by_op() -> None:
+    rows = [RowChange(ADD, ("k",), None, ("k", "a", "b"), 5),
+            RowChange(CHANGE, ("a",), ("a", "1", "2"), ("a", "1", "3"), 2, 2)]
+    lazy = RowChanges(lazy=lambda: iter(rows), count=2)
+    assert [r.key for r in render.sorted_changes(lazy, run=1)] == [("a",), ("k",)]

@@ -1,0 +1,129 @@
+"""The keyed row diff: exact, order- and quoting-insensitive, and a true partition of keys."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bpsync.plan import ADD, CHANGE, REMOVE
+from bpsync.rowdiff import RowDiff, diff_table
+from bpsync.table import ProblemSink, TableLayout, format_row
+
+TITLES = ("host", "env", "owner")
+LAYOUT = TableLayout(TITLES, (0, 1))  # a two-column key
+
+values = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+    max_size=6,
+)
+rows_st = st.dictionaries(st.tuples(values, values), values, min_size=1, max_size=25)
+
+
+def _csv(rows: dict[tuple[str, str], str], order: list[tuple[str, str]] | None = None) -> str:
+    keys = order if order is not None else list(rows)
+    lines = [format_row(TITLES)] + [format_row((k[0], k[1], rows[k])) for k in keys]
+    return "\n".join(lines) + "\n"
+
+
+def _diff(tmp: Path, old: dict[tuple[str, str], str], new_text: str) -> RowDiff:
+    snapshot = gzip.compress(_csv(old).encode())
+    path = tmp / "t.csv"
+    path.write_bytes(new_text.encode())
+    sink = ProblemSink("t.csv")
+    d = diff_table(path, LAYOUT, sink, lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)))
+    assert sink.errors == 0, sink.finish()
+    return d
+
+
+settings_ = settings(max_examples=60, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@settings_
+@given(rows_st)
+def test_diff_of_a_table_with_itself_is_empty(tmp_path: Path, a: dict) -> None:
+    d = _diff(tmp_path, a, _csv(a))
+    assert d.changes == ()
+    assert (d.added, d.changed, d.removed, d.unchanged) == (0, 0, 0, len(a))
+
+
+@settings_
+@given(rows_st, st.randoms(use_true_random=False))
+def test_shuffled_and_requoted_rows_are_unchanged(tmp_path: Path, a: dict, rnd: random.Random) -> None:
+    order = list(a)
+    rnd.shuffle(order)
+    # Quote every cell: a different file, the same table.
+    lines = [",".join(f'"{c}"' for c in TITLES)]
+    lines += [",".join('"' + c.replace('"', '""') + '"' for c in (k[0], k[1], a[k])) for k in order]
+    d = _diff(tmp_path, a, "\r\n".join(lines) + "\r\n")
+    assert d.changes == ()
+    assert d.unchanged == len(a)
+
+
+@settings_
+@given(rows_st, rows_st)
+def test_keys_are_partitioned_and_the_diff_turns_a_into_b(tmp_path: Path, a: dict, b: dict) -> None:
+    d = _diff(tmp_path, a, _csv(b))
+    by_op: dict[str, set[tuple[str, ...]]] = {ADD: set(), CHANGE: set(), REMOVE: set()}
+    for c in d.changes:
+        assert c.key not in by_op[c.op], "a key appears twice"
+        by_op[c.op].add(c.key)
+    unchanged = {k for k in set(a) & set(b) if a[k] == b[k]}
+    assert by_op[ADD] == set(b) - set(a)
+    assert by_op[REMOVE] == set(a) - set(b)
+    assert by_op[CHANGE] == {k for k in set(a) & set(b) if a[k] != b[k]}
+    assert d.unchanged == len(unchanged)
+    assert (d.added, d.changed, d.removed) == tuple(len(by_op[o]) for o in (ADD, CHANGE, REMOVE))
+    # Applying the changes to a gives b.
+    result = dict(a)
+    for c in d.changes:
+        if c.op == REMOVE:
+            del result[c.key]
+        else:
+            assert c.after is not None
+            result[c.key] = c.after[2]
+    assert result == b
+
+
+def test_changed_row_carries_before_after_and_both_line_numbers(tmp_path: Path) -> None:
+    a = {("web1", "prod"): "ana", ("web2", "prod"): "bob", ("db1", "prod"): "eve"}
+    b = {("web2", "prod"): "bob", ("web1", "prod"): "carl", ("new", "qa"): "dan"}
+    d = _diff(tmp_path, a, _csv(b))
+    ops = {c.key: c for c in d.changes}
+    change = ops[("web1", "prod")]
+    assert change.op == CHANGE
+    assert change.before == ("web1", "prod", "ana") and change.after == ("web1", "prod", "carl")
+    assert change.line == 3 and change.old_line == 2  # new CSV line, snapshot line
+    assert ops[("db1", "prod")].op == REMOVE and ops[("db1", "prod")].line == 4
+    assert ops[("new", "qa")].op == ADD and ops[("new", "qa")].line == 4
+    assert [c.key for c in d.changes] == sorted(c.key for c in d.changes)
+
+
+def test_duplicate_key_with_an_unchanged_row_is_an_error(tmp_path: Path) -> None:
+    a = {("web1", "prod"): "ana", ("web2", "prod"): "bob"}
+    text = _csv(a) + format_row(("web1", "prod", "other")) + "\n"
+    snapshot = gzip.compress(_csv(a).encode())
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    sink = ProblemSink("t.csv")
+    d = diff_table(path, LAYOUT, sink, lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)))
+    assert not d.info.ok
+    messages = [str(p) for p in sink.finish()]
+    assert any("t.csv:4" in m and "duplicate key" in m and "line 2" in m for m in messages)
+
+
+def test_duplicate_identical_row_is_an_error(tmp_path: Path) -> None:
+    a = {("web1", "prod"): "ana"}
+    text = _csv(a) + format_row(("web1", "prod", "ana")) + "\n"
+    snapshot = gzip.compress(_csv(a).encode())
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    sink = ProblemSink("t.csv")
+    d = diff_table(path, LAYOUT, sink, lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)))
+    assert not d.info.ok
+    assert any("duplicate row" in str(p) and "t.csv:3" in str(p) for p in sink.finish())
