@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from bpsync import __version__
 from bpsync.config import Config, load_config
@@ -41,6 +41,8 @@ class Context:
     env: Mapping[str, str]
     cwd: Path
     stdin_isatty: bool
+    # Extra BigPandaClient keyword arguments (tests: transport, poll intervals, limiter).
+    client_options: Mapping[str, Any] = field(default_factory=dict)
     _config: Config | None = field(default=None, init=False)
 
     @property
@@ -240,6 +242,7 @@ def run(
     cwd: Path | None = None,
     console: Console | None = None,
     stdin_isatty: bool | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Run one command; returns the exit code. Every error becomes a code here, and only here."""
     env = dict(os.environ) if env is None else env

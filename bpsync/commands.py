@@ -68,7 +68,10 @@ def fmt(ctx: Context) -> int:
 
 def add_extra_commands(sub: Any) -> None:
     """Commands that live in their own modules (ci, state) register here."""
-    _ = (sub, argparse)
+    from bpsync import ci
+
+    _ = argparse
+    ci.register(sub)
 
 
 def _now() -> str:
@@ -119,7 +122,11 @@ def _client(ctx: Context) -> Any:
     config = ctx.config
     log = ctx.console.note if ctx.args.debug else None
     return BigPandaClient(
-        config.resolved_base_url, config.token(ctx.env), config.api.version, log=log
+        config.resolved_base_url,
+        config.token(ctx.env),
+        config.api.version,
+        log=log,
+        **ctx.client_options,
     )
 
 
@@ -142,7 +149,7 @@ def render(ctx: Context, plan: Plan, fmt: str) -> None:
         ctx.console.out.flush()
         return
     if fmt == "markdown":
-        ctx.console.print(render_markdown(plan, link_base=github_link_base(ctx.env)))
+        ctx.console.print(render_markdown(plan, link_base=_link_base(ctx, github_link_base)))
         return
     paint = ctx.console.paint if ctx.console.color_out else None
     text = (
@@ -151,6 +158,20 @@ def render(ctx: Context, plan: Plan, fmt: str) -> None:
         else render_text(plan, max_rows=ctx.args.max_rows)
     )
     ctx.console.out.write(text if text.endswith("\n") else text + "\n")
+
+
+def _link_base(ctx: Context, base_of: Callable[[Mapping[str, str]], str | None]) -> str | None:
+    """Links to CSV lines at the commit; CSV paths are relative to the project root, which
+    may sit below the repository's top (`-C DIR`)."""
+    base = base_of(ctx.env)
+    if base is None:
+        return None
+    root = ctx.config.root
+    for top in (root, *root.parents):
+        if (top / ".git").exists():
+            prefix = root.relative_to(top).as_posix()
+            return base if prefix == "." else f"{base}{prefix}/"
+    return base
 
 
 def plan(ctx: Context) -> int:
@@ -235,6 +256,12 @@ def apply(ctx: Context) -> int:
 
     config = ctx.config
     config.token(ctx.env)  # fail before taking the lock when there is no token
+    if not (ctx.args.planfile or ctx.args.auto_approve or ctx.stdin_isatty):
+        raise ApplyRefused(
+            "no terminal to ask for confirmation",
+            hint="review `bpsync plan` and run `bpsync apply --auto-approve`, or apply a saved "
+            "plan file (`bpsync plan --out FILE`, then `bpsync apply FILE`)",
+        )
     backend = open_backend(config)
     fault = _fault_hook(ctx.env)
     with backend.lock(

@@ -24,8 +24,16 @@ def assert_golden(config: pytest.Config, case: str, name: str, actual: str) -> N
         pytest.fail(f"golden file {path} is missing; run `pytest --update-golden` and review it")
     expected = path.read_text(encoding="utf-8")
     if actual != expected:
-        diff = "".join(difflib.unified_diff(
-            expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-            f"golden/{case}/{name}", "actual"))
-        pytest.fail(f"{case}/{name} differs from its golden file "
-                    f"(`pytest --update-golden` if intended):\n{diff}", pytrace=False)
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                f"golden/{case}/{name}",
+                "actual",
+            )
+        )
+        pytest.fail(
+            f"{case}/{name} differs from its golden file "
+            f"(`pytest --update-golden` if intended):\n{diff}",
+            pytrace=False,
+        )

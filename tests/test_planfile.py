@@ -102,11 +102,14 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "bpsync plan --out" in e.value.render()
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("", "is empty"),
-    ("application,owner\ncrm,ana\n", "not a bpsync plan file"),
-    ('{"a": 1}', "not a bpsync plan file"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "is empty"),
+        ("application,owner\ncrm,ana\n", "not a bpsync plan file"),
+        ('{"a": 1}', "not a bpsync plan file"),
+    ],
+)
 def test_not_a_plan_file(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "plan.out"
     path.write_text(content)
@@ -142,12 +145,15 @@ def test_every_truncation_is_refused(tmp_path: Path) -> None:
         load_plan(cut)
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    (b'"op": "add"', b'"op": "add", '),  # invalid JSON in a row
-    (b'"application": "crm"}, "before"', b'"app": "crm"}, "before"'),  # wrong key title
-    (b'  ]\n}\n', b'  ]\n}\n{}\n'),  # data after the end
-    (b'"row_change_count": 4', b'"row_change_count": 5'),  # a row missing
-])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b'"op": "add"', b'"op": "add", '),  # invalid JSON in a row
+        (b'"application": "crm"}, "before"', b'"app": "crm"}, "before"'),  # wrong key title
+        (b"  ]\n}\n", b"  ]\n}\n{}\n"),  # data after the end
+        (b'"row_change_count": 4', b'"row_change_count": 5'),  # a row missing
+    ],
+)
 def test_damaged_files_are_refused(tmp_path: Path, old: bytes, new: bytes) -> None:
     path = save_plan(pc.update_case(), tmp_path / "plan.out")
     data = path.read_bytes()

@@ -75,14 +75,17 @@ def test_text_no_changes() -> None:
     assert "2 tables unchanged." in text and "(no-op)" not in text
 
 
-@pytest.mark.parametrize(("case", "words"), [
-    ("replace", ["-/+ service-owners (replace)", "(no column) → \"sales\""]),
-    ("deactivate", ["- legacy (deactivate)", "manifest deleted"]),
-    ("mass-delete", ["MASS DELETE: removes 6 of 10 rows (60%)", "--allow-mass-delete"]),
-    ("adopted", ["content of the remote table unknown (adopted); all rows will be uploaded"]),
-    ("update-in-place", ["~ service-owners (update-in-place)", 'map_name: "Service owners"']),
-    ("create", ["+ service-owners (create) — new enrichment: +2 ~0 -0"]),
-])
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("replace", ["-/+ service-owners (replace)", '(no column) → "sales"']),
+        ("deactivate", ["- legacy (deactivate)", "manifest deleted"]),
+        ("mass-delete", ["MASS DELETE: removes 6 of 10 rows (60%)", "--allow-mass-delete"]),
+        ("adopted", ["content of the remote table unknown (adopted); all rows will be uploaded"]),
+        ("update-in-place", ["~ service-owners (update-in-place)", 'map_name: "Service owners"']),
+        ("create", ["+ service-owners (create) — new enrichment: +2 ~0 -0"]),
+    ],
+)
 def test_text_words(case: str, words: list[str]) -> None:
     text = render_text(pc.GOLDEN_CASES[case]())
     for w in words:
@@ -104,8 +107,9 @@ def test_markdown_fits_a_huge_diff_and_says_what_was_cut(lazy: bool) -> None:
     assert md.startswith(MARKER + "\n### bpsync plan\n")
     assert "of 200,000 row changes" in md
     assert "`bpsync show plan.out --format json`" in md
-    assert md.rstrip().endswith("**Plan: 1 tables to change; 66667 rows to add, 66667 to change, "
-                                "66666 to remove.**")
+    assert md.rstrip().endswith(
+        "**Plan: 1 tables to change; 66667 rows to add, 66667 to change, 66666 to remove.**"
+    )
     assert f"`{pc.FP}`" in md
     assert md.count("<details>") == md.count("</details>") == 1
 
@@ -122,8 +126,9 @@ def test_markdown_many_tables_within_a_small_limit() -> None:
 
 
 def test_markdown_long_values_are_cut() -> None:
-    plan = pc.plan(pc.table(rows_added=1, row_changes=RowChanges([
-        pc.add("crm", "x" * 32_768, "u", 2)])))
+    plan = pc.plan(
+        pc.table(rows_added=1, row_changes=RowChanges([pc.add("crm", "x" * 32_768, "u", 2)]))
+    )
     md = render_markdown(plan)
     assert len(md) < 3_000 and "x" * 120 + "…" in md
 
@@ -141,8 +146,9 @@ def test_markdown_order_summary_then_warnings_then_details() -> None:
 
 def test_markdown_cells_cannot_break_the_table_or_inject_html() -> None:
     md = render_markdown(pc.hostile_case())
-    rows = [line for line in md.splitlines() if line.startswith("| + |") or
-            line.startswith("| ~ |")]
+    rows = [
+        line for line in md.splitlines() if line.startswith("| + |") or line.startswith("| ~ |")
+    ]
     assert len(rows) == 2
     for line in rows:  # op, 3 columns, line: 6 cell borders, no more
         assert len(re.findall(r"(?<!\\)\|", line)) == 6
@@ -164,8 +170,11 @@ def test_markdown_links_only_with_link_base() -> None:
 
 
 def test_github_link_base() -> None:
-    env = {"GITHUB_SERVER_URL": "https://github.com/", "GITHUB_REPOSITORY": "acme/tables",
-           "GITHUB_SHA": "0123abc"}
+    env = {
+        "GITHUB_SERVER_URL": "https://github.com/",
+        "GITHUB_REPOSITORY": "acme/tables",
+        "GITHUB_SHA": "0123abc",
+    }
     assert github_link_base(env) == "https://github.com/acme/tables/blob/0123abc/"
     assert github_link_base({**env, "GITHUB_SHA": ""}) is None
     assert github_link_base({}) is None
@@ -184,8 +193,15 @@ def test_markdown_limit_too_small_is_refused() -> None:
 
 # -- json -----------------------------------------------------------------------------------
 
-CONTRACT_TABLE_KEYS = {"name", "action", "enrichment_id", "schema_changes", "drift", "rows",
-                       "row_changes"}
+CONTRACT_TABLE_KEYS = {
+    "name",
+    "action",
+    "enrichment_id",
+    "schema_changes",
+    "drift",
+    "rows",
+    "row_changes",
+}
 CONTRACT_ROW_KEYS = {"op", "key", "before", "after", "line"}
 
 
@@ -217,10 +233,15 @@ def test_json_pairs_cells_by_title_across_a_replace() -> None:
     doc = json.loads(render_json(pc.replace_case()))
     crm = next(r for r in doc["tables"][0]["row_changes"] if r["key"] == {"application": "crm"})
     assert crm["before"] == {"application": "crm", "owner": "ana", "Runbook URL": "u"}
-    assert crm["after"] == {"application": "crm", "owner": "ana", "Runbook URL": "u",
-                            "team": "sales"}
+    assert crm["after"] == {
+        "application": "crm",
+        "owner": "ana",
+        "Runbook URL": "u",
+        "team": "sales",
+    }
     assert doc["tables"][0]["schema_changes"] == [
-        {"subject": 'field "team"', "detail": "added (result_tag)", "structural": True}]
+        {"subject": 'field "team"', "detail": "added (result_tag)", "structural": True}
+    ]
 
 
 def test_json_is_deterministic_and_streams() -> None:
@@ -237,7 +258,8 @@ def test_json_no_op_table_never_lists_rows() -> None:
 
 
 def test_json_huge_lazy_plan_is_sorted_by_key_through_an_external_sort(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(render, "SORT_RUN", 1_000)  # forces ten spilled runs
     n = 10_000
     lazy, eager = pc.big_case(n, lazy=True), pc.big_case(n)
@@ -246,11 +268,13 @@ def test_json_huge_lazy_plan_is_sorted_by_key_through_an_external_sort(
     rows = json.loads(text)["tables"][0]["row_changes"]
     assert len(rows) == n
     assert [r["key"]["application"] for r in rows] == [f"app{i:07d}" for i in range(n)]
-    assert text.count("\n      {\"op\": ") == n  # one row change per line
+    assert text.count('\n      {"op": ') == n  # one row change per line
 
 
 def test_sorted_changes_breaks_key_ties_by_op() -> None:
-    rows = [RowChange(ADD, ("k",), None, ("k", "a", "b"), 5),
-            RowChange(CHANGE, ("a",), ("a", "1", "2"), ("a", "1", "3"), 2, 2)]
+    rows = [
+        RowChange(ADD, ("k",), None, ("k", "a", "b"), 5),
+        RowChange(CHANGE, ("a",), ("a", "1", "2"), ("a", "1", "3"), 2, 2),
+    ]
     lazy = RowChanges(lazy=lambda: iter(rows), count=2)
     assert [r.key for r in render.sorted_changes(lazy, run=1)] == [("a",), ("k",)]

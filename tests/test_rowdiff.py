@@ -40,8 +40,9 @@ def _diff(tmp: Path, old: dict[tuple[str, str], str], new_text: str) -> RowDiff:
     return d
 
 
-settings_ = settings(max_examples=60, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings_ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @settings_
@@ -54,7 +55,9 @@ def test_diff_of_a_table_with_itself_is_empty(tmp_path: Path, a: dict) -> None:
 
 @settings_
 @given(rows_st, st.randoms(use_true_random=False))
-def test_shuffled_and_requoted_rows_are_unchanged(tmp_path: Path, a: dict, rnd: random.Random) -> None:
+def test_shuffled_and_requoted_rows_are_unchanged(
+    tmp_path: Path, a: dict, rnd: random.Random
+) -> None:
     order = list(a)
     rnd.shuffle(order)
     # Quote every cell: a different file, the same table.

@@ -1,0 +1,125 @@
+"""Fault injection for the emulator: what tests and `--errors-…` flags make go wrong.
+
+Every method is thread-safe: tests arm faults from the test thread while handler threads and
+job threads consume them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+DEFAULT_JOB_FAILURE = "injected failure: the emulator was told to fail this job"
+
+
+@dataclass
+class _RequestFault:
+    remaining: int
+    status: int
+    retry_after: str | None
+    path_contains: str | None
+    method: str | None
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and method != self.method:
+            return False
+        return self.path_contains is None or self.path_contains in path
+
+
+@dataclass(frozen=True)
+class RequestFault:
+    """An armed fault that fired: answer with `status` (and `Retry-After` when set)."""
+
+    status: int
+    retry_after: str | None
+
+
+class Faults:
+    """Switches and one-shot faults; `take_*` consume them, the rest set them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: list[_RequestFault] = []
+        self._drops: deque[int] = deque()
+        self._job_failures: deque[str] = deque()
+        self._latency = 0.0
+        self._hang = False
+
+    # ------------------------------------------------------------ arming
+
+    def set_latency(self, seconds: float) -> None:
+        """Delay every request by `seconds` before answering."""
+        with self._lock:
+            self._latency = max(0.0, seconds)
+
+    def fail_next_requests(
+        self,
+        n: int,
+        *,
+        status: int = 503,
+        retry_after: float | str | None = None,
+        path_contains: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        """Answer the next `n` matching requests with `status`, before reading any body.
+
+        A 429 gets `Retry-After: 1` unless another value is given.
+        """
+        if retry_after is None and status == 429:
+            retry_after = 1
+        after = None if retry_after is None else str(retry_after)
+        with self._lock:
+            self._requests.append(_RequestFault(n, status, after, path_contains, method))
+
+    def drop_upload_after(self, bytes: int, times: int = 1) -> None:
+        """Close the socket, without answering, after `bytes` of the next `times` uploads."""
+        with self._lock:
+            self._drops.extend([max(0, bytes)] * times)
+
+    def fail_next_jobs(self, n: int, reason: str = DEFAULT_JOB_FAILURE) -> None:
+        """The next `n` jobs end `failed` with `reason`, whatever the table holds."""
+        with self._lock:
+            self._job_failures.extend([reason] * n)
+
+    def hang_jobs(self, on: bool = True) -> None:
+        """While on, new jobs reach `started` and never finish."""
+        with self._lock:
+            self._hang = on
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._drops.clear()
+            self._job_failures.clear()
+            self._latency = 0.0
+            self._hang = False
+
+    # ------------------------------------------------------------ consuming
+
+    @property
+    def latency(self) -> float:
+        with self._lock:
+            return self._latency
+
+    @property
+    def hanging(self) -> bool:
+        with self._lock:
+            return self._hang
+
+    def take_request_fault(self, method: str, path: str) -> RequestFault | None:
+        with self._lock:
+            for fault in self._requests:
+                if fault.remaining > 0 and fault.matches(method, path):
+                    fault.remaining -= 1
+                    self._requests = [f for f in self._requests if f.remaining > 0]
+                    return RequestFault(fault.status, fault.retry_after)
+        return None
+
+    def take_drop(self) -> int | None:
+        with self._lock:
+            return self._drops.popleft() if self._drops else None
+
+    def take_job_failure(self) -> str | None:
+        with self._lock:
+            return self._job_failures.popleft() if self._job_failures else None
