@@ -46,10 +46,17 @@ class Context:
     _config: Config | None = field(default=None, init=False)
 
     @property
+    def start_dir(self) -> Path:
+        """Where bpsync runs "as if started" (-C DIR); relative paths are relative to it."""
+        return self.cwd / self.args.directory if self.args.directory else self.cwd
+
+    def path(self, given: Path) -> Path:
+        return self.start_dir / given
+
+    @property
     def config(self) -> Config:
         if self._config is None:
-            start = self.cwd / self.args.directory if self.args.directory else self.cwd
-            self._config = load_config(start, self.env)
+            self._config = load_config(self.start_dir, self.env)
         return self._config
 
 
@@ -259,6 +266,7 @@ def run(
             env,
             cwd or Path.cwd(),
             sys.stdin.isatty() if stdin_isatty is None else stdin_isatty,
+            dict(client_options or {}),
         )
         code: int = args.func(ctx)
         return code

@@ -29,8 +29,8 @@ def validate(ctx: Context) -> int:
     rows = sum(t.info.rows for t in report.tables)
     summary = (
         f"{len(report.manifests)} manifest(s), {len(report.tables)} table(s), "
-        f"{rows:,} row(s): {len(report.errors)} error(s), "
-        f"{len(report.warnings)} warning(s)"
+        f"{rows:,} row(s): {report.error_count} error(s), "
+        f"{report.warning_count} warning(s)"
     )
     if report.ok:
         ctx.console.note(ctx.console.paint("Valid.", "green", stream="err") + " " + summary)
@@ -116,7 +116,7 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     return plan
 
 
-def _client(ctx: Context) -> Any:
+def _client(ctx: Context, fault: Callable[[str], None] | None = None) -> Any:
     from bpsync.bigpanda.client import BigPandaClient
 
     config = ctx.config
@@ -126,6 +126,7 @@ def _client(ctx: Context) -> Any:
         config.token(ctx.env),
         config.api.version,
         log=log,
+        fault=fault,  # test seam: the crash matrix's "mid-upload" point (see _fault_hook)
         **ctx.client_options,
     )
 
@@ -180,7 +181,7 @@ def plan(ctx: Context) -> int:
     the_plan = build_plan(ctx, refresh=_wants_refresh(ctx))
     render(ctx, the_plan, ctx.args.format)
     if ctx.args.out:
-        save_plan(the_plan, ctx.args.out)
+        save_plan(the_plan, ctx.path(ctx.args.out))
         ctx.console.note(
             f"Saved the plan to {ctx.args.out}; apply it with `bpsync apply {ctx.args.out}`."
         )
@@ -192,7 +193,7 @@ def plan(ctx: Context) -> int:
 def show(ctx: Context) -> int:
     from bpsync.planfile import load_plan
 
-    render(ctx, load_plan(ctx.args.planfile), ctx.args.format)
+    render(ctx, load_plan(ctx.path(ctx.args.planfile)), ctx.args.format)
     return EXIT_OK
 
 
@@ -209,12 +210,18 @@ def _fault_hook(env: Mapping[str, str]) -> Callable[[str], None]:
     """Test seam for the crash matrix: SIGKILL this process at a named apply step.
 
     Set only by bpsync's own tests (BPSYNC_TEST_KILL_AT); deterministic, unlike sleeps.
+    The points are the Applier's, "locked", the client's "mid-upload" and the local state
+    backend's "state:…" ones; `POINT#N` kills at the N-th time POINT is reached (e.g. the
+    third state write, `state:before-rename#3`).
     """
-    point = env.get("BPSYNC_TEST_KILL_AT", "")
+    point, _, nth = env.get("BPSYNC_TEST_KILL_AT", "").partition("#")
+    left = [int(nth) if nth.isdigit() else 1]
 
     def hook(name: str) -> None:
         if name == point:
-            os.kill(os.getpid(), signal.SIGKILL)
+            left[0] -= 1
+            if left[0] == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
 
@@ -262,14 +269,14 @@ def apply(ctx: Context) -> int:
             hint="review `bpsync plan` and run `bpsync apply --auto-approve`, or apply a saved "
             "plan file (`bpsync plan --out FILE`, then `bpsync apply FILE`)",
         )
-    backend = open_backend(config)
     fault = _fault_hook(ctx.env)
+    backend = open_backend(config, fault=fault)  # test seam: kills mid state write too
     with backend.lock(
         "bpsync apply", timeout=ctx.args.lock_timeout, notify=ctx.console.warn
     ) as _lock:
         fault("locked")
         the_plan = _offline_plan(ctx)
-        with _client(ctx) as client:
+        with _client(ctx, fault=fault) as client:
             store = StateStore(backend, backend.read(), fault)
             applier = Applier(
                 client,
@@ -323,7 +330,7 @@ def _offline_plan(ctx: Context) -> Plan:
     from bpsync.planfile import load_plan
 
     if ctx.args.planfile:
-        saved = load_plan(ctx.args.planfile)
+        saved = load_plan(ctx.path(ctx.args.planfile))
         _check_saved(ctx, saved)
         the_plan = saved
     else:

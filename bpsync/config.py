@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +79,15 @@ def load_config(start: Path, env: Mapping[str, str]) -> Config:
     path = find_config(start)
     raw: dict[str, Any] = {}
     if path is not None:
-        doc, problems = load_yaml(path, CONFIG_NAME)
+        shown = os.path.relpath(path, start)  # "bpsync.yaml", or "../bpsync.yaml" from below
+        doc, problems = load_yaml(path, shown)
         if doc is not None and not isinstance(doc.data, dict):
             raise ConfigError(
                 f"{path}: the configuration must be a mapping of keys",
                 hint="see README, 'bpsync.yaml'",
             )
         if doc is not None:
-            problems += check_schema(doc, "config", str(path))
+            problems += check_schema(doc, "config", shown)
             raw = doc.data
         if problems:
             raise InvalidInput(problems)
@@ -97,10 +99,14 @@ def _build(root: Path, path: Path | None, raw: dict[str, Any], env: Mapping[str,
 
     api = ApiConfig(**(raw.get("api") or {}))
     state = StateConfig(**(raw.get("state") or {}))
-    where = str(path) if path else "the environment"
+    where = CONFIG_NAME if path else "the defaults"
     try:
         url = check_base_url(resolve_base_url(api.region, api.base_url, env.get(API_URL_ENV)))
     except ConfigError as e:
+        if env.get(API_URL_ENV):
+            raise ConfigError(
+                f"environment variable {API_URL_ENV}: {e.message}", hint=e.hint
+            ) from None
         raise ConfigError(f"{where}: {e.message}", hint=e.hint) from None
     if state.backend == "s3" and not state.bucket:
         raise ConfigError(

@@ -60,8 +60,9 @@ class Console:
                 self.error(str(p))
 
 
-def _problem_order(p: Problem) -> tuple[str, int, int]:
-    return (p.path, p.line or 0, p.col or 0)
+def _problem_order(p: Problem) -> tuple[str, bool, int, int]:
+    # Per file, located problems by line; unlocated ones (summaries like "… and N more") last.
+    return (p.path, p.line is None, p.line or 0, p.col or 0)
 
 
 def github_annotation(p: Problem) -> str:

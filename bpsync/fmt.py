@@ -33,7 +33,7 @@ def reasons_of(info: TableInfo) -> tuple[str, ...]:
 
 def format_table(manifest: Manifest, *, check: bool) -> FmtResult:
     """Canonicalise one table; with `check`, only report. Invalid tables are never written."""
-    path = manifest.csv_path
+    path = manifest.csv_path.resolve()  # rewrite a symlink's target, not the link
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:

@@ -33,6 +33,9 @@ BOM = b"\xef\xbb\xbf"
 # (4 bytes per character at most); shorter lines need no per-value check.
 _SAFE_LINE_CHARS = facts.MAX_VALUE_BYTES // 4
 DEFAULT_PROBLEM_CAP = 50
+# The longest line a valid table can hold is far shorter: 32 KiB values, quoted, in a few
+# hundred columns at most. Past this, the file has no usable line breaks (CR-only endings).
+MAX_LINE_BYTES = 64 * 1024 * 1024
 
 RowsCallback = Callable[[int, list[str]], None]
 
@@ -130,8 +133,24 @@ def key_hash(key: tuple[str, ...]) -> int:
 def format_row(cells: Sequence[str]) -> str:
     """One row in canonical form (RFC 4180, quoting only where needed), without newline."""
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(cells)
-    return buf.getvalue()[:-1]
+    # csv quotes a value holding any character of the line terminator: with "\r\n" both CR
+    # and LF get quoted (with "\n" alone a lone CR would be written bare and lost on read).
+    csv.writer(buf, lineterminator="\r\n").writerow(cells)
+    return buf.getvalue()[:-2]
+
+
+def describe_csv_error(error: csv.Error) -> tuple[str, str]:
+    """(message, hint) for Python's csv errors, in the words of BigPanda's rules."""
+    text = str(error)
+    if "new-line character" in text:
+        return (
+            "a line break (CR) inside an unquoted value, or CR-only line endings; BigPanda "
+            "does not support line breaks in values",
+            "remove the CR, or save the file with LF (or CRLF) line endings",
+        )
+    if "unexpected end of data" in text:
+        return ("a quoted value is not closed before the end of the file", "add the closing quote")
+    return (f"malformed CSV: {text}", 'quote values holding commas or quotes as "a,b" / "a""b"')
 
 
 def parse_line(line: str) -> list[str]:
@@ -149,17 +168,43 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_blocks(f: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
-    """(byte offset, bytes ending in a newline, is_last) — blocks never split a line."""
-    rest = b""
+class LineTooLong(Exception):
+    """A line longer than any valid row can be."""
+
+    def __init__(self, offset: int, limit: int) -> None:
+        self.offset = offset
+        self.limit = limit
+        super().__init__(f"no line break within {limit:,} bytes from offset {offset}")
+
+
+def max_line_bytes(width: int) -> int:
+    """The longest line a valid row of `width` cells can be: every value at the byte limit,
+    quoted, each character a doubled quote, plus the commas."""
+    return min(MAX_LINE_BYTES, width * (2 * facts.MAX_VALUE_BYTES + 3) + 2)
+
+
+def read_blocks(f: BinaryIO, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, bool]]:
+    """(byte offset, bytes ending in a newline, is_last) — blocks never split a line.
+
+    Pieces of a long line are kept in a list and joined once (no quadratic copying); a line
+    longer than `max_line` raises LineTooLong rather than being read whole into memory.
+    """
+    pending: list[bytes] = []
+    pending_size = 0
     offset = 0
     for block in iter(lambda: f.read(BLOCK_SIZE), b""):
-        block = rest + block
         cut = block.rfind(b"\n") + 1
-        rest = block[cut:]
-        if cut:
-            yield offset, block[:cut], False
-            offset += cut
+        if not cut:
+            pending.append(block)
+            pending_size += len(block)
+            if pending_size > max_line:
+                raise LineTooLong(offset, max_line)
+            continue
+        head = b"".join((*pending, block[:cut])) if pending else block[:cut]
+        yield offset, head, False
+        offset += len(head)
+        pending, pending_size = [block[cut:]], len(block) - cut
+    rest = b"".join(pending)
     if rest:
         yield offset, rest, True
 
@@ -225,18 +270,28 @@ class TableScan:
                 self.result = self._info(size)
                 return
             f.seek(0)
-            for offset, raw, last in read_blocks(f):
-                text = self._decode(raw, offset)
-                if text is None:
-                    self.result = self._info(size)
-                    return
-                if last:
-                    self.missing_newline = True
-                    self.canonical = False
-                    text += "\n"
-                    raw += b"\n"
-                self._block(raw, text)
-                yield
+            try:
+                for offset, raw, last in read_blocks(f, max_line_bytes(self.width)):
+                    text = self._decode(raw, offset)
+                    if text is None:
+                        self.result = self._info(size)
+                        return
+                    if last:
+                        self.missing_newline = True
+                        self.canonical = False
+                        text += "\n"
+                        raw += b"\n"
+                    self._block(raw, text)
+                    yield
+            except LineTooLong as e:
+                self.sink.error(
+                    self.line + 1,
+                    f"no line break within {e.limit:,} bytes (from byte offset {e.offset}), "
+                    "longer than any valid row; CR-only line endings?",
+                    "save the file with LF line endings",
+                )
+                self.result = self._info(size)
+                return
         if not self.header_done:
             self.sink.error(1, "the file has no header row", "add the header row")
         elif self.rows == 0 and self.sink.errors == 0:
@@ -330,7 +385,8 @@ class TableScan:
         try:
             titles = next(csv.reader([line], strict=True))
         except csv.Error as e:
-            self.sink.error(lineno, f"the header row is not valid CSV: {e}", "fix the quoting")
+            message, hint = describe_csv_error(e)
+            self.sink.error(lineno, f"header row: {message}", hint)
             return
         canon = format_row(titles)
         self.header_line = canon
@@ -439,11 +495,7 @@ class TableScan:
                 break
             except csv.Error as e:
                 consumed = reader.line_num
-                self.sink.error(
-                    start,
-                    f"malformed CSV: {e}",
-                    'quote values holding commas or quotes as "a,b" / "a""b"',
-                )
+                self.sink.error(start, *describe_csv_error(e))
                 # csv.reader cannot resume after an error; restart after the bad line.
                 reader = csv.reader(lines[consumed:], strict=True)
                 first, consumed = first + consumed, 0
@@ -540,7 +592,7 @@ class TableScan:
                 else:
                     first_seen[key] = (first + i, row)
 
-        rescan = TableScan(self.path, self.layout, ProblemSink(self.path), collect)
+        rescan = TableScan(self.path, self.layout, ProblemSink(str(self.path)), collect)
         rescan.track_keys = False
         rescan.emit_despite_errors = True
         rescan.run()
@@ -562,7 +614,12 @@ def scan_table(
 
 
 def write_canonical(
-    source: Path, dest: BinaryIO, layout: TableLayout, sink: ProblemSink | None = None
+    source: Path,
+    dest: BinaryIO,
+    layout: TableLayout,
+    sink: ProblemSink | None = None,
+    *,
+    check_duplicates: bool = True,
 ) -> TableInfo:
     """Write the canonical form of `source` to `dest` while checking it.
 
@@ -579,4 +636,6 @@ def write_canonical(
         dest.write(("\n".join(lines) + "\n").encode("utf-8"))
 
     scan = TableScan(source, layout, sink or ProblemSink(str(source)), emit)
+    # Apply re-writes tables its plan already validated: no dict of keys, flat memory.
+    scan.track_keys = check_duplicates
     return scan.run()

@@ -21,7 +21,9 @@ class CheckedTable:
 class ValidationReport:
     manifests: tuple[Manifest, ...]
     tables: tuple[CheckedTable, ...]
-    problems: tuple[Problem, ...]
+    problems: tuple[Problem, ...]  # as shown: capped per file, with "… and N more" lines
+    error_count: int  # every error found, including those the cap left unshown
+    warning_count: int
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -33,7 +35,7 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return self.error_count == 0
 
 
 def select(manifests: list[Manifest], names: Collection[str]) -> list[Manifest]:
@@ -52,10 +54,14 @@ def select(manifests: list[Manifest], names: Collection[str]) -> list[Manifest]:
 
 def validate_project(config: Config, tables: Collection[str] = ()) -> ValidationReport:
     manifests, problems = load_manifests(config)
+    errors = sum(1 for p in problems if p.severity == "error")
+    warnings = len(problems) - errors
     checked = []
     for manifest in select(manifests, tables):
         sink = ProblemSink(manifest.csv_display)
         info = scan_table(manifest.csv_path, manifest.layout, sink)
         problems += sink.finish()
+        errors += sink.errors
+        warnings += sink.warnings
         checked.append(CheckedTable(manifest, info))
-    return ValidationReport(tuple(manifests), tuple(checked), tuple(problems))
+    return ValidationReport(tuple(manifests), tuple(checked), tuple(problems), errors, warnings)

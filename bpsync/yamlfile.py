@@ -215,6 +215,19 @@ def _explain(err: Any, doc: LoadedYaml, display: str) -> list[Problem]:
                 'quote it, e.g. "…"',
             )
         ]
+    if err.validator == "enum" and path in doc.plain_scalars and not isinstance(err.instance, str):
+        kind = _YAML11_NAMES.get(type(err.instance), type(err.instance).__name__)
+        allowed = ", ".join(map(str, err.validator_value))
+        return [
+            Problem(
+                display,
+                line,
+                col,
+                f"{_where(path)}: the unquoted value was read as {kind} "
+                f"({err.instance!r}); allowed: {allowed}",
+                'quote it, e.g. "…"',
+            )
+        ]
     if err.validator == "required":
         return [Problem(display, line, col, f"{_where(path)}: {err.message}", "add the key")]
     message = err.message
