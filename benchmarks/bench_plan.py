@@ -18,13 +18,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_table import make_project, parse_size  # noqa: E402
-from measure import BPSYNC, run_measured, timed, verdict  # noqa: E402
+from gen_table import make_project, parse_size
+from measure import BPSYNC, run_measured, timed, verdict
 
-from bpsync.config import load_config  # noqa: E402
-from bpsync.manifest import load_manifests  # noqa: E402
-from bpsync.state import LocalBackend, TableState  # noqa: E402
-from bpsync.table import sha256_file  # noqa: E402
+from bpsync.config import load_config
+from bpsync.manifest import load_manifests
+from bpsync.state import LocalBackend, TableState
+from bpsync.table import sha256_file
 
 
 def record_applied(root: Path, snapshot: Path) -> None:

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_table import make_project, parse_size  # noqa: E402
-from measure import BPSYNC, run_measured, timed, verdict  # noqa: E402
+from gen_table import make_project, parse_size
+from measure import BPSYNC, run_measured, timed, verdict
 
 
 def floor(path: Path) -> None:

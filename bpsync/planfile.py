@@ -73,11 +73,17 @@ def _section(plan: Plan) -> dict[str, Any]:
     return {
         "version": PLAN_FILE_VERSION,
         "plan": {
-            "fingerprint": plan.fingerprint, "api_version": plan.api_version,
-            "refreshed": plan.refreshed, "created_at": plan.created_at,
+            "fingerprint": plan.fingerprint,
+            "api_version": plan.api_version,
+            "refreshed": plan.refreshed,
+            "created_at": plan.created_at,
             "warnings": list(plan.warnings),
-            "inputs": {"manifests": dict(inputs.manifests), "tables": dict(inputs.tables),
-                       "state": inputs.state, "deleted": list(inputs.deleted)},
+            "inputs": {
+                "manifests": dict(inputs.manifests),
+                "tables": dict(inputs.tables),
+                "state": inputs.state,
+                "deleted": list(inputs.deleted),
+            },
         },
         "tables": [_table_section(t) for t in plan.tables],
     }
@@ -85,19 +91,32 @@ def _section(plan: Plan) -> dict[str, Any]:
 
 def _table_section(t: TablePlan) -> dict[str, Any]:
     return {
-        "name": t.name, "action": t.action, "enrichment_id": t.enrichment_id,
-        "manifest": t.manifest, "csv": t.csv, "columns": list(t.columns),
-        "old_columns": list(t.old_columns), "key_columns": list(t.key_columns),
+        "name": t.name,
+        "action": t.action,
+        "enrichment_id": t.enrichment_id,
+        "manifest": t.manifest,
+        "csv": t.csv,
+        "columns": list(t.columns),
+        "old_columns": list(t.old_columns),
+        "key_columns": list(t.key_columns),
         "schema": None if t.schema is None else dict(t.schema),
         "old_schema": None if t.old_schema is None else dict(t.old_schema),
         "schema_changes": [[s.subject, s.detail, s.structural] for s in t.schema_changes],
-        "drift": list(t.drift), "notes": list(t.notes),
-        "rows_added": t.rows_added, "rows_changed": t.rows_changed,
-        "rows_removed": t.rows_removed, "rows_unchanged": t.rows_unchanged,
-        "row_change_count": len(t.row_changes), "baseline": t.baseline,
-        "new_sha256": t.new_sha256, "new_rows": t.new_rows, "old_sha256": t.old_sha256,
-        "old_rows": t.old_rows, "max_delete_fraction": t.max_delete_fraction,
-        "mass_delete": t.mass_delete, "upload": t.upload,
+        "drift": list(t.drift),
+        "notes": list(t.notes),
+        "rows_added": t.rows_added,
+        "rows_changed": t.rows_changed,
+        "rows_removed": t.rows_removed,
+        "rows_unchanged": t.rows_unchanged,
+        "row_change_count": len(t.row_changes),
+        "baseline": t.baseline,
+        "new_sha256": t.new_sha256,
+        "new_rows": t.new_rows,
+        "old_sha256": t.old_sha256,
+        "old_rows": t.old_rows,
+        "max_delete_fraction": t.max_delete_fraction,
+        "mass_delete": t.mass_delete,
+        "upload": t.upload,
     }
 
 
@@ -137,11 +156,18 @@ class _Reader:
                 self._damaged("data after the end of the plan")
             inputs = meta["inputs"]
             return Plan(
-                fingerprint=meta["fingerprint"], tables=tuple(tables),
-                inputs=Inputs(manifests=dict(inputs["manifests"]), tables=dict(inputs["tables"]),
-                              state=inputs["state"], deleted=tuple(inputs["deleted"])),
-                api_version=meta["api_version"], refreshed=meta["refreshed"],
-                created_at=meta["created_at"], warnings=tuple(meta["warnings"]),
+                fingerprint=meta["fingerprint"],
+                tables=tuple(tables),
+                inputs=Inputs(
+                    manifests=dict(inputs["manifests"]),
+                    tables=dict(inputs["tables"]),
+                    state=inputs["state"],
+                    deleted=tuple(inputs["deleted"]),
+                ),
+                api_version=meta["api_version"],
+                refreshed=meta["refreshed"],
+                created_at=meta["created_at"],
+                warnings=tuple(meta["warnings"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             self._damaged(f"unexpected content ({type(e).__name__}: {e})")
@@ -155,8 +181,9 @@ class _Reader:
         return line
 
     def _damaged(self, why: str) -> NoReturn:
-        raise PlanError(f"plan file {self.path} is damaged at line {self.lineno}: {why}",
-                        hint=_NEW_PLAN)
+        raise PlanError(
+            f"plan file {self.path} is damaged at line {self.lineno}: {why}", hint=_NEW_PLAN
+        )
 
     def _section(self) -> dict[str, Any]:
         first = self.f.readline()
@@ -165,15 +192,18 @@ class _Reader:
         if first != b"{\n" or not second.startswith(_SECTION):
             self._not_a_plan(first + second)
         try:
-            section = json.loads(second[len(_SECTION):].rstrip(b",\n"))
+            section = json.loads(second[len(_SECTION) :].rstrip(b",\n"))
         except ValueError:
             self._damaged("its bpsync_plan section is not valid JSON (truncated?)")
         if not isinstance(section, dict):
             self._damaged("its bpsync_plan section is not an object")
         version = section.get("version")
         if version != PLAN_FILE_VERSION:
-            raise PlanError(f"plan file {self.path} has version {json.dumps(version)}; this "
-                            f"bpsync reads version {PLAN_FILE_VERSION}", hint=_NEW_PLAN)
+            raise PlanError(
+                f"plan file {self.path} has version {json.dumps(version)}; this "
+                f"bpsync reads version {PLAN_FILE_VERSION}",
+                hint=_NEW_PLAN,
+            )
         while True:  # the rendering's own header members
             line = self._line()
             if line in (b'  "tables": [\n', b'  "tables": []\n'):
@@ -185,13 +215,15 @@ class _Reader:
         if not start:
             raise PlanError(f"plan file {self.path} is empty", hint=_NEW_PLAN)
         if b'"format_version"' in start:
-            raise PlanError(f"{self.path} is a JSON rendering of a plan, not a saved plan",
-                            hint="save plans with `bpsync plan --out FILE`")
+            raise PlanError(
+                f"{self.path} is a JSON rendering of a plan, not a saved plan",
+                hint="save plans with `bpsync plan --out FILE`",
+            )
         raise PlanError(f"{self.path} is not a bpsync plan file", hint=_NEW_PLAN)
 
     def _table(self, meta: Mapping[str, Any]) -> TablePlan:
         line = self._line()
-        if not line.startswith(_TABLE) or _first_string(line[len(_TABLE):]) != meta["name"]:
+        if not line.startswith(_TABLE) or _first_string(line[len(_TABLE) :]) != meta["name"]:
             self._damaged(f"expected table {meta['name']!r}")
         count = meta["row_change_count"]
         if line.rstrip(b",\n").endswith(b'"row_changes": []}'):
@@ -201,8 +233,7 @@ class _Reader:
         else:
             self._damaged("unexpected table line")
         if len(changes) != count:
-            self._damaged(f"table {meta['name']!r} holds {len(changes)} of its {count} "
-                          "row changes")
+            self._damaged(f"table {meta['name']!r} holds {len(changes)} of its {count} row changes")
         return _table_plan(meta, changes)
 
     def _rows(self, meta: Mapping[str, Any], count: int) -> RowChanges:
@@ -223,15 +254,19 @@ class _Reader:
             return RowChanges(eager)
         return RowChanges(lazy=self._lazy(start, n, to_row), count=n)
 
-    def _lazy(self, start: int, n: int, to_row: Callable[[Any], RowChange]) \
-            -> Callable[[], Iterator[RowChange]]:
+    def _lazy(
+        self, start: int, n: int, to_row: Callable[[Any], RowChange]
+    ) -> Callable[[], Iterator[RowChange]]:
         path, stat = self.path, self.stat
 
         def read() -> Iterator[RowChange]:
             with path.open("rb") as f:
                 now = os.fstat(f.fileno())
-                if (now.st_size, now.st_mtime_ns, now.st_ino) != \
-                        (stat.st_size, stat.st_mtime_ns, stat.st_ino):
+                if (now.st_size, now.st_mtime_ns, now.st_ino) != (
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                    stat.st_ino,
+                ):
                     raise PlanError(f"plan file {path} changed after it was loaded")
                 f.seek(start)
                 for _ in range(n):
@@ -260,10 +295,12 @@ def _row_reader(meta: Mapping[str, Any]) -> Callable[[Any], RowChange]:
     def to_row(o: Any) -> RowChange:
         before, after = o["before"], o["after"]
         return RowChange(
-            op=o["op"], key=tuple(o["key"][c] for c in keys),
+            op=o["op"],
+            key=tuple(o["key"][c] for c in keys),
             before=None if before is None else tuple(before[c] for c in old),
             after=None if after is None else tuple(after[c] for c in new),
-            line=o["line"], old_line=o["old_line"],
+            line=o["line"],
+            old_line=o["old_line"],
         )
 
     return to_row
@@ -271,17 +308,30 @@ def _row_reader(meta: Mapping[str, Any]) -> Callable[[Any], RowChange]:
 
 def _table_plan(m: Mapping[str, Any], changes: RowChanges) -> TablePlan:
     return TablePlan(
-        name=m["name"], action=m["action"], enrichment_id=m["enrichment_id"],
-        manifest=m["manifest"], csv=m["csv"], columns=tuple(m["columns"]),
-        old_columns=tuple(m["old_columns"]), key_columns=tuple(m["key_columns"]),
-        schema=m["schema"], old_schema=m["old_schema"],
+        name=m["name"],
+        action=m["action"],
+        enrichment_id=m["enrichment_id"],
+        manifest=m["manifest"],
+        csv=m["csv"],
+        columns=tuple(m["columns"]),
+        old_columns=tuple(m["old_columns"]),
+        key_columns=tuple(m["key_columns"]),
+        schema=m["schema"],
+        old_schema=m["old_schema"],
         schema_changes=tuple(SchemaChange(s, d, bool(x)) for s, d, x in m["schema_changes"]),
-        drift=tuple(m["drift"]), notes=tuple(m["notes"]),
-        rows_added=m["rows_added"], rows_changed=m["rows_changed"],
-        rows_removed=m["rows_removed"], rows_unchanged=m["rows_unchanged"],
-        row_changes=changes, baseline=m["baseline"], new_sha256=m["new_sha256"],
-        new_rows=m["new_rows"], old_sha256=m["old_sha256"], old_rows=m["old_rows"],
-        max_delete_fraction=m["max_delete_fraction"], mass_delete=m["mass_delete"],
+        drift=tuple(m["drift"]),
+        notes=tuple(m["notes"]),
+        rows_added=m["rows_added"],
+        rows_changed=m["rows_changed"],
+        rows_removed=m["rows_removed"],
+        rows_unchanged=m["rows_unchanged"],
+        row_changes=changes,
+        baseline=m["baseline"],
+        new_sha256=m["new_sha256"],
+        new_rows=m["new_rows"],
+        old_sha256=m["old_sha256"],
+        old_rows=m["old_rows"],
+        max_delete_fraction=m["max_delete_fraction"],
+        mass_delete=m["mass_delete"],
         upload=m["upload"],
     )
-

@@ -450,6 +450,7 @@ def schema_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Sche
     if dict(old) == dict(new):
         return ()
     from deepdiff import DeepDiff  # ~50 ms to import; only when a schema really changed
+
     out: list[SchemaChange] = []
     for key in METADATA_KEYS:
         if key in old and old.get(key) != new.get(key):

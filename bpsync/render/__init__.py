@@ -37,8 +37,14 @@ from bpsync.plan import (
 
 Paint = Callable[[str, str], str]
 
-SYMBOLS = {CREATE: "+", UPDATE: "~", REPLACE: "-/+", UPDATE_IN_PLACE: "~", DEACTIVATE: "-",
-           NO_OP: " "}
+SYMBOLS = {
+    CREATE: "+",
+    UPDATE: "~",
+    REPLACE: "-/+",
+    UPDATE_IN_PLACE: "~",
+    DEACTIVATE: "-",
+    NO_OP: " ",
+}
 OP_SYMBOLS = {ADD: "+", CHANGE: "~", REMOVE: "-"}
 # Where to read every row change when a rendering shows only some of them.
 FULL_PLAN_HINT = "bpsync show plan.out --format json"
@@ -175,8 +181,10 @@ def row_cells(t: TablePlan, rc: RowChange) -> dict[str, str]:
 
 
 def counts_text(t: TablePlan, minus: str = "-") -> str:
-    return (f"+{t.rows_added:,} ~{t.rows_changed:,} {minus}{t.rows_removed:,} "
-            f"({t.rows_unchanged:,} unchanged)")
+    return (
+        f"+{t.rows_added:,} ~{t.rows_changed:,} {minus}{t.rows_removed:,} "
+        f"({t.rows_unchanged:,} unchanged)"
+    )
 
 
 def enrichment_text(t: TablePlan) -> str:
@@ -188,8 +196,9 @@ def enrichment_text(t: TablePlan) -> str:
 
 
 def delete_share(t: TablePlan) -> str:
-    old = t.old_rows if t.old_rows is not None else t.rows_removed + t.rows_changed \
-        + t.rows_unchanged
+    old = (
+        t.old_rows if t.old_rows is not None else t.rows_removed + t.rows_changed + t.rows_unchanged
+    )
     pct = f" ({t.rows_removed / old:.0%})" if old else ""
     return f"removes {t.rows_removed:,} of {old:,} rows{pct}"
 
@@ -198,8 +207,7 @@ def mass_delete_text(t: TablePlan) -> str:
     limit = f"over max_delete_fraction {t.max_delete_fraction:.0%}"
     if t.new_rows == 0:
         limit = "empties the table"
-    return f"MASS DELETE: {delete_share(t)}, {limit}; apply refuses it without " \
-        "--allow-mass-delete"
+    return f"MASS DELETE: {delete_share(t)}, {limit}; apply refuses it without --allow-mass-delete"
 
 
 def destructive_reasons(t: TablePlan) -> list[str]:
@@ -211,8 +219,10 @@ def destructive_reasons(t: TablePlan) -> list[str]:
         out.append(f"{delete_share(t)}")
     if t.action == REPLACE:
         old = f" {t.enrichment_id}" if t.enrichment_id else ""
-        out.append(f"replace: fields changed structurally; a new enrichment is created, the "
-                   f"table uploaded, and the old enrichment{old} deactivated")
+        out.append(
+            f"replace: fields changed structurally; a new enrichment is created, the "
+            f"table uploaded, and the old enrichment{old} deactivated"
+        )
     if t.action == DEACTIVATE:
         eid = f" {t.enrichment_id}" if t.enrichment_id else ""
         out.append(f"manifest deleted: enrichment{eid} will be deactivated")

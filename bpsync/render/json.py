@@ -83,8 +83,10 @@ def table_object(t: TablePlan) -> dict[str, Any]:
         "name": t.name,
         "action": t.action,
         "enrichment_id": t.enrichment_id,
-        "schema_changes": [{"subject": s.subject, "detail": s.detail, "structural": s.structural}
-                           for s in t.schema_changes],
+        "schema_changes": [
+            {"subject": s.subject, "detail": s.detail, "structural": s.structural}
+            for s in t.schema_changes
+        ],
         "drift": list(t.drift),
         "rows": t.counts(),
         "manifest": t.manifest,
@@ -102,8 +104,14 @@ def table_object(t: TablePlan) -> dict[str, Any]:
 
 
 def row_object(t: TablePlan, rc: RowChange) -> dict[str, Any]:
-    return {"op": rc.op, "key": key_cells(t, rc), "before": before_cells(t, rc),
-            "after": after_cells(t, rc), "line": rc.line, "old_line": rc.old_line}
+    return {
+        "op": rc.op,
+        "key": key_cells(t, rc),
+        "before": before_cells(t, rc),
+        "after": after_cells(t, rc),
+        "line": rc.line,
+        "old_line": rc.old_line,
+    }
 
 
 def _write_table(t: TablePlan, out: TextIO, exact: bool) -> None:
@@ -131,4 +139,3 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 def dump(value: Any) -> str:
     """One JSON value on one line: fixed separators, NaN refused, UTF-8 left readable."""
     return _ENCODER.encode(value)
-

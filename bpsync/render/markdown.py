@@ -119,8 +119,10 @@ def _head(plan: Plan) -> Iterable[str]:
     if changed:
         yield "| table | action | + | ~ | − |\n|:--|:--|--:|--:|--:|\n"
         for t in changed:
-            yield (f"| {_code(t.name)} | {t.action} | {t.rows_added:,} | {t.rows_changed:,} | "
-                   f"{t.rows_removed:,} |\n")
+            yield (
+                f"| {_code(t.name)} | {t.action} | {t.rows_added:,} | {t.rows_changed:,} | "
+                f"{t.rows_removed:,} |\n"
+            )
         yield "\n"
     unchanged = len(plan.tables) - len(changed)
     if unchanged:
@@ -156,8 +158,10 @@ def _details(t: TablePlan, share: int, link_base: str | None) -> tuple[str, int]
 
 
 def _table_head(t: TablePlan) -> Iterable[str]:
-    summary = (f"<code>{html.escape(t.name)}</code> — {html.escape(t.action)}: "
-               f"{html.escape(counts_text(t, minus='−'))}")
+    summary = (
+        f"<code>{html.escape(t.name)}</code> — {html.escape(t.action)}: "
+        f"{html.escape(counts_text(t, minus='−'))}"
+    )
     yield f"<details><summary>{summary}</summary>\n\n"
     where = [_text(enrichment_text(t))]
     if t.csv:
@@ -178,8 +182,14 @@ def _rows(t: TablePlan, budget: int, link_base: str | None) -> tuple[str, int]:
     if not total:
         return "", 0
     columns = all_columns(t)
-    header = ("| op | " + " | ".join(_code(c) for c in columns) + " | line |\n"
-              + "|:-:|" + ":--|" * len(columns) + "--:|\n")
+    header = (
+        "| op | "
+        + " | ".join(_code(c) for c in columns)
+        + " | line |\n"
+        + "|:-:|"
+        + ":--|" * len(columns)
+        + "--:|\n"
+    )
     budget -= len(header) + _NOTE_ROOM
     lines: list[str] = []
     for rc in first_changes(t.row_changes, max(0, budget) // _MIN_ROW_CHARS + 1):
@@ -190,8 +200,10 @@ def _rows(t: TablePlan, budget: int, link_base: str | None) -> tuple[str, int]:
         budget -= len(line)
     out = header + "".join(lines) + "\n" if lines else ""
     if len(lines) < total:
-        out += (f"_Showing {len(lines):,} of {total:,} row changes (first by key); every "
-                f"change: `{FULL_PLAN_HINT}` or the JSON artifact._\n\n")
+        out += (
+            f"_Showing {len(lines):,} of {total:,} row changes (first by key); every "
+            f"change: `{FULL_PLAN_HINT}` or the JSON artifact._\n\n"
+        )
     return out, len(lines)
 
 
@@ -199,8 +211,9 @@ def _row(t: TablePlan, rc: RowChange, columns: tuple[str, ...], link_base: str |
     if rc.op == CHANGE:
         old, new = before_cells(t, rc) or {}, after_cells(t, rc) or {}
         keys = key_cells(t, rc)
-        cells = [_value(keys[c]) if c in keys else _change_cell(old.get(c), new.get(c))
-                 for c in columns]
+        cells = [
+            _value(keys[c]) if c in keys else _change_cell(old.get(c), new.get(c)) for c in columns
+        ]
     else:
         values = row_cells(t, rc)
         cells = [_value(values[c]) if c in values else "" for c in columns]
@@ -254,15 +267,19 @@ def _footer(plan: Plan, page: _Page) -> str:
         if page.omitted_tables:
             cut.append(f"{plural(page.omitted_tables, 'table')} not detailed")
         cut += [f"some {what} cut" for what in page.omitted]
-        parts.append(f"> [!NOTE]\n> Cut to fit one comment: {'; '.join(cut)}. "
-                     f"Every change: `{FULL_PLAN_HINT}`, or the JSON artifact of this run.\n\n")
+        parts.append(
+            f"> [!NOTE]\n> Cut to fit one comment: {'; '.join(cut)}. "
+            f"Every change: `{FULL_PLAN_HINT}`, or the JSON artifact of this run.\n\n"
+        )
     parts.append(f"Fingerprint: `{plan.fingerprint}`\n\n**{plan.closing_line()}**\n")
     return "".join(parts)
 
 
 def _hard_cut(text: str, plan: Plan, limit: int) -> str:
     """Last resort if an estimate was wrong: cut at a line, keep the footer whole."""
-    tail = (f"\n\n_… cut to fit one comment; every change: `{FULL_PLAN_HINT}`._\n\n"
-            f"Fingerprint: `{plan.fingerprint}`\n\n**{plan.closing_line()}**\n")
+    tail = (
+        f"\n\n_… cut to fit one comment; every change: `{FULL_PLAN_HINT}`._\n\n"
+        f"Fingerprint: `{plan.fingerprint}`\n\n**{plan.closing_line()}**\n"
+    )
     head = text[: max(0, limit - len(tail))]
     return head[: head.rfind("\n") + 1] + tail

@@ -67,8 +67,10 @@ def _drift(plan: Plan, paint: Paint) -> Iterable[str]:
 
 def _table(t: TablePlan, paint: Paint, max_rows: int) -> Iterable[str]:
     symbol = paint(SYMBOLS[t.action], _ACTION_STYLE.get(t.action, "yellow"))
-    yield (f"{symbol} {paint(clean(t.name), 'bold')} ({t.action}) — "
-           f"{clean(enrichment_text(t))}: {counts_text(t)}")
+    yield (
+        f"{symbol} {paint(clean(t.name), 'bold')} ({t.action}) — "
+        f"{clean(enrichment_text(t))}: {counts_text(t)}"
+    )
     for sc in t.schema_changes:
         extra = " (needs a new enrichment)" if sc.structural else ""
         yield f"    {clean(str(sc))}{extra}"
@@ -82,21 +84,27 @@ def _table(t: TablePlan, paint: Paint, max_rows: int) -> Iterable[str]:
 
 def _rows(t: TablePlan, paint: Paint, max_rows: int) -> Iterable[str]:
     total = len(t.row_changes)
-    shown = sorted_changes(t.row_changes) if max_rows == 0 else \
-        iter(first_changes(t.row_changes, max_rows))
+    shown = (
+        sorted_changes(t.row_changes)
+        if max_rows == 0
+        else iter(first_changes(t.row_changes, max_rows))
+    )
     for rc in shown:
         yield "  " + row_line(t, rc, paint)
     if max_rows and total > max_rows:
-        yield (f"  … and {total - max_rows:,} more row changes "
-               "(bpsync plan --max-rows 0, or --format json)")
+        yield (
+            f"  … and {total - max_rows:,} more row changes "
+            "(bpsync plan --max-rows 0, or --format json)"
+        )
 
 
 def row_line(t: TablePlan, rc: RowChange, paint: Paint = no_paint) -> str:
     """One row change: `+ k=v  a=b`, `- …`, or `~ k=v  a: "old" → "new"  (N unchanged cells)`."""
     symbol = paint(OP_SYMBOLS.get(rc.op, "?"), _OP_STYLE.get(rc.op, "red"))
     if rc.op != CHANGE:
-        return symbol + " " + "  ".join(f"{clean(k)}={quote(v)}"
-                                        for k, v in row_cells(t, rc).items())
+        return (
+            symbol + " " + "  ".join(f"{clean(k)}={quote(v)}" for k, v in row_cells(t, rc).items())
+        )
     changed, same = cell_diff(t, rc)
     parts = [f"{clean(k)}={quote(v)}" for k, v in key_cells(t, rc).items()]
     parts += [f"{clean(title)}: {_side(old)} → {_side(new)}" for title, old, new in changed]
@@ -111,8 +119,11 @@ def _side(value: str | None) -> str:
 
 def quote(value: str, *, always: bool = False) -> str:
     """A cell value, quoted when it is empty or could be misread (spaces, `=`, controls)."""
-    if not always and value and all(c.isprintable() and not c.isspace() and c not in '"='
-                                    for c in value):
+    if (
+        not always
+        and value
+        and all(c.isprintable() and not c.isspace() and c not in '"=' for c in value)
+    ):
         return value
     return '"' + clean(value.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
