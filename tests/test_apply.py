@@ -278,3 +278,21 @@ def test_missing_token_is_named(repo: Path, emu: Emulator) -> None:
     assert r.code == 1 and "BIGPANDA_TOKEN is not set" in r.err
     r = bp(repo, emu, "plan", "--refresh", BIGPANDA_TOKEN="")
     assert r.code == 1 and "BIGPANDA_TOKEN is not set" in r.err
+
+
+def test_v2_1_api_sends_when_and_note(repo: Path, emu: Emulator) -> None:
+    config = repo / "bpsync.yaml"
+    config.write_text(config.read_text().replace("version: v1 ", "version: v2.1 "))
+    m = repo / "tables" / "check-routing.yaml"
+    m.write_text(m.read_text() + "when: 'source_system = \"nagios\"'\ndescription: routing\n")
+    r = bp(repo, emu, "apply", "--auto-approve")
+    assert r.code == 0, r.text
+    creates = [
+        q for q in emu.requests if q.method == "POST" and q.path.endswith("mapping-enrichment")
+    ]
+    assert len(creates) == 3
+    eid = state_of(repo)["tables"]["check-routing"]["enrichment_id"]
+    shown = emu.enrichment(eid, "v2.1")
+    assert shown["when"] == 'source_system = "nagios"' and shown["note"] == "routing"
+    assert shown["config"]["name"] == "Check routing"
+    assert "No changes." in bp(repo, emu, "plan").out
