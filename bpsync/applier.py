@@ -189,12 +189,11 @@ class Applier:
     def _resume(self, ts: TableState, job: PendingJob) -> TableResult:
         self.note(f"{ts.name}: re-attaching to job {job.job_id} left by an interrupted apply")
         try:
-            done = self._wait(ts.name, job.job_url or job.job_id, job.job_id)
+            self._wait(ts.name, job.job_url or job.job_id, job.job_id)
         except JobFailed as e:
-            self.store.update(ts.name, lambda cur: replace(cur, pending=None) if cur else None)
+            self._forget_failed(ts.name, job)
             self.note(f"{ts.name}: that job failed: {e.reason}; the change will be planned again")
             return TableResult(ts.name, job.kind, True, f"earlier job failed: {e.reason}")
-        del done
         self._complete(ts.name, job)
         return TableResult(ts.name, job.kind, True, f"completed job {job.job_id}")
 
@@ -233,9 +232,29 @@ class Applier:
             self.store.backend.put_snapshot(tp.new_sha256 or "", path)
             self.fault("snapshot-stored")
             job = self._upload(tp, eid, path)
-        self._wait(tp.name, job.job_url or job.job_id, job.job_id)
+        try:
+            self._wait(tp.name, job.job_url or job.job_id, job.job_id)
+        except JobFailed:
+            self._forget_failed(tp.name, job)
+            raise
         self._complete(tp.name, job)
         return f"job {job.job_id} done"
+
+    def _forget_failed(self, name: str, job: PendingJob) -> None:
+        """A failed job changed nothing in BigPanda: drop it, keep the old snapshot.
+
+        A replace keeps its new (still empty) enrichment as created-not-uploaded, so the
+        next apply uploads to it instead of creating yet another one.
+        """
+
+        def drop(cur: TableState | None) -> TableState | None:
+            if cur is None:
+                return None
+            if job.kind == REPLACE:
+                return replace(cur, pending=replace(job, job_id="", job_url=None))
+            return replace(cur, pending=None)
+
+        self.store.update(name, drop)
 
     def _create(self, tp: TablePlan) -> str:
         from bpsync.bigpanda.client import EnrichmentSpec
@@ -341,8 +360,19 @@ class Applier:
         return self.client.wait_for_job(job_ref, timeout=self.timeout, on_progress=progress)
 
     def _complete(self, name: str, job: PendingJob) -> None:
-        """The job is done: record it, then retire the replaced enrichment."""
+        """The job is done: retire the replaced enrichment, then record the new state.
+
+        In this order a crash in between leaves the job pending in state, and the next run
+        completes it (deactivating again is harmless); the other order could forget an old
+        enrichment while it is still active.
+        """
         self.fault("job-done")
+        if job.replaces and job.replaces != job.enrichment_id:
+            try:
+                self.client.update_enrichment(job.replaces, active=False)
+                self.note(f"{name}: deactivated the replaced enrichment {job.replaces}")
+            except NotFoundError:
+                self.note(f"{name}: the replaced enrichment {job.replaces} no longer exists")
         version = None
         try:
             version = self.client.get_enrichment(job.enrichment_id).version
@@ -364,9 +394,6 @@ class Applier:
 
         self.store.update(name, record)
         self.fault("state-recorded")
-        if job.replaces and job.replaces != job.enrichment_id:
-            self.client.update_enrichment(job.replaces, active=False)
-            self.note(f"{name}: deactivated the replaced enrichment {job.replaces}")
 
     def _retire(self, name: str, eid: str) -> None:
         """Deactivate an enrichment an interrupted replace created for an older schema."""

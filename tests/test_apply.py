@@ -296,3 +296,32 @@ def test_v2_1_api_sends_when_and_note(repo: Path, emu: Emulator) -> None:
     assert shown["when"] == 'source_system = "nagios"' and shown["note"] == "routing"
     assert shown["config"]["name"] == "Check routing"
     assert "No changes." in bp(repo, emu, "plan").out
+
+
+def test_failed_replace_keeps_old_active_and_reuses_new_enrichment(
+    repo: Path, emu: Emulator
+) -> None:
+    assert bp(repo, emu, "apply", "--auto-approve").code == 0
+    old_id = state_of(repo)["tables"]["host-cmdb"]["enrichment_id"]
+    manifest = repo / "tables" / "host-cmdb.yaml"
+    manifest.write_text(
+        manifest.read_text().replace("override_existing: true", "override_existing: false")
+    )
+    emu.faults.fail_next_jobs(1, reason="boom")
+    r = bp(repo, emu, "apply", "--auto-approve")
+    assert r.code == 1 and "boom" in r.err
+    assert emu.enrichment(old_id)["active"] is True  # the old one still serves alerts
+    assert state_of(repo)["tables"]["host-cmdb"]["enrichment_id"] == old_id
+    assert "replace" in bp(repo, emu, "plan").out  # the change is still planned
+    creates_before = [
+        q for q in emu.requests if q.method == "POST" and q.path.endswith("enrichments")
+    ]
+    r = bp(repo, emu, "apply", "--auto-approve")
+    assert r.code == 0, r.text
+    creates_after = [
+        q for q in emu.requests if q.method == "POST" and q.path.endswith("enrichments")
+    ]
+    assert len(creates_after) == len(creates_before)  # reused the enrichment made for it
+    new_id = state_of(repo)["tables"]["host-cmdb"]["enrichment_id"]
+    assert new_id != old_id and emu.enrichment(old_id)["active"] is False
+    assert "No changes." in bp(repo, emu, "plan").out
