@@ -186,10 +186,15 @@ def _plan_table(
     drift = _drift(ts, remote) if ts and ts.enrichment_id else ()
     notes: list[str] = []
     action = _action(m, enrichment_id, changes, rows, ts, remote, notes)
-    if ts and ts.pending:
+    if ts and ts.pending and ts.pending.job_id:
         notes.append(
             f"an interrupted apply left job {ts.pending.job_id} pending; apply checks "
             "it before uploading again"
+        )
+    elif ts and ts.pending:
+        notes.append(
+            f"enrichment {ts.pending.enrichment_id} was created for this replace by an earlier "
+            "apply; apply uploads to it rather than creating another"
         )
     if action == CREATE:
         enrichment_id = None

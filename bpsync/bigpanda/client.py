@@ -237,10 +237,23 @@ class _TrackedBody(httpx.SyncByteStream):
         self.fully_sent = True
 
 
-def _file_chunks(path: Path) -> Callable[[], Iterator[bytes]]:
+def _file_chunks(
+    path: Path, fault: Callable[[str], None] | None = None
+) -> Callable[[], Iterator[bytes]]:
     def chunks() -> Iterator[bytes]:
+        # Test seam (crash matrix): `fault("mid-upload")` once about half the file was sent.
+        half = path.stat().st_size // 2 if fault is not None else -1
+        sent = 0
         with path.open("rb") as fh:
             while chunk := fh.read(UPLOAD_CHUNK_BYTES):
+                if fault is not None and sent <= half < sent + len(chunk):
+                    if half > sent:
+                        yield chunk[: half - sent]
+                    fault("mid-upload")
+                    chunk = chunk[half - sent :]
+                    sent = half
+                    half = -1
+                sent += len(chunk)
                 yield chunk
 
     return chunks
@@ -265,9 +278,11 @@ def _json_body(payload: Mapping[str, Any]) -> _Body:
     return _Body(facts.JSON_CONTENT_TYPE, lambda: len(data), _TrackedBody(_bytes_chunks(data)))
 
 
-def _file_body(path: Path) -> _Body:
+def _file_body(path: Path, fault: Callable[[str], None] | None = None) -> _Body:
     return _Body(
-        facts.UPLOAD_CONTENT_TYPE, lambda: path.stat().st_size, _TrackedBody(_file_chunks(path))
+        facts.UPLOAD_CONTENT_TYPE,
+        lambda: path.stat().st_size,
+        _TrackedBody(_file_chunks(path, fault)),
     )
 
 
@@ -331,6 +346,7 @@ class BigPandaClient:
         poll_max: float = 30.0,
         job_not_found_grace: float = 15.0,
         rng: random.Random | None = None,
+        fault: Callable[[str], None] | None = None,
     ) -> None:
         if api_version not in facts.API_VERSIONS:
             known = ", ".join(facts.API_VERSIONS)
@@ -350,6 +366,7 @@ class BigPandaClient:
         self.poll_initial, self.poll_max = poll_initial, poll_max
         self.job_not_found_grace = job_not_found_grace
         self._rng = rng or random.Random()
+        self._fault = fault  # test seam: called with "mid-upload" half-way through an upload
         # verify=True always: TLS verification is not configurable on purpose.
         if transport is None:
             # TCP_NODELAY: headers and a small JSON body go out in two writes; with Nagle
@@ -455,7 +472,7 @@ class BigPandaClient:
 
     def upload_table(self, enrichment_id: str, path: Path) -> UploadReceipt:
         """Replace the enrichment's whole table with the file's exact bytes (§5.1)."""
-        body = _file_body(Path(path))
+        body = _file_body(Path(path), self._fault)
         response = self._call(
             "POST",
             self.api.upload(_seg(enrichment_id)),

@@ -3,6 +3,7 @@ backend (``.bpsync/``). Standard library only, so importing it costs nothing at 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bpsync.state.backend import StateBackend
@@ -42,10 +43,13 @@ __all__ = [
 ]
 
 
-def open_backend(config: Config) -> StateBackend:
-    """The state backend that bpsync.yaml configures."""
+def open_backend(config: Config, fault: Callable[[str], None] | None = None) -> StateBackend:
+    """The state backend that bpsync.yaml configures.
+
+    `fault` is a test seam (crash matrix, tests/test_crash.py): passed on to the local
+    backend, which calls it at each of its FAULT_POINTS while writing."""
     if config.state.backend == "s3":
         from bpsync.state.s3 import S3Backend  # optional dependency: boto3
 
         return S3Backend.from_config(config.state)
-    return LocalBackend(config.state_dir)
+    return LocalBackend(config.state_dir, fault=fault)
