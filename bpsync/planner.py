@@ -367,8 +367,10 @@ def _rows(
 ) -> _Rows:
     layout = m.layout
     if ts is not None and ts.sha256:
-        if sha256_file(m.csv_path) == ts.sha256:
-            # Byte-identical to what was applied (and validated then): nothing to read.
+        applied_titles = [f.get("title") for f in ts.schema.get("fields", [])]
+        if list(layout.titles) == applied_titles and sha256_file(m.csv_path) == ts.sha256:
+            # Byte-identical to what was applied, and validated then against the same
+            # columns: nothing to read. (New columns need the full check of the header.)
             return _Rows(
                 None,
                 RowChanges(),

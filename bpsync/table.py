@@ -54,6 +54,10 @@ class TableLayout:
     def header_line(self) -> str:
         return format_row(self.titles)
 
+    @property
+    def key_titles(self) -> tuple[str, ...]:
+        return tuple(self.titles[i] for i in self.key_indexes)
+
     def key_of(self, row: Sequence[str]) -> tuple[str, ...]:
         return tuple(row[i] for i in self.key_indexes)
 
@@ -448,6 +452,9 @@ class TableScan:
         expected = self.layout.titles
         if tuple(titles) == expected:
             return
+        # Rows follow the header as written: count their cells against it, so one header
+        # mistake is one error, not one per row.
+        self.width = len(titles)
         seen: set[str] = set()
         for col, title in enumerate(titles, 1):
             if title in seen:
@@ -477,6 +484,13 @@ class TableScan:
             # the header, so we simply read columns in the header's order.
             self.layout = TableLayout(
                 tuple(titles), tuple(titles.index(expected[i]) for i in self.layout.key_indexes)
+            )
+            self.keyget = itemgetter(*self.layout.key_indexes)
+        elif not all(t in titles for t in self.layout.key_titles):
+            self.track_keys = False  # a key column is missing: no keys to compare
+        else:
+            self.layout = TableLayout(
+                tuple(titles), tuple(titles.index(t) for t in self.layout.key_titles)
             )
             self.keyget = itemgetter(*self.layout.key_indexes)
 
