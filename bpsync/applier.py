@@ -174,7 +174,8 @@ class Applier:
     clock: Callable[[], float] = time.monotonic
     progress_every: float = 30.0
     fault: FaultHook = field(default=lambda point: None)
-    tty: bool = False
+    # On a terminal: set(table, line or None) redraws one live line per running job.
+    live: Callable[[str, str | None], None] | None = None
 
     # -- resume ---------------------------------------------------------------------------
     def resume_pending(self) -> list[TableResult]:
@@ -344,15 +345,20 @@ class Applier:
         def progress(job: Any, elapsed: float) -> None:
             status = getattr(job, "status", "?")
             now = self.clock()
+            waiting = (
+                f"{name}: still waiting on job {job_id} "
+                f"[{format_duration(elapsed)} elapsed, status {status}]"
+            )
+            if self.live is not None:
+                self.live(name, None if status in ("done", "failed") else waiting)
             if status in ("done", "failed"):
                 self.note(f"{name}: job {job_id} {status} after {format_duration(elapsed)}")
-            elif status != last_status[0] or now - last_log[0] >= self.progress_every / 2:
+            elif self.live is None and (
+                status != last_status[0] or now - last_log[0] >= self.progress_every / 2
+            ):
                 # Polls come at most 30 s apart; logging once half the period has passed
                 # keeps a line at least every `progress_every` seconds in CI logs.
-                self.note(
-                    f"{name}: still waiting on job {job_id} "
-                    f"[{format_duration(elapsed)} elapsed, status {status}]"
-                )
+                self.note(waiting)
                 last_log[0] = now
             last_status[0] = status
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bpsync.cli import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
+from bpsync.console import LiveLines
 from bpsync.errors import ApplyRefused, ConfigError, InvalidInput, StalePlan, UsageError
 from bpsync.fmt import format_table
 from bpsync.manifest import Manifest, load_manifests
@@ -226,6 +227,11 @@ def _fault_hook(env: Mapping[str, str]) -> Callable[[str], None]:
     return hook
 
 
+def _is_tty(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def _confirm(ctx: Context, the_plan: Plan) -> None:
     if ctx.args.auto_approve:
         return
@@ -278,16 +284,17 @@ def apply(ctx: Context) -> int:
         the_plan = _offline_plan(ctx)
         with _client(ctx, fault=fault) as client:
             store = StateStore(backend, backend.read(), fault)
+            live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
             applier = Applier(
                 client,
                 store,
                 config.root,
                 config.api.version,
-                ctx.console.note,
+                live.note if live else ctx.console.note,
                 timeout=ctx.args.timeout,
                 parallelism=ctx.args.parallelism,
                 fault=fault,
-                tty=ctx.stdin_isatty,
+                live=live.set if live else None,
             )
             resumed = applier.resume_pending()
             if resumed and (ctx.args.planfile or ctx.args.expect_fingerprint):

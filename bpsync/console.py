@@ -7,6 +7,7 @@ stderr (SPEC §2). Colour only on a TTY, never with NO_COLOR or --no-color.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -83,3 +84,42 @@ def _escape_data(s: str) -> str:
 
 def _escape_prop(s: str) -> str:
     return _escape_data(s).replace(":", "%3A").replace(",", "%2C")
+
+
+class LiveLines:
+    """One live status line per running job on a terminal, redrawn in place.
+
+    Notes printed meanwhile go above the block. Only for TTYs: logs get plain lines.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lines: dict[str, str] = {}
+        self.drawn = 0
+        self._lock = threading.Lock()
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.stream.write(f"\033[{self.drawn}F\033[J")  # up N lines, clear to the end
+            self.drawn = 0
+
+    def _draw(self) -> None:
+        for line in self.lines.values():
+            self.stream.write(line + "\n")
+        self.drawn = len(self.lines)
+        self.stream.flush()
+
+    def set(self, key: str, line: str | None) -> None:
+        with self._lock:
+            self._clear()
+            if line is None:
+                self.lines.pop(key, None)
+            else:
+                self.lines[key] = line
+            self._draw()
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            self._clear()
+            self.stream.write(text + "\n")
+            self._draw()
