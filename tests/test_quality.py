@@ -25,7 +25,7 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([_tool("ruff"), "check", "bpsync", "tests", "benchmarks"],
+    result = subprocess.run([_tool("ruff"), "check", "bpsync", "tests", "benchmarks", "scripts"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
