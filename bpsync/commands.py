@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -70,9 +69,10 @@ def fmt(ctx: Context) -> int:
 def add_extra_commands(sub: Any) -> None:
     """Commands that live in their own modules (ci, state) register here."""
     from bpsync import ci
+    from bpsync.state import migrate
 
-    _ = argparse
     ci.register(sub)
+    migrate.register(sub)
 
 
 def _now() -> str:

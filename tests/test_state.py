@@ -87,10 +87,20 @@ def sample_state() -> State:
     return State.empty().with_table(owners).with_table(hosts)
 
 
-@pytest.fixture(params=["local"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StateBackend:
+@pytest.fixture(params=["local", "s3"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> StateBackend:
     if request.param == "local":
         return LocalBackend(tmp_path / ".bpsync")
+    if request.param == "s3":
+        # A fresh bucket on a moto S3 server on 127.0.0.1 (skipped without boto3/moto).
+        import s3_util
+
+        if s3_util.SKIP_REASON:
+            pytest.skip(s3_util.SKIP_REASON)
+        backend: StateBackend = s3_util.make_backend(monkeypatch)
+        return backend
     raise AssertionError(request.param)
 
 

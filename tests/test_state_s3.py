@@ -1,0 +1,738 @@
+"""The S3 state backend against a real S3-compatible server: moto's server mode on 127.0.0.1.
+
+The contract shared with the local backend runs in tests/test_state.py (its ``backend`` fixture
+has an ``s3`` param); this file checks what only S3 has: the objects in the bucket, conditional
+writes against lost updates, the lock raced by real processes over HTTP, streaming snapshots,
+errors mapped to StateError, and `bpsync state migrate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import s3_util
+from test_state import CSV, CSV_SHA, csv_file, sample_state
+
+from bpsync import commands
+from bpsync.cli import run
+from bpsync.config import StateConfig, load_config
+from bpsync.console import Console
+from bpsync.errors import ConfigError, LockHeld, StateCorrupt, StateError
+from bpsync.state import LocalBackend, LockInfo, State, StateBackend, dumps_state, open_backend
+from bpsync.state import migrate as migrate_mod
+from bpsync.state.migrate import migrate_state
+from bpsync.state.s3 import S3Backend
+
+if s3_util.SKIP_REASON:  # pragma: no cover - depends on the environment
+    pytest.skip(s3_util.SKIP_REASON, allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """One moto server (a child process) for the whole session; see tests/s3_util.py."""
+    yield s3_util.server_url()
+    s3_util.stop_server()
+
+
+@pytest.fixture
+def url(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    s3_util.aws_env(monkeypatch)
+    return moto_url
+
+
+@pytest.fixture
+def bucket(url: str) -> str:
+    return s3_util.new_bucket(url)
+
+
+def backend_for(url: str, bucket: str, prefix: str = "team/state") -> S3Backend:
+    """Another backend (another command) on the bucket. They share one boto3 client, as a new
+    session costs ~0.2 s; ``s3`` and every subprocess build theirs from the config."""
+    return S3Backend(s3_util.client(url), bucket, prefix)
+
+
+@pytest.fixture
+def s3(url: str, bucket: str) -> S3Backend:
+    return S3Backend.from_config(s3_util.state_config(url, bucket))
+
+
+def objects(url: str, bucket: str) -> dict[str, bytes]:
+    client = s3_util.client(url)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in sorted(keys)}
+
+
+def put_raw(url: str, bucket: str, key: str, data: bytes) -> None:
+    s3_util.client(url).put_object(Bucket=bucket, Key=key, Body=data)
+
+
+# --- layout -------------------------------------------------------------------------------------
+
+
+def test_s3_backend_implements_the_protocol(s3: S3Backend) -> None:
+    assert isinstance(s3, StateBackend)
+    assert s3.location == f"s3://{s3.bucket}/team/state"
+    assert S3Backend(s3._client, "b", "/p/q/").location == "s3://b/p/q"
+    assert S3Backend(s3._client, "b").location == "s3://b"
+
+
+def test_open_backend_follows_bpsync_yaml(url: str, bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "bpsync.yaml").write_text(
+        f"state:\n  backend: s3\n  bucket: {bucket}\n  prefix: bp\n"
+        f"  region: us-east-1\n  endpoint_url: {url}\n"
+    )
+    backend = open_backend(load_config(tmp_path, {}))
+    assert isinstance(backend, S3Backend)
+    assert backend.location == f"s3://{bucket}/bp"
+    assert backend.read() == State.empty()
+
+
+def test_objects_in_the_bucket(s3: S3Backend, url: str, bucket: str, tmp_path: Path) -> None:
+    first = s3.write(sample_state())
+    assert list(objects(url, bucket)) == ["team/state/state.json"]
+    second = s3.write(first.without_table("hosts"))
+    s3.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    with s3.lock("bpsync apply") as info:
+        stored = objects(url, bucket)
+        assert json.loads(stored["team/state/lock.json"]) == {
+            "id": info.id,
+            "holder": info.holder,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": "bpsync apply",
+            "created_at": info.created_at,
+        }
+        assert s3.current_lock() == info
+    assert s3.current_lock() is None
+    stored = objects(url, bucket)
+    assert sorted(stored) == [
+        f"team/state/snapshots/{CSV_SHA}.csv.gz",
+        "team/state/state.json",
+        "team/state/state.json.bak",
+    ]
+    # The same bytes as the local backend writes: state files and snapshots can move freely.
+    assert stored["team/state/state.json"] == dumps_state(second).encode()
+    assert stored["team/state/state.json.bak"] == dumps_state(first).encode()
+    local = LocalBackend(tmp_path / ".bpsync")
+    local.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    assert stored[f"team/state/snapshots/{CSV_SHA}.csv.gz"] == (
+        local.snapshot_path(CSV_SHA).read_bytes()
+    )
+
+
+# --- lost updates -------------------------------------------------------------------------------
+
+
+def test_two_writers_from_the_same_read(url: str, bucket: str) -> None:
+    backend_for(url, bucket).write(State.empty())
+    a, b = backend_for(url, bucket), backend_for(url, bucket)
+    base_a, base_b = a.read(), b.read()
+    stored = a.write(base_a.with_table(sample_state().tables["hosts"]))
+    with pytest.raises(StateError, match=r"serial 2 but this state was read at serial 1"):
+        b.write(base_b.with_table(sample_state().tables["service-owners"]))
+    assert backend_for(url, bucket).read() == stored
+
+
+class _RacingClient:
+    """A boto3 client that lets another writer in just before our conditional write."""
+
+    def __init__(self, client: Any, before_put: Callable[[], None]) -> None:
+        self._client = client
+        self._before_put = before_put
+        self.refusals = 0
+
+    def put_object(self, **kw: Any) -> Any:
+        if kw["Key"].endswith("/state.json"):
+            self._before_put()
+            self._before_put = lambda: None
+        try:
+            return self._client.put_object(**kw)
+        except Exception as exc:
+            self.refusals += 1
+            raise exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_conditional_write_refuses_a_writer_that_raced_in(url: str, bucket: str) -> None:
+    """Both writers pass the serial check; only the conditional write can tell them apart."""
+    other = backend_for(url, bucket)
+    base = other.write(State.empty())
+    winner = base.with_table(sample_state().tables["hosts"])
+    real = backend_for(url, bucket)
+    racing = _RacingClient(real._client, lambda: other.write(winner))
+    loser = S3Backend(racing, bucket, "team/state")
+    with pytest.raises(StateError, match="another command wrote it at the same time") as exc:
+        loser.write(base.with_table(sample_state().tables["service-owners"]))
+    assert "PreconditionFailed" in str(exc.value) and racing.refusals == 1
+    assert backend_for(url, bucket).read().tables.keys() == {"hosts"}
+
+
+def test_first_write_races_too(url: str, bucket: str) -> None:
+    """With no state yet the write is If-None-Match: *, so two first writers cannot both win."""
+    other = backend_for(url, bucket)
+    racing = _RacingClient(backend_for(url, bucket)._client, lambda: other.write(State.empty()))
+    with pytest.raises(StateError, match="at the same time"):
+        S3Backend(racing, bucket, "team/state").write(State.empty())
+    assert backend_for(url, bucket).read().serial == 1
+
+
+def test_state_replaced_at_the_same_serial_is_refused(url: str, bucket: str) -> None:
+    s3 = backend_for(url, bucket)
+    read = s3.read()
+    read = s3.write(read)
+    # Someone puts a different document with the same serial (a restore, a hand edit).
+    put_raw(
+        url,
+        bucket,
+        "team/state/state.json",
+        dumps_state(read.with_table(sample_state().tables["hosts"])).encode(),
+    )
+    with pytest.raises(StateError, match="replaced since this command read it"):
+        s3.write(read)
+    assert backend_for(url, bucket).read().tables.keys() == {"hosts"}
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b"", "empty"),
+        (dumps_state(sample_state()).encode()[:-30], "not valid JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"{}", "format_version"),
+    ],
+)
+def test_damaged_state_is_never_read_as_empty(
+    s3: S3Backend, url: str, bucket: str, content: bytes, detail: str
+) -> None:
+    put_raw(url, bucket, "team/state/state.json", content)
+    for action in (s3.read, lambda: s3.write(State(0, "", {}))):
+        with pytest.raises(StateCorrupt) as excinfo:
+            action()
+        message = str(excinfo.value)
+        assert f"s3://{bucket}/team/state/state.json" in message and detail in message
+        assert "state.json.bak" in message and "never treats damaged state as empty" in message
+    assert objects(url, bucket)["team/state/state.json"] == content
+
+
+def test_missing_state_beside_a_backup_is_corrupt(s3: S3Backend, url: str, bucket: str) -> None:
+    s3.write(s3.write(State.empty()))
+    s3_util.client(url).delete_object(Bucket=bucket, Key="team/state/state.json")
+    with pytest.raises(StateCorrupt, match="missing"):
+        s3.read()
+
+
+# --- lock ---------------------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from bpsync.config import StateConfig
+from bpsync.state.s3 import S3Backend
+
+url, bucket, hold = sys.argv[1:4]
+config = StateConfig(backend="s3", bucket=bucket, prefix="team/state", region="us-east-1",
+                     endpoint_url=url)
+with S3Backend.from_config(config).lock("bpsync apply") as info:
+    print(info.id, flush=True)
+    if hold == "stdin":
+        sys.stdin.readline()
+    else:
+        time.sleep(float(hold))
+"""
+
+Holder = Callable[..., tuple["subprocess.Popen[str]", str]]
+
+
+@pytest.fixture
+def holder(url: str, bucket: str) -> Iterator[Holder]:
+    """Starts a process holding the S3 lock; returns a function (hold) -> (Popen, lock id)."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(hold: str = "stdin") -> tuple[subprocess.Popen[str], str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, url, bucket, hold],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        lock_id = proc.stdout.readline().strip()
+        assert lock_id, "holder process failed to take the lock"
+        return proc, lock_id
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def test_lock_contention_between_processes(s3: S3Backend, holder: Holder) -> None:
+    proc, lock_id = holder()
+    with pytest.raises(LockHeld) as excinfo, s3.lock("bpsync plan"):
+        pass
+    message = str(excinfo.value)
+    assert f"state {s3.location} is locked" in message
+    for part in (lock_id, f"pid {proc.pid}", socket.gethostname(), "`bpsync apply`", "held for"):
+        assert part in message
+    assert f"bpsync force-unlock {lock_id}" in message
+    current = s3.current_lock()
+    assert current is not None and current.id == lock_id and current.pid == proc.pid
+
+    assert proc.stdin is not None
+    proc.stdin.write("release\n")
+    proc.stdin.flush()
+    assert proc.wait(timeout=10) == 0
+    assert s3.current_lock() is None
+    with s3.lock("bpsync plan") as info:
+        assert info.id != lock_id
+
+
+def test_lock_timeout_waits_for_the_holder_process(s3: S3Backend, holder: Holder) -> None:
+    proc, lock_id = holder("0.8")
+    started = time.monotonic()
+    with s3.lock("bpsync apply", timeout=20, poll_interval=0.05) as info:
+        assert 0.2 < time.monotonic() - started < 15
+        assert info.id != lock_id
+    assert proc.wait(timeout=10) == 0
+
+
+def test_lock_timeout_gives_up_at_the_deadline(url: str, bucket: str) -> None:
+    now = [100.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    with backend_for(url, bucket).lock("bpsync apply") as held:
+        with (
+            pytest.raises(LockHeld, match="after waiting 5s") as excinfo,
+            backend_for(url, bucket).lock(
+                "bpsync plan", timeout=5, clock=lambda: now[0], sleep=sleep, poll_interval=2
+            ),
+        ):
+            pass
+        assert held.id in str(excinfo.value)
+    assert sleeps == [2, 2, 1]
+
+
+def test_lock_of_a_dead_process_is_not_taken_over(s3: S3Backend, url: str, bucket: str) -> None:
+    """Runners sharing a bucket may share a host name, so S3 never guesses a holder is dead."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = LockInfo(
+        "dead-1", "ci@here", proc.pid, socket.gethostname(), "bpsync apply", "2024-05-01T12:00:00Z"
+    )
+    put_raw(url, bucket, "team/state/lock.json", json.dumps(dead.to_dict()).encode())
+    notes: list[str] = []
+    with pytest.raises(LockHeld, match="dead-1"), s3.lock("bpsync apply", notify=notes.append):
+        pass
+    assert s3.current_lock() == dead and notes == []
+    assert s3.force_unlock("dead-1") == dead
+
+
+def test_force_unlock(s3: S3Backend, holder: Holder) -> None:
+    with pytest.raises(StateError, match="not locked"):
+        s3.force_unlock("whatever")
+    proc, lock_id = holder()
+    with pytest.raises(StateError, match="does not match") as excinfo:
+        s3.force_unlock("wrong-id")
+    assert lock_id in str(excinfo.value)
+    assert s3.current_lock() is not None
+    removed = s3.force_unlock(lock_id)
+    assert removed.id == lock_id and removed.pid == proc.pid
+    assert s3.current_lock() is None
+
+
+def test_lock_is_never_released_by_a_non_owner(s3: S3Backend) -> None:
+    notes: list[str] = []
+    with s3.lock("bpsync apply", notify=notes.append) as first:
+        s3.force_unlock(first.id)  # an operator cleared it while we ran...
+        second_cm = s3.lock("bpsync apply")
+        second = second_cm.__enter__()  # ...and another command took it
+    current = s3.current_lock()
+    assert current is not None and current.id == second.id
+    assert notes and first.id in notes[0]
+    second_cm.__exit__(None, None, None)
+    assert s3.current_lock() is None
+
+
+def test_damaged_lock_is_reported_not_deleted(s3: S3Backend, url: str, bucket: str) -> None:
+    put_raw(url, bucket, "team/state/lock.json", b"{not json")
+    for action in (s3.current_lock, lambda: s3.lock("bpsync apply").__enter__()):
+        with pytest.raises(StateCorrupt) as excinfo:
+            action()
+        message = str(excinfo.value)
+        assert f"s3://{bucket}/team/state/lock.json" in message and "by hand" in message
+    assert objects(url, bucket)["team/state/lock.json"] == b"{not json"
+
+
+# --- snapshots ----------------------------------------------------------------------------------
+
+
+def _random_table(path: Path, size: int) -> tuple[str, int]:
+    """A CSV of ``size`` bytes that compresses only ~2:1, so buffering would show."""
+    digest = hashlib.sha256()
+    written = 0
+    with open(path, "wb") as f:
+        n = 0
+        while written < size:
+            block = b"".join(
+                b"app-%08d,%s\n" % (i, os.urandom(24).hex().encode()) for i in range(n, n + 10000)
+            )
+            f.write(block)
+            digest.update(block)
+            written += len(block)
+            n += 10000
+    return digest.hexdigest(), written
+
+
+def test_snapshots_stream_in_constant_memory(s3: S3Backend, tmp_path: Path) -> None:
+    big = tmp_path / "big.csv"
+    sha, size = _random_table(big, 50 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        s3.put_snapshot(sha, big)
+        _, put_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        total, digest = 0, hashlib.sha256()
+        with s3.open_snapshot(sha) as f:
+            while chunk := f.read(256 * 1024):
+                total += len(chunk)
+                digest.update(chunk)
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == size and digest.hexdigest() == sha
+    # Multipart parts of 5 MiB, two in memory at most; the compressed object is ~27 MB.
+    assert put_peak < 20 * 1024 * 1024, put_peak
+    assert read_peak < 8 * 1024 * 1024, read_peak
+
+
+def test_wrong_digest_aborts_a_multipart_upload(
+    s3: S3Backend, url: str, bucket: str, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.csv"
+    sha, _ = _random_table(big, 12 * 1024 * 1024)  # several parts
+    wrong = "c" * 64
+    with pytest.raises(StateError, match=f"hash to {sha}"):
+        s3.put_snapshot(wrong, big)
+    assert not s3.has_snapshot(wrong)
+    assert objects(url, bucket) == {}
+    assert not s3_util.client(url).list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_damaged_snapshot_is_reported(s3: S3Backend, url: str, bucket: str, tmp_path: Path) -> None:
+    import gzip
+
+    s3.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    key = f"team/state/snapshots/{CSV_SHA}.csv.gz"
+    good = objects(url, bucket)[key]
+    for damaged, detail in (
+        (good[:-12], "ends too early"),
+        (gzip.compress(b"application,owner\ncrm,eve\n", mtime=0), "hashes to"),
+        (b"junk", "snapshot is damaged"),
+        (good + b"x", "after the gzip stream"),
+    ):
+        put_raw(url, bucket, key, damaged)
+        with (
+            pytest.raises(StateCorrupt, match=detail) as excinfo,
+            s3.open_snapshot(CSV_SHA) as f,
+        ):
+            f.read()
+        assert f"s3://{bucket}/{key}" in str(excinfo.value)
+
+
+def test_prune_stays_inside_the_prefix(url: str, bucket: str, tmp_path: Path) -> None:
+    ours, theirs = backend_for(url, bucket, "a"), backend_for(url, bucket, "a2")
+    ours.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    theirs.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    put_raw(url, bucket, "a/snapshots/README", b"mine")
+    assert ours.prune_snapshots([]) == [CSV_SHA]
+    assert sorted(objects(url, bucket)) == ["a/snapshots/README", f"a2/snapshots/{CSV_SHA}.csv.gz"]
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def test_missing_bucket(url: str) -> None:
+    s3 = backend_for(url, "no-such-bucket-here")
+    with pytest.raises(StateError) as excinfo:
+        s3.read()
+    message = str(excinfo.value)
+    assert "s3://no-such-bucket-here/team/state/state.json" in message
+    assert "does not exist" in message and "state.bucket" in message
+
+
+def test_access_denied(s3: S3Backend) -> None:
+    from botocore.stub import Stubber
+
+    with Stubber(s3._client) as stub:
+        stub.add_client_error("get_object", "AccessDenied", "Access Denied", 403)
+        with pytest.raises(StateError) as excinfo:
+            s3.read()
+    message = str(excinfo.value)
+    assert f"s3://{s3.bucket}/team/state/state.json: access denied (AccessDenied)" in message
+    assert "s3:PutObject" in message and "credentials" in message
+
+
+def test_unreachable_endpoint(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3 = S3Backend.from_config(s3_util.state_config(f"http://127.0.0.1:{port}", "bucket"))
+    with pytest.raises(StateError) as excinfo, s3.lock("bpsync apply"):
+        pass
+    message = str(excinfo.value)
+    assert f"http://127.0.0.1:{port}" in message and "cannot be reached" in message
+    assert "state.endpoint_url" in message
+
+
+def test_no_credentials(monkeypatch: pytest.MonkeyPatch, url: str, bucket: str) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(StateError, match="no usable AWS credentials") as excinfo:
+        S3Backend.from_config(s3_util.state_config(url, bucket)).read()
+    assert "AWS_PROFILE" in str(excinfo.value)
+
+
+class _OldBotocore:
+    """A client of a botocore that predates some conditional parameters."""
+
+    def __init__(self, client: Any, unknown: set[tuple[str, str]]) -> None:
+        self._client = client
+        self._unknown = unknown
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        def call(**kw: Any) -> Any:
+            from botocore.exceptions import ParamValidationError
+
+            for param in kw:
+                if (name, param) in self._unknown:
+                    raise ParamValidationError(report=f'Unknown parameter in input: "{param}"')
+            return method(**kw)
+
+        return call
+
+
+def test_older_botocore(url: str, bucket: str) -> None:
+    # Without conditional deletes the lock is still released (read, compare id, delete)...
+    no_delete_if = _OldBotocore(s3_util.client(url), {("delete_object", "IfMatch")})
+    s3 = S3Backend(no_delete_if, bucket, "team/state")
+    with s3.lock("bpsync apply") as info:
+        assert s3.current_lock() == info
+    assert s3.current_lock() is None
+    # ...but without conditional writes there is no safe lock: say to upgrade.
+    no_put_if = _OldBotocore(s3_util.client(url), {("put_object", "IfNoneMatch")})
+    with pytest.raises(StateError, match="too old for S3 conditional writes") as excinfo:
+        S3Backend(no_put_if, bucket, "team/state").lock("bpsync apply").__enter__()
+    assert "pip install -U 'bpsync[s3]'" in str(excinfo.value)
+
+
+def test_without_boto3_the_backend_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(ConfigError) as excinfo:
+        S3Backend.from_config(StateConfig(backend="s3", bucket="b"))
+    assert "state.backend s3 needs boto3: pip install 'bpsync[s3]'" in str(excinfo.value)
+
+
+# --- migrate ------------------------------------------------------------------------------------
+
+
+def test_migrate_refuses_existing_state_unless_forced(s3: S3Backend, tmp_path: Path) -> None:
+    local = LocalBackend(tmp_path / ".bpsync")
+    with pytest.raises(StateError, match="nothing to migrate"):
+        migrate_state(local, s3)
+    local.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    local_state = local.write(sample_state())
+
+    result = migrate_state(local, s3)
+    assert result.copied == (CSV_SHA,) and result.missing == ("b" * 64,)
+    assert result.state.lineage == local_state.lineage and result.state.serial == 1
+    assert s3.read().tables == local_state.tables
+    with s3.open_snapshot(CSV_SHA) as f:
+        assert f.read() == CSV
+
+    with pytest.raises(StateError, match="already holds state") as excinfo:
+        migrate_state(local, s3)
+    assert "--force" in str(excinfo.value)
+    forced = migrate_state(local, s3, force=True)
+    assert forced.present == (CSV_SHA,) and forced.copied == ()
+    assert forced.state.serial == 2 and s3.read() == forced.state
+
+    # And back: S3 to a new local directory.
+    back = LocalBackend(tmp_path / "back")
+    returned = migrate_state(s3, back)
+    assert returned.state.tables == local_state.tables
+    assert back.snapshot_path(CSV_SHA).read_bytes() == local.snapshot_path(CSV_SHA).read_bytes()
+    assert s3.current_lock() is None and local.current_lock() is None
+
+
+def test_migrate_takes_both_locks(s3: S3Backend, tmp_path: Path, holder: Holder) -> None:
+    local = LocalBackend(tmp_path / ".bpsync")
+    local.write(State.empty())
+    _, lock_id = holder()
+    with pytest.raises(LockHeld, match=lock_id):
+        migrate_state(local, s3)
+    assert local.current_lock() is None  # the local lock was released on the way out
+    assert s3.read() == State.empty()
+
+
+TOKEN = "tok-s3-5d1f"  # must never appear in any output
+
+
+class Run:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+        assert TOKEN not in out + err
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+@pytest.fixture
+def with_state_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bpsync state` until commands.add_extra_commands registers it itself."""
+    original = commands.add_extra_commands
+
+    def add_extra_commands(sub: Any) -> None:
+        original(sub)
+        if "state" not in sub.choices:
+            migrate_mod.register(sub)
+
+    monkeypatch.setattr(commands, "add_extra_commands", add_extra_commands)
+
+
+def test_migrate_command_without_local_state(
+    url: str, bucket: str, tmp_path: Path, with_state_command: None
+) -> None:
+    (tmp_path / "bpsync.yaml").write_text(
+        f"state:\n  backend: local\n  bucket: {bucket}\n  endpoint_url: {url}\n"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    code = run(
+        ["state", "migrate", "--to", "s3"],
+        env={},
+        cwd=tmp_path,
+        console=Console(out=out, err=err),
+        stdin_isatty=False,
+    )
+    assert code == 1 and "nothing to migrate" in err.getvalue(), err.getvalue()
+    assert not (tmp_path / ".bpsync").exists()
+    assert objects(url, bucket) == {}
+
+
+def test_migrate_then_plan_and_apply_against_s3(
+    url: str, bucket: str, tmp_path: Path, with_state_command: None
+) -> None:
+    from bpsync.bigpanda.client import RateLimiter
+    from bpsync.emulator import Emulator
+
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "tables", repo / "tables")
+    shutil.copy(REPO / "bpsync.yaml", repo / "bpsync.yaml")
+
+    with Emulator(port=0, job_seconds=0.05, rate_limit=False) as emu:
+
+        def bp(*argv: str) -> Run:
+            out, err = io.StringIO(), io.StringIO()
+            code = run(
+                list(argv),
+                env={"BIGPANDA_API_URL": emu.url, "BIGPANDA_TOKEN": TOKEN},
+                cwd=repo,
+                console=Console(out=out, err=err),
+                stdin_isatty=False,
+                client_options={
+                    "poll_initial": 0.02,
+                    "poll_max": 0.1,
+                    "backoff_base": 0.01,
+                    "backoff_cap": 0.05,
+                    "rate_limiter": RateLimiter(1000),
+                },
+            )
+            return Run(code, out.getvalue(), err.getvalue())
+
+        r = bp("apply", "--auto-approve")
+        assert r.code == 0, r.text
+        local = LocalBackend(repo / ".bpsync")
+        applied = local.read()
+
+        target = ["--bucket", bucket, "--prefix", "bp", "--region", "us-east-1"]
+        r = bp("state", "migrate", "--to", "s3", *target, "--endpoint-url", url)
+        assert r.code == 0, r.text
+        assert f"to s3://{bucket}/bp: 3 snapshot(s) copied" in r.err
+        assert f"Next: set `state: {{backend: s3, bucket: {bucket}, prefix: bp" in r.err
+        r = bp("state", "migrate", "--to", "s3", *target, "--endpoint-url", url)
+        assert r.code == 1 and "already holds state" in r.err
+
+        config = (
+            (repo / "bpsync.yaml")
+            .read_text()
+            .replace(
+                "  backend: local\n  path: .bpsync\n",
+                f"  backend: s3\n  bucket: {bucket}\n  prefix: bp\n  region: us-east-1\n"
+                f"  endpoint_url: {url}\n",
+            )
+        )
+        (repo / "bpsync.yaml").write_text(config)
+        shutil.rmtree(repo / ".bpsync")  # from now on only the bucket holds the state
+
+        r = bp("plan", "--no-refresh", "--detailed-exitcode")
+        assert r.code == 0 and "No changes." in r.out, r.text
+        csv_path = repo / "tables" / "service-owners.csv"
+        csv_path.write_text(csv_path.read_text().replace("billing,Ravi Patel", "billing,Ana Lima"))
+        r = bp("plan", "--no-refresh")
+        assert r.code == 0, r.text
+        assert '"Ravi Patel" → "Ana Lima"' in r.out  # diffed against the snapshot in S3
+
+        r = bp("apply", "--auto-approve")
+        assert r.code == 0, r.text
+        assert "1 updated" in r.out
+        s3 = backend_for(url, bucket, "bp")
+        after = s3.read()
+        assert after.lineage == applied.lineage and after.serial > 1
+        owners = after.tables["service-owners"]
+        assert owners.sha256 == hashlib.sha256(csv_path.read_bytes()).hexdigest()
+        assert s3.has_snapshot(owners.sha256)
+        assert s3.current_lock() is None
+        assert "No changes." in bp("plan", "--no-refresh").out
+
+        # force-unlock through the CLI reaches the bucket too.
+        planted = LockInfo(
+            "left-by-ci", "ci@runner", 4242, "runner", "bpsync apply", "2024-05-01T12:00:00Z"
+        )
+        put_raw(url, bucket, "bp/lock.json", json.dumps(planted.to_dict()).encode())
+        r = bp("apply", "--auto-approve")
+        assert r.code == 1 and "locked by ci@runner" in r.err and "left-by-ci" in r.err
+        r = bp("force-unlock", "left-by-ci")
+        assert r.code == 0 and "Lock left-by-ci released" in r.err, r.text
+        assert s3.current_lock() is None
+        assert not (repo / ".bpsync").exists()
