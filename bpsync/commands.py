@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from bpsync.cli import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
 from bpsync.console import LiveLines
 from bpsync.errors import ApplyRefused, ConfigError, InvalidInput, StalePlan, UsageError
-from bpsync.fmt import format_table
 from bpsync.manifest import Manifest, load_manifests
 from bpsync.state import TableState, open_backend
 from bpsync.validate import select, validate_project
@@ -40,6 +39,8 @@ def validate(ctx: Context) -> int:
 
 
 def fmt(ctx: Context) -> int:
+    from bpsync.fmt import format_table
+
     manifests, problems = load_manifests(ctx.config)
     if any(p.severity == "error" for p in problems):
         raise InvalidInput(problems)
@@ -177,11 +178,11 @@ def _link_base(ctx: Context, base_of: Callable[[Mapping[str, str]], str | None])
 
 
 def plan(ctx: Context) -> int:
-    from bpsync.planfile import save_plan
-
     the_plan = build_plan(ctx, refresh=_wants_refresh(ctx))
     render(ctx, the_plan, ctx.args.format)
     if ctx.args.out:
+        from bpsync.planfile import save_plan
+
         save_plan(the_plan, ctx.path(ctx.args.out))
         ctx.console.note(
             f"Saved the plan to {ctx.args.out}; apply it with `bpsync apply {ctx.args.out}`."
