@@ -2,13 +2,15 @@
 
 Both sides are compared in canonical form, one line per row, so a row is unchanged exactly
 when its canonical line appears on the other side (keys are unique on both sides).
-1. The new table is scanned (and validated) block by block; its line hashes go into a dict
-   (a 64-bit hash per row, ~60 bytes, not the row itself).
-2. The snapshot is read once; each of its lines found in the dict is popped: unchanged.
-   Lines not found are kept: removed or changed (usually ~1%).
-3. If anything is left in the dict, the new table is read once more (as plain lines when it
-   is canonical, which is cheap) for just those lines: added or changed. Matching the two
-   leftovers by key separates change from add/remove.
+Usually a table is edited in place: rows keep their order. Then the new table's lines are
+aligned with the snapshot's while both are streamed (`_Aligner`): equal runs are skipped at C
+speed and only the differing lines are kept. When the rows were re-ordered, alignment gives
+up and every line is hashed instead:
+1. The snapshot's line hashes go into a dict (a 64-bit hash per row, not the row itself).
+2. The new table is scanned (and validated) block by block; each of its lines found in the
+   dict is popped: unchanged. Lines not found are kept: added or changed (usually ~1%).
+3. The snapshot is read once more for the lines left in the dict: removed or changed.
+Either way the leftovers of both sides are paired by key: change, add or remove.
 Re-ordering or re-quoting never shows as a change, and memory holds hashes, not rows.
 
 Line identity uses Python's salted 64-bit SipHash. A false "unchanged" needs two different
@@ -18,7 +20,7 @@ the plan displays: `no-op` is decided by SHA-256 and apply always uploads the ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from itertools import compress, repeat
 from operator import is_, itemgetter
@@ -34,6 +36,7 @@ from bpsync.table import (
     key_hash,
     parse_line,
     prefetched,
+    read_blocks,
     split_blocks,
 )
 
@@ -52,7 +55,7 @@ class RowDiff:
     old_columns: tuple[str, ...]
 
 
-def _iter_snapshot(open_snapshot: SnapshotOpener) -> Iterator[tuple[int, list[str], bool]]:
+def _iter_snapshot(open_snapshot: SnapshotOpener) -> Generator[tuple[int, list[str], bool]]:
     """(number of the first line, lines, whether any is quoted) per block of the snapshot."""
     line = 0
     for _offset, raw, _last in split_blocks(prefetched(open_snapshot)):
@@ -64,6 +67,221 @@ def _iter_snapshot(open_snapshot: SnapshotOpener) -> Iterator[tuple[int, list[st
 
 
 def diff_table(
+    path: Path,
+    layout: TableLayout,
+    sink: ProblemSink,
+    open_snapshot: SnapshotOpener,
+    *,
+    align_limit: int = 1_000_000,
+) -> RowDiff:
+    """The row diff: by aligning lines in order when the table kept its row order (the
+    usual edit), else by hashing every line (see the module docstring). Alignment keeps at
+    most `align_limit` unmatched lines (~150 bytes each) before it hands over to hashing."""
+    trial = ProblemSink(sink.path, sink.cap)
+    try:
+        d = _aligned_diff(path, layout, trial, open_snapshot, align_limit)
+    except _TooManyUnmatched:
+        return _hashed_diff(path, layout, sink, open_snapshot)
+    _merge_into(sink, trial)
+    return d
+
+
+def _merge_into(sink: ProblemSink, trial: ProblemSink) -> None:
+    sink.problems.extend(trial.problems)
+    sink.errors += trial.errors
+    sink.warnings += trial.warnings
+    sink.suppressed_errors += trial.suppressed_errors
+    sink.suppressed_warnings += trial.suppressed_warnings
+
+
+class _TooManyUnmatched(Exception):
+    """The rows were re-ordered (or mostly changed): alignment gives up for hashing."""
+
+
+class _Aligner:
+    """Walks the new table's lines along the snapshot's, in order.
+
+    Runs of equal lines are skipped with list-slice comparisons (C speed, exponentially
+    growing), so an edited-in-place table costs little more than reading both files. At a
+    difference it looks a few lines ahead on both sides for the next common line; what it
+    passes over is kept as unmatched and resolved exactly at the end (equal text is a moved,
+    unchanged row; the rest pairs by key). Too much unmatched text means the rows were
+    re-ordered: it gives up, and the hashing diff takes over.
+    """
+
+    WINDOW = 64
+
+    def __init__(self, old_blocks: Iterator[tuple[int, list[str], bool]], limit: int) -> None:
+        self.blocks = old_blocks
+        self.limit = limit
+        self.buf: list[str] = []
+        self.pos = 0
+        self.buf_first = 2  # line number of buf[0]
+        self.header = ""
+        self.started = False
+        self.exhausted = False
+        self.old_rows = 0
+        self.old_un: list[tuple[int, str]] = []
+        self.new_un: list[tuple[int, str]] = []
+
+    def _fill(self) -> None:
+        """Keep at least two windows of snapshot lines ahead of `pos`."""
+        while not self.exhausted and len(self.buf) - self.pos < 2 * self.WINDOW:
+            block = next(self.blocks, None)
+            if block is None:
+                self.exhausted = True
+                break
+            lines = block[1]
+            if not self.started:
+                self.started = True
+                self.header, lines = (lines[0], lines[1:]) if lines else ("", [])
+            self.old_rows += len(lines)
+            self.buf_first += self.pos
+            self.buf = self.buf[self.pos :] + lines
+            self.pos = 0
+
+    def feed(self, first: int, lines: list[str]) -> None:
+        j, n = 0, len(lines)
+        while j < n:
+            self._fill()
+            if self.pos >= len(self.buf):
+                self._unmatched_new(first, lines, j, n)
+                return
+            k = self._equal_run(lines, j, n)
+            j += k
+            self.pos += k
+            if j < n and self.pos < len(self.buf):
+                j = self._resync(first, lines, j, n)
+
+    def _equal_run(self, lines: list[str], j: int, n: int) -> int:
+        """How many lines from lines[j] equal the snapshot's from buf[pos] (slice compares)."""
+        buf, pos = self.buf, self.pos
+        most = min(n - j, len(buf) - pos)
+        k, step = 0, 8
+        while k < most:
+            size = min(step, most - k)
+            if lines[j + k : j + k + size] == buf[pos + k : pos + k + size]:
+                k += size
+                step *= 2
+                continue
+            lo, hi = 0, size  # a prefix of lo lines is equal, of hi lines is not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if lines[j + k : j + k + mid] == buf[pos + k : pos + k + mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            return k + lo
+        return k
+
+    def _resync(self, first: int, lines: list[str], j: int, n: int) -> int:
+        """Skip to the next line both sides share within a window; keep what was skipped."""
+        window = self.buf[self.pos : self.pos + self.WINDOW]
+        new_window = lines[j : min(n, j + self.WINDOW)]
+        dj, di = self._one_line_edit(new_window, window)
+        if dj < 0:
+            at = {line: i for i, line in enumerate(window)}
+            dj, di = len(new_window), len(window)
+            for offset, line in enumerate(new_window):
+                found = at.get(line)
+                if found is not None:
+                    dj, di = offset, found
+                    break
+        self.new_un.extend(zip(range(first + j, first + j + dj), new_window[:dj], strict=True))
+        start = self.buf_first + self.pos
+        self.old_un.extend(zip(range(start, start + di), window[:di], strict=True))
+        self.pos += di
+        if len(self.old_un) + len(self.new_un) > self.limit:
+            raise _TooManyUnmatched
+        return j + dj
+
+    @staticmethod
+    def _one_line_edit(new: list[str], old: list[str]) -> tuple[int, int]:
+        """(new lines, old lines) to skip for the usual one-row edits; (-1, -1) otherwise."""
+        if len(new) > 1 and len(old) > 1 and new[1] == old[1]:
+            return 1, 1  # a changed row
+        if len(new) > 1 and old and new[1] == old[0]:
+            return 1, 0  # an added row
+        if len(old) > 1 and new and new[0] == old[1]:
+            return 0, 1  # a removed row
+        return -1, -1
+
+    def _unmatched_new(self, first: int, lines: list[str], j: int, n: int) -> None:
+        self.new_un.extend(zip(range(first + j, first + n), lines[j:n], strict=True))
+        if len(self.old_un) + len(self.new_un) > self.limit:
+            raise _TooManyUnmatched
+
+    def finish(self) -> None:
+        """Whatever the snapshot holds beyond the last aligned line is unmatched."""
+        while True:
+            self._fill()
+            rest = self.buf[self.pos :]
+            start = self.buf_first + self.pos
+            self.old_un.extend(zip(range(start, start + len(rest)), rest, strict=True))
+            self.pos = len(self.buf)
+            if self.exhausted:
+                return
+            if len(self.old_un) + len(self.new_un) > self.limit:
+                raise _TooManyUnmatched
+
+
+def _aligned_diff(
+    path: Path, layout: TableLayout, sink: ProblemSink, open_snapshot: SnapshotOpener, limit: int
+) -> RowDiff:
+    blocks = _iter_snapshot(open_snapshot)
+    aligner = _Aligner(blocks, limit)
+    scan = TableScan(path, layout, sink, aligner.feed)
+    # No dict of every key: aligned rows equal distinct snapshot rows, whose keys are unique,
+    # so a duplicate key involves an unmatched row; those are checked below.
+    scan.track_keys = False
+    try:
+        info = scan.run()
+        if not info.ok:
+            return RowDiff(info, (), 0, 0, 0, 0, 0, ())
+        aligner.finish()
+    finally:
+        blocks.close()  # stops the snapshot's reader thread when we stop early
+    old_columns = tuple(parse_line(aligner.header)) if aligner.header else ()
+    # Equal text on both sides is a row that only moved: unchanged.
+    moved = {line: lineno for lineno, line in aligner.old_un}
+    fresh = [(lineno, line) for lineno, line in aligner.new_un if moved.pop(line, None) is None]
+    gone = sorted((lineno, line) for line, lineno in moved.items())
+    key_titles = [layout.titles[k] for k in layout.key_indexes]
+    new_columns = _header_of(path, layout)
+    new_key_idx = tuple(new_columns.index(t) for t in key_titles)
+    d = _classify(info, new_key_idx, old_columns, aligner.old_rows, gone, fresh, key_titles)
+    if _has_duplicate_keys(path, info, new_key_idx, d):
+        scan.dup_suspects.update(key_hash(c.key) for c in d.changes if c.op != REMOVE)
+        scan.report_duplicates()
+        if sink.errors:
+            return RowDiff(replace(info, ok=False), (), 0, 0, 0, 0, d.old_rows, old_columns)
+    return d
+
+
+def _has_duplicate_keys(path: Path, info: TableInfo, key_idx: tuple[int, ...], d: RowDiff) -> bool:
+    """Whether an added or changed row shares its key with another row of the new table.
+
+    A changed row's key belonged to exactly one snapshot row, which is gone, so no aligned
+    row can hold it; an added row's key might still be held by an unchanged row. Count how
+    often each such key occurs in the new table: one read of plain lines, no dict of keys.
+    """
+    keys = [c.key for c in d.changes if c.op != REMOVE]
+    if len(set(keys)) != len(keys):
+        return True
+    added = {c.key if len(c.key) > 1 else c.key[0] for c in d.changes if c.op == ADD}
+    if not added:
+        return False
+    seen = 0
+    with path.open("rb") as f:
+        for _offset, raw, _last in read_blocks(f):
+            lines = raw.decode("utf-8").replace("\r\n", "\n").split("\n")
+            if lines[-1] == "":
+                lines.pop()
+            seen += sum(map(added.__contains__, _keys_of(lines, key_idx, b'"' in raw)))
+    return seen != len(added)  # the header line never matches a key of a data row
+
+
+def _hashed_diff(
     path: Path, layout: TableLayout, sink: ProblemSink, open_snapshot: SnapshotOpener
 ) -> RowDiff:
     # Phase 1: the snapshot's line hashes.

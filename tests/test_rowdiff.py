@@ -31,13 +31,26 @@ def _csv(rows: dict[tuple[str, str], str], order: list[tuple[str, str]] | None =
 
 
 def _diff(tmp: Path, old: dict[tuple[str, str], str], new_text: str) -> RowDiff:
+    """The diff by alignment, checked equal to the diff by hashing (the fallback)."""
     snapshot = gzip.compress(_csv(old).encode())
     path = tmp / "t.csv"
     path.write_bytes(new_text.encode())
-    sink = ProblemSink("t.csv")
-    d = diff_table(path, LAYOUT, sink, lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)))
-    assert sink.errors == 0, sink.finish()
-    return d
+    results = []
+    for limit in (1_000_000, 0):  # 0: alignment gives up at once, hashing takes over
+        sink = ProblemSink("t.csv")
+        results.append(
+            diff_table(
+                path,
+                LAYOUT,
+                sink,
+                lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)),
+                align_limit=limit,
+            )
+        )
+        assert sink.errors == 0, sink.finish()
+    aligned, hashed = results
+    assert aligned == hashed
+    return aligned
 
 
 settings_ = settings(
@@ -113,11 +126,18 @@ def test_duplicate_key_with_an_unchanged_row_is_an_error(tmp_path: Path) -> None
     snapshot = gzip.compress(_csv(a).encode())
     path = tmp_path / "t.csv"
     path.write_text(text)
-    sink = ProblemSink("t.csv")
-    d = diff_table(path, LAYOUT, sink, lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)))
-    assert not d.info.ok
-    messages = [str(p) for p in sink.finish()]
-    assert any("t.csv:4" in m and "duplicate key" in m and "line 2" in m for m in messages)
+    for limit in (1_000_000, 0):
+        sink = ProblemSink("t.csv")
+        d = diff_table(
+            path,
+            LAYOUT,
+            sink,
+            lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)),
+            align_limit=limit,
+        )
+        assert not d.info.ok
+        messages = [str(p) for p in sink.finish()]
+        assert any("t.csv:4" in m and "duplicate key" in m and "line 2" in m for m in messages)
 
 
 def test_duplicate_identical_row_is_an_error(tmp_path: Path) -> None:
@@ -126,7 +146,58 @@ def test_duplicate_identical_row_is_an_error(tmp_path: Path) -> None:
     snapshot = gzip.compress(_csv(a).encode())
     path = tmp_path / "t.csv"
     path.write_text(text)
-    sink = ProblemSink("t.csv")
-    d = diff_table(path, LAYOUT, sink, lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)))
-    assert not d.info.ok
-    assert any("duplicate row" in str(p) and "t.csv:3" in str(p) for p in sink.finish())
+    for limit in (1_000_000, 0):
+        sink = ProblemSink("t.csv")
+        d = diff_table(
+            path,
+            LAYOUT,
+            sink,
+            lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)),
+            align_limit=limit,
+        )
+        assert not d.info.ok
+        assert any("duplicate row" in str(p) and "t.csv:3" in str(p) for p in sink.finish())
+
+
+def test_alignment_across_blocks_agrees_with_hashing_and_brute_force(tmp_path: Path) -> None:
+    import csv
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from gen_table import write_mutation, write_table
+
+    old_path, new_path = tmp_path / "old.csv", tmp_path / "new.csv"
+    write_table(old_path, 4_000_000, seed=3)  # ~4 blocks of 1 MiB
+    write_mutation(old_path, new_path, seed=4)
+    snapshot = gzip.compress(old_path.read_bytes())
+    layout = TableLayout(("host", "cmdb_ci", "environment", "support_group", "runbook_url"), (0,))
+    diffs = []
+    for limit in (1_000_000, 0):
+        sink = ProblemSink("new.csv")
+        diffs.append(
+            diff_table(
+                new_path,
+                layout,
+                sink,
+                lambda: gzip.GzipFile(fileobj=io.BytesIO(snapshot)),
+                align_limit=limit,
+            )
+        )
+        assert sink.errors == 0
+    assert diffs[0] == diffs[1]
+    with old_path.open(newline="") as f:
+        old = {r[0]: (i, r) for i, r in enumerate(list(csv.reader(f))[1:], 2)}
+    with new_path.open(newline="") as f:
+        new = {r[0]: (i, r) for i, r in enumerate(list(csv.reader(f))[1:], 2)}
+    d = diffs[0]
+    assert {c.key[0] for c in d.changes if c.op == ADD} == new.keys() - old.keys()
+    assert {c.key[0] for c in d.changes if c.op == REMOVE} == old.keys() - new.keys()
+    changed = {k for k in old.keys() & new.keys() if old[k][1] != new[k][1]}
+    assert {c.key[0] for c in d.changes if c.op == CHANGE} == changed
+    for c in d.changes:
+        if c.op == CHANGE:
+            assert (c.old_line, c.line) == (old[c.key[0]][0], new[c.key[0]][0])
+        elif c.op == REMOVE:
+            assert c.line == old[c.key[0]][0]
+        else:
+            assert c.line == new[c.key[0]][0]
