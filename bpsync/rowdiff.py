@@ -20,6 +20,7 @@ the plan displays: `no-op` is decided by SHA-256 and apply always uploads the ex
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from itertools import compress, repeat
@@ -36,7 +37,6 @@ from bpsync.table import (
     key_hash,
     parse_line,
     prefetched,
-    read_blocks,
     split_blocks,
 )
 
@@ -232,8 +232,9 @@ def _aligned_diff(
     aligner = _Aligner(blocks, limit)
     scan = TableScan(path, layout, sink, aligner.feed)
     # No dict of every key: aligned rows equal distinct snapshot rows, whose keys are unique,
-    # so a duplicate key involves an unmatched row; those are checked below.
-    scan.track_keys = False
+    # so a duplicate key involves an unmatched row; those are checked below against a log
+    # of every key's hash (8 bytes a row).
+    scan.key_log = array("q")
     try:
         info = scan.run()
         if not info.ok:
@@ -250,7 +251,7 @@ def _aligned_diff(
     new_columns = _header_of(path, layout)
     new_key_idx = tuple(new_columns.index(t) for t in key_titles)
     d = _classify(info, new_key_idx, old_columns, aligner.old_rows, gone, fresh, key_titles)
-    if _has_duplicate_keys(path, info, new_key_idx, d):
+    if _has_duplicate_keys(scan.key_log, d):
         scan.dup_suspects.update(key_hash(c.key) for c in d.changes if c.op != REMOVE)
         scan.report_duplicates()
         if sink.errors:
@@ -258,27 +259,19 @@ def _aligned_diff(
     return d
 
 
-def _has_duplicate_keys(path: Path, info: TableInfo, key_idx: tuple[int, ...], d: RowDiff) -> bool:
-    """Whether an added or changed row shares its key with another row of the new table.
+def _has_duplicate_keys(key_log: array[int], d: RowDiff) -> bool:
+    """Whether an added or changed row may share its key with another row of the new table.
 
     A changed row's key belonged to exactly one snapshot row, which is gone, so no aligned
-    row can hold it; an added row's key might still be held by an unchanged row. Count how
-    often each such key occurs in the new table: one read of plain lines, no dict of keys.
+    row can hold it; an added row's key might still be held by an unchanged row. So count
+    how often the added keys' hashes occur among all keys of the new table. A hash collision
+    only sends us to the exact check.
     """
     keys = [c.key for c in d.changes if c.op != REMOVE]
     if len(set(keys)) != len(keys):
         return True
-    added = {c.key if len(c.key) > 1 else c.key[0] for c in d.changes if c.op == ADD}
-    if not added:
-        return False
-    seen = 0
-    with path.open("rb") as f:
-        for _offset, raw, _last in read_blocks(f):
-            lines = raw.decode("utf-8").replace("\r\n", "\n").split("\n")
-            if lines[-1] == "":
-                lines.pop()
-            seen += sum(map(added.__contains__, _keys_of(lines, key_idx, b'"' in raw)))
-    return seen != len(added)  # the header line never matches a key of a data row
+    added = {key_hash(c.key) for c in d.changes if c.op == ADD}
+    return bool(added) and sum(map(added.__contains__, key_log)) != len(added)
 
 
 def _hashed_diff(

@@ -20,6 +20,7 @@ import hashlib
 import io
 import queue
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -285,6 +286,9 @@ class TableScan:
         self.header_done = False
         self.header_line = layout.header_line
         self.track_keys = True
+        # Instead of the dict of key hashes: every key's hash in file order (8 bytes a row),
+        # for callers that settle duplicates themselves (the aligned row diff).
+        self.key_log: array[int] | None = None
         self.emit_despite_errors = False  # the duplicate pass reads rows of invalid files too
 
     # -- driving ---------------------------------------------------------------------------
@@ -519,6 +523,9 @@ class TableScan:
 
     def _keys(self, keys: Iterable[object], first: int) -> None:
         """Remember key hashes; a repeat marks hashes for the exact duplicate pass."""
+        if self.key_log is not None:
+            self.key_log.extend(map(hash, keys))
+            return
         if not self.track_keys:
             return
         hashes = list(map(hash, keys))
