@@ -13,6 +13,7 @@ from bpsync.console import LiveLines
 from bpsync.errors import ApplyRefused, ConfigError, InvalidInput, StalePlan, UsageError
 from bpsync.manifest import Manifest, load_manifests
 from bpsync.state import TableState, open_backend
+from bpsync.table import FileDigests
 from bpsync.validate import select, validate_project
 
 if TYPE_CHECKING:
@@ -80,8 +81,9 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _load_selected(ctx: Context) -> list[Manifest]:
-    manifests, problems = load_manifests(ctx.config)
+def _load_selected(ctx: Context, digests: FileDigests | None = None) -> list[Manifest]:
+    on_csv = digests.request if digests is not None else None
+    manifests, problems = load_manifests(ctx.config, on_csv)
     if any(p.severity == "error" for p in problems):
         raise InvalidInput(problems)
     for p in problems:
@@ -101,7 +103,8 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     from bpsync.planner import make_plan
 
     config = ctx.config
-    manifests = _load_selected(ctx)
+    digests = FileDigests()  # tables are hashed on another core while manifests load
+    manifests = _load_selected(ctx, digests)
     backend = open_backend(config)
     state = backend.read()
     remote = None
@@ -111,7 +114,14 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
         with _client(ctx) as client:
             remote = refresh_remote(client, state, manifests, ctx.args.table, ctx.console.note)
     plan = make_plan(
-        config, manifests, state, backend, only=ctx.args.table, remote=remote, now=_now()
+        config,
+        manifests,
+        state,
+        backend,
+        only=ctx.args.table,
+        remote=remote,
+        now=_now(),
+        digests=digests,
     )
     for w in plan.warnings:
         ctx.console.warn(w)

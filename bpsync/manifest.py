@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,18 @@ def discover(config: Config) -> list[Path]:
     return sorted(found)
 
 
-def load_manifests(config: Config) -> tuple[list[Manifest], list[Problem]]:
-    """Every manifest of the project and every problem found in them (not the CSVs)."""
+def load_manifests(
+    config: Config, on_csv: Callable[[Path], None] | None = None
+) -> tuple[list[Manifest], list[Problem]]:
+    """Every manifest of the project and every problem found in them (not the CSVs).
+
+    `on_csv(path)` hears of each table as soon as its manifest is parsed, before the slower
+    checks, so a caller can start reading the table meanwhile.
+    """
     manifests: list[Manifest] = []
     problems: list[Problem] = []
     for path in discover(config):
-        manifest, found = load_manifest(path, config.root)
+        manifest, found = load_manifest(path, config.root, on_csv)
         problems += found
         if manifest is not None:
             manifests.append(manifest)
@@ -101,7 +108,9 @@ def load_manifests(config: Config) -> tuple[list[Manifest], list[Problem]]:
     return manifests, problems
 
 
-def load_manifest(path: Path, root: Path) -> tuple[Manifest | None, list[Problem]]:
+def load_manifest(
+    path: Path, root: Path, on_csv: Callable[[Path], None] | None = None
+) -> tuple[Manifest | None, list[Problem]]:
     display = display_path(path, root)
     doc, problems = load_yaml(path, display)
     if doc is None:
@@ -112,6 +121,8 @@ def load_manifest(path: Path, root: Path) -> tuple[Manifest | None, list[Problem
                 display, 1, 1, "a manifest must be a mapping of keys", "see README, 'Manifests'"
             )
         ]
+    if on_csv is not None and isinstance(doc.data.get("csv"), str):
+        on_csv(path.parent / doc.data["csv"])
     problems += check_schema(doc, "manifest", display)
     # Check what can be checked even when other keys are wrong: all problems in one run.
     fields = _fields_of(doc.data.get("fields"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from bpsync.plan import (
 from bpsync.rowdiff import diff_table
 from bpsync.state import State, StateBackend, TableState, state_to_dict
 from bpsync.table import (
+    FileDigests,
     ProblemSink,
     TableInfo,
     TableLayout,
@@ -85,15 +86,19 @@ def make_plan(
     only: Collection[str] = (),
     remote: Mapping[str, Remote] | None = None,
     now: str,
+    digests: FileDigests | None = None,
 ) -> Plan:
     """The plan for `manifests` (already selected) and the deleted tables of `state`."""
     problems: list[Problem] = []
     tables: list[TablePlan] = []
     manifest_digests: dict[str, str] = {}
+    digest = (digests or FileDigests()).get
     table_digests: dict[str, str] = {}
     for m in manifests:
         manifest_digests[m.display] = sha256_file(m.path)
-        tp = _plan_table(m, state.table(m.name), backend, problems, (remote or {}).get(m.name))
+        tp = _plan_table(
+            m, state.table(m.name), backend, problems, (remote or {}).get(m.name), digest
+        )
         if tp is not None:
             tables.append(tp)
             table_digests[m.csv_display] = tp.new_sha256 or ""
@@ -159,6 +164,7 @@ def _plan_table(
     backend: StateBackend,
     problems: list[Problem],
     remote: Remote | None,
+    digest: Callable[[Path], str],
 ) -> TablePlan | None:
     enrichment_id = ts.enrichment_id if ts and ts.enrichment_id else m.enrichment_id
     if ts and ts.enrichment_id and m.enrichment_id and m.enrichment_id != ts.enrichment_id:
@@ -179,7 +185,7 @@ def _plan_table(
     schema = m.schema()
     changes = schema_changes(old_schema, schema) if old_schema else ()
     sink = ProblemSink(m.csv_display)
-    rows = _rows(m, ts, enrichment_id, backend, sink)
+    rows = _rows(m, ts, enrichment_id, backend, sink, digest)
     problems += sink.finish()
     if rows.info is not None and not rows.info.ok:
         return None
@@ -364,11 +370,12 @@ def _rows(
     enrichment_id: str | None,
     backend: StateBackend,
     sink: ProblemSink,
+    digest: Callable[[Path], str],
 ) -> _Rows:
     layout = m.layout
     if ts is not None and ts.sha256:
         applied_titles = [f.get("title") for f in ts.schema.get("fields", [])]
-        if list(layout.titles) == applied_titles and sha256_file(m.csv_path) == ts.sha256:
+        if list(layout.titles) == applied_titles and digest(m.csv_path) == ts.sha256:
             # Byte-identical to what was applied, and validated then against the same
             # columns: nothing to read. (New columns need the full check of the header.)
             return _Rows(

@@ -191,6 +191,42 @@ def max_line_bytes(width: int) -> int:
     return min(MAX_LINE_BYTES, width * (2 * facts.MAX_VALUE_BYTES + 3) + 2)
 
 
+class FileDigests:
+    """SHA-256 of files, computed on background threads.
+
+    hashlib releases the GIL, so hashing a 500 MB table (the whole cost of planning an
+    unchanged one) overlaps the start-up work of loading and checking the manifests.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[Path, list[str | BaseException]] = {}
+        self._threads: dict[Path, threading.Thread] = {}
+
+    def request(self, path: Path) -> None:
+        if path in self._threads or not path.is_file():
+            return
+        result: list[str | BaseException] = []
+
+        def work() -> None:
+            try:
+                result.append(sha256_file(path))
+            except BaseException as e:  # raised in get()
+                result.append(e)
+
+        thread = threading.Thread(target=work, name="bpsync-digest", daemon=True)
+        self._results[path], self._threads[path] = result, thread
+        thread.start()
+
+    def get(self, path: Path) -> str:
+        if path not in self._threads:
+            return sha256_file(path)
+        self._threads[path].join()
+        value = self._results[path][0]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+
 def read_blocks(f: BinaryIO, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, bool]]:
     """(byte offset, bytes ending in a newline, is_last) — blocks never split a line."""
     return split_blocks(iter(lambda: f.read(BLOCK_SIZE), b""), max_line)
