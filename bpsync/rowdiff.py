@@ -23,8 +23,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
-from itertools import compress, repeat
-from operator import is_, itemgetter
+from itertools import compress, count, repeat
+from operator import is_, itemgetter, ne
 from pathlib import Path
 from typing import BinaryIO
 
@@ -154,24 +154,22 @@ class _Aligner:
                 j = self._resync(first, lines, j, n)
 
     def _equal_run(self, lines: list[str], j: int, n: int) -> int:
-        """How many lines from lines[j] equal the snapshot's from buf[pos] (slice compares)."""
+        """How many lines from lines[j] equal the snapshot's from buf[pos].
+
+        Equal slices of growing size are skipped with one list comparison each; in the first
+        unequal slice, a C-level scan finds the differing line.
+        """
         buf, pos = self.buf, self.pos
         most = min(n - j, len(buf) - pos)
-        k, step = 0, 8
+        k, size = 0, 64
         while k < most:
-            size = min(step, most - k)
-            if lines[j + k : j + k + size] == buf[pos + k : pos + k + size]:
-                k += size
-                step *= 2
+            step = min(size, most - k)
+            mine, theirs = lines[j + k : j + k + step], buf[pos + k : pos + k + step]
+            if mine == theirs:
+                k += step
+                size = min(size * 2, 8192)
                 continue
-            lo, hi = 0, size  # a prefix of lo lines is equal, of hi lines is not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if lines[j + k : j + k + mid] == buf[pos + k : pos + k + mid]:
-                    lo = mid
-                else:
-                    hi = mid
-            return k + lo
+            return k + next(compress(count(), map(ne, mine, theirs)))
         return k
 
     def _resync(self, first: int, lines: list[str], j: int, n: int) -> int:
