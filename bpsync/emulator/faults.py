@@ -6,8 +6,10 @@ job threads consume them.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 DEFAULT_JOB_FAILURE = "injected failure: the emulator was told to fail this job"
@@ -45,6 +47,9 @@ class Faults:
         self._job_failures: deque[str] = deque()
         self._latency = 0.0
         self._hang = False
+        self._fraction = 0.0
+        self._fraction_statuses: tuple[int, ...] = (503,)
+        self._rng = random.Random()
 
     # ------------------------------------------------------------ arming
 
@@ -72,6 +77,16 @@ class Faults:
         with self._lock:
             self._requests.append(_RequestFault(n, status, after, path_contains, method))
 
+    def fail_fraction(
+        self, fraction: float, statuses: Sequence[int] = (503,), *, seed: int | None = None
+    ) -> None:
+        """Answer about `fraction` of all later requests with one of `statuses`, at random
+        (load tests); a 429 gets `Retry-After: 1`. Armed one-shot faults come first."""
+        with self._lock:
+            self._fraction = min(1.0, max(0.0, fraction))
+            self._fraction_statuses = tuple(statuses) or (503,)
+            self._rng = random.Random(seed)
+
     def drop_upload_after(self, bytes: int, times: int = 1) -> None:
         """Close the socket, without answering, after `bytes` of the next `times` uploads."""
         with self._lock:
@@ -94,6 +109,7 @@ class Faults:
             self._job_failures.clear()
             self._latency = 0.0
             self._hang = False
+            self._fraction = 0.0
 
     # ------------------------------------------------------------ consuming
 
@@ -114,6 +130,9 @@ class Faults:
                     fault.remaining -= 1
                     self._requests = [f for f in self._requests if f.remaining > 0]
                     return RequestFault(fault.status, fault.retry_after)
+            if self._fraction and self._rng.random() < self._fraction:
+                status = self._rng.choice(self._fraction_statuses)
+                return RequestFault(status, "1" if status == 429 else None)
         return None
 
     def take_drop(self) -> int | None:
