@@ -29,7 +29,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from bpsync.errors import ApiError, BpsyncError, JobFailed, NotFoundError, StalePlan
+from bpsync.errors import (
+    ApiError,
+    ApplyRefused,
+    BpsyncError,
+    JobFailed,
+    NotFoundError,
+    StalePlan,
+)
 from bpsync.manifest import Manifest
 from bpsync.plan import (
     CREATE,
@@ -54,6 +61,7 @@ class Client(Protocol):
     """The part of bpsync.bigpanda.client.BigPandaClient that apply uses."""
 
     def get_enrichment(self, enrichment_id: str) -> Any: ...
+    def list_enrichments(self) -> list[Any]: ...
     def create_enrichment(self, spec: Any) -> Any: ...
     def update_enrichment(self, enrichment_id: str, **changes: Any) -> Any: ...
     def upload_table(self, enrichment_id: str, path: Path) -> Any: ...
@@ -258,18 +266,51 @@ class Applier:
         self.store.update(name, drop)
 
     def _create(self, tp: TablePlan) -> str:
+        """Create the table's enrichment, never a second one for the same table.
+
+        The intent to create is written to state first. If the process dies after BigPanda
+        created the enrichment but before its id was recorded, the next run finds that intent
+        and adopts the enrichment (same name and fields, active, unknown to the state)
+        instead of creating another.
+        """
         from bpsync.bigpanda.client import EnrichmentSpec
 
         schema = dict(tp.schema or {})
         cur = self.store.state.table(tp.name)
-        if tp.action == REPLACE and cur is not None and cur.pending and not cur.pending.job_id:
-            if cur.pending.schema == schema:
+        pending = cur.pending if cur is not None else None
+        if pending is not None and not pending.job_id and pending.enrichment_id:
+            if tp.action == REPLACE and pending.schema == schema:
                 self.note(
-                    f"{tp.name}: reusing enrichment {cur.pending.enrichment_id}, created "
+                    f"{tp.name}: reusing enrichment {pending.enrichment_id}, created "
                     "by an interrupted apply"
                 )
-                return cur.pending.enrichment_id
-            self._retire(tp.name, cur.pending.enrichment_id)
+                return pending.enrichment_id
+            self._retire(tp.name, pending.enrichment_id)
+        creating = pending is not None and not pending.job_id and not pending.enrichment_id
+        try:
+            orphans = self._unknown_namesakes(schema)
+        except ApiError as e:
+            if creating:
+                raise  # an earlier create may have succeeded: never guess, never duplicate
+            self.note(f"{tp.name}: could not list enrichments to check the name ({e.message})")
+            orphans = []
+        if creating:
+            adopted = [e for e in orphans if _same_fields(e.fields, schema["fields"])]
+            if len(adopted) == 1:
+                eid: str = adopted[0].id
+                self.note(f"{tp.name}: adopting enrichment {eid}, created by an interrupted apply")
+                self._record_created(tp, eid, schema)
+                return eid
+        if orphans and tp.action == CREATE:
+            ids = ", ".join(e.id for e in orphans)
+            raise ApplyRefused(
+                f"{tp.name}: BigPanda already has an active enrichment named "
+                f"{schema['map_name']!r} ({ids}) that bpsync's state does not know",
+                hint=f"to manage it, run `bpsync import {tp.name} <id>` (or set enrichment_id "
+                "in the manifest); otherwise give the table another map_name",
+            )
+        self.store.update(tp.name, lambda cur: self._intent(tp, cur, schema))
+        self.fault("intent-recorded")
         spec = EnrichmentSpec(
             name=schema["map_name"],
             fields=tuple(schema["fields"]),
@@ -277,12 +318,45 @@ class Applier:
             description=schema.get("description"),
             when=schema.get("when"),
         )
-        created = self.client.create_enrichment(spec)
-        eid: str = created.id
+        eid = self.client.create_enrichment(spec).id
         self.note(f"{tp.name}: created enrichment {eid}")
+        self._record_created(tp, eid, schema)
+        self.fault("created")
+        return eid
 
+    def _unknown_namesakes(self, schema: dict[str, Any]) -> list[Any]:
+        """Active enrichments with this name whose ids no table of the state holds."""
+        known: set[str] = set()
+        for ts in self.store.state.tables.values():
+            known.update(
+                x for x in (ts.enrichment_id, ts.pending and ts.pending.enrichment_id) if x
+            )
+        return [
+            e
+            for e in self.client.list_enrichments()
+            if e.name == schema["map_name"] and e.active and e.id not in known
+        ]
+
+    def _intent(self, tp: TablePlan, cur: TableState | None, schema: dict[str, Any]) -> TableState:
+        """State saying "creating an enrichment for this table" (no id yet)."""
+        intent = PendingJob(
+            job_id="",
+            job_url=None,
+            enrichment_id="",
+            sha256=tp.new_sha256 or "",
+            rows=tp.new_rows or 0,
+            kind=tp.action,
+            started_at=_now(),
+            replaces=cur.enrichment_id if cur is not None and tp.action == REPLACE else None,
+            schema=schema,
+        )
+        if cur is None:
+            return TableState(tp.name, None, self.api_version, schema, pending=intent)
+        return replace(cur, pending=intent)
+
+    def _record_created(self, tp: TablePlan, eid: str, schema: dict[str, Any]) -> None:
         def record(cur: TableState | None) -> TableState:
-            if tp.action == REPLACE and cur is not None:
+            if tp.action == REPLACE and cur is not None and cur.enrichment_id:
                 # The old enrichment stays the applied one until the new upload is done; the
                 # new one is remembered (job id still empty) so a crash cannot orphan it.
                 created_job = PendingJob(
@@ -300,8 +374,6 @@ class Applier:
             return TableState(tp.name, eid, self.api_version, schema)
 
         self.store.update(tp.name, record)
-        self.fault("created")
-        return eid
 
     def _upload(self, tp: TablePlan, eid: str, path: Path) -> PendingJob:
         self.note(f"{tp.name}: uploading {tp.new_rows:,} rows to enrichment {eid}")
@@ -448,7 +520,7 @@ class Applier:
         if sha256_file(path) == tp.new_sha256:
             yield path
             return
-        fd, tmp = tempfile.mkstemp(prefix=".bpsync-upload-", suffix=".csv.tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix="bpsync-upload-", suffix=".csv")  # not in the repo
         try:
             with os.fdopen(fd, "wb") as out:
                 layout = TableLayout(tp.columns, tuple(tp.columns.index(k) for k in tp.key_columns))
@@ -471,9 +543,14 @@ class Applier:
             self.note(f"could not prune old snapshots: {e.message}")
 
 
-def check_mass_delete(plan: Plan, allow: bool) -> None:
-    from bpsync.errors import ApplyRefused
+def _same_fields(a: Any, b: Any) -> bool:
+    def by_title(fields: Any) -> dict[str, dict[str, Any]]:
+        return {f["title"]: {k: v for k, v in f.items() if v is not None} for f in fields}
 
+    return by_title(a) == by_title(b)
+
+
+def check_mass_delete(plan: Plan, allow: bool) -> None:
     flagged = [t for t in plan.tables if t.mass_delete]
     if flagged and not allow:
         lines = [

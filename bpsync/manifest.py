@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,17 @@ def load_manifest(
         ]
     if on_csv is not None and isinstance(doc.data.get("csv"), str):
         on_csv(path.parent / doc.data["csv"])
+    fraction = doc.data.get("max_delete_fraction")
+    if isinstance(fraction, float) and not math.isfinite(fraction):
+        # JSON Schema's minimum/maximum let NaN through; NaN would disable the guard.
+        problems.append(
+            Problem(
+                display,
+                *_at(doc, "max_delete_fraction"),
+                f"max_delete_fraction is {fraction}",
+                "use a number from 0 to 1",
+            )
+        )
     problems += check_schema(doc, "manifest", display)
     # Check what can be checked even when other keys are wrong: all problems in one run.
     fields = _fields_of(doc.data.get("fields"))

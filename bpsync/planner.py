@@ -197,6 +197,11 @@ def _plan_table(
             f"an interrupted apply left job {ts.pending.job_id} pending; apply checks "
             "it before uploading again"
         )
+    elif ts and ts.pending and not ts.pending.enrichment_id:
+        notes.append(
+            "an earlier apply stopped while creating the enrichment; apply adopts what it "
+            "created rather than creating another"
+        )
     elif ts and ts.pending:
         notes.append(
             f"enrichment {ts.pending.enrichment_id} was created for this replace by an earlier "

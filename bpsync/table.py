@@ -343,6 +343,7 @@ class TableScan:
         self.result = self._info(size)
         if size == 0:
             self.sink.error(1, "the file is empty", "add the header row and at least one data row")
+            self.result = self._info(size)
             return
         if size > facts.MAX_FILE_BYTES:
             self.sink.error(
@@ -427,8 +428,9 @@ class TableScan:
         if "\r" in text:
             self.canonical = False
             raw = b""
-            if text.count("\r") == text.count("\r\n"):
-                # CRLF endings: accepted on read, canonicalised on write (SPEC §4).
+            if "\r\n" in text:
+                # CRLF endings: accepted on read, canonicalised on write (SPEC §4). A CR left
+                # after this is a lone one: the slow path reports it.
                 self.crlf = True
                 text = text.replace("\r\n", "\n")
         lines = text.split("\n")
@@ -589,26 +591,28 @@ class TableScan:
         """Row-by-row checks with csv.reader; returns (line number, canonical line) of each
         valid row of the block."""
         out: list[tuple[int, str]] = []
+        base = 0  # index in `lines` where the current reader started
         reader = csv.reader(lines, strict=True)
-        consumed = 0
+        consumed = 0  # lines the current reader has consumed
         rows: list[list[str]] = []
         row_lines: list[int] = []
         while True:
-            start = first + consumed
+            start = first + base + consumed
             try:
                 row = next(reader)
             except StopIteration:
                 break
             except csv.Error as e:
-                consumed = reader.line_num
                 self.sink.error(start, *describe_csv_error(e))
-                # csv.reader cannot resume after an error; restart after the bad line.
-                reader = csv.reader(lines[consumed:], strict=True)
-                first, consumed = first + consumed, 0
+                # csv.reader cannot resume after an error; restart after the bad line(s).
+                base += max(reader.line_num, consumed + 1)
+                reader = csv.reader(lines[base:], strict=True)
+                consumed = 0
                 continue
+            physical = lines[base + consumed : base + reader.line_num]
             span = reader.line_num - consumed
             consumed = reader.line_num
-            if not self._check_row(row, start, span):
+            if not self._check_row(row, start, span) or not self._no_bare_cr(row, physical, start):
                 continue
             rows.append(row)
             row_lines.append(start)
@@ -617,6 +621,18 @@ class TableScan:
             self._keys(map(self.keyget, rows), row_lines[0])
         self.rows += len(rows)
         return out
+
+    def _no_bare_cr(self, row: list[str], physical: list[str], line: int) -> bool:
+        """csv drops a CR outside quotes as if it ended the line; BigPanda would not."""
+        if any("\r" in text for text in physical) and not any("\r" in v for v in row):
+            self.sink.error(
+                line,
+                "a line break (CR) outside quotes, or CR-only line endings; BigPanda does not "
+                "support line breaks in values",
+                "remove the CR, or save the file with LF (or CRLF) line endings",
+            )
+            return False
+        return True
 
     def _check_row(self, row: list[str], line: int, span: int) -> bool:
         if not row:

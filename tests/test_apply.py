@@ -325,3 +325,17 @@ def test_failed_replace_keeps_old_active_and_reuses_new_enrichment(
     new_id = state_of(repo)["tables"]["host-cmdb"]["enrichment_id"]
     assert new_id != old_id and emu.enrichment(old_id)["active"] is False
     assert "No changes." in bp(repo, emu, "plan").out
+
+
+def test_create_refuses_when_an_unknown_enrichment_has_the_name(repo: Path, emu: Emulator) -> None:
+    fields = (
+        {"title": "application", "type": "query_tag"},
+        {"title": "owner", "type": "result_tag"},
+    )
+    with BigPandaClient(emu.url, TOKEN, **fast_client()) as client:  # type: ignore[arg-type]
+        existing = client.create_enrichment(EnrichmentSpec("Service owners", fields))
+    r = bp(repo, emu, "apply", "--auto-approve")
+    assert r.code == 1
+    assert existing.id in r.err and "bpsync import service-owners" in r.err
+    assert "service-owners" not in state_of(repo)["tables"]
+    assert {"host-cmdb", "check-routing"} <= set(state_of(repo)["tables"])  # the others went on

@@ -221,9 +221,7 @@ def test_comment_is_created_when_absent(github: FakeGitHub, tmp_path: Path) -> N
     code, out, err = ci(github, ["comment", "--body-file", "plan.md", "--pr", "7"], tmp_path)
     assert code == 0, err
     writes = github.writes()
-    assert [(w.method, w.path) for w in writes] == [
-        ("POST", f"/repos/{REPO}/issues/7/comments")
-    ]
+    assert [(w.method, w.path) for w in writes] == [("POST", f"/repos/{REPO}/issues/7/comments")]
     assert writes[0].body["body"] == plan_body()
     assert out.strip() == github.comments[7][-1]["html_url"]
     assert "Created" in err
@@ -271,8 +269,11 @@ def test_comment_pages_are_followed(github: FakeGitHub, tmp_path: Path) -> None:
     (tmp_path / "plan.md").write_text(plan_body(), encoding="utf-8")
     code, _, err = ci(github, ["comment", "--body-file", "plan.md", "--pr", "7"], tmp_path)
     assert code == 0, err
-    pages = [c.query.get("page", ["1"])[0] for c in github.calls if c.method == "GET"
-             and c.path.endswith("/comments")]
+    pages = [
+        c.query.get("page", ["1"])[0]
+        for c in github.calls
+        if c.method == "GET" and c.path.endswith("/comments")
+    ]
     assert pages == ["1", "2", "3", "4"]
     assert [(w.method, w.path) for w in github.writes()] == [
         ("PATCH", f"/repos/{REPO}/issues/comments/{ours['id']}")
@@ -345,11 +346,14 @@ def test_fit_comment_leaves_short_bodies_alone_and_cuts_at_a_line() -> None:
 
 def test_comment_finds_the_pr_in_the_event_payload(github: FakeGitHub, tmp_path: Path) -> None:
     event = tmp_path / "event.json"
-    event.write_text(json.dumps({"action": "synchronize", "number": 12,
-                                 "pull_request": {"number": 12}}), encoding="utf-8")
+    event.write_text(
+        json.dumps({"action": "synchronize", "number": 12, "pull_request": {"number": 12}}),
+        encoding="utf-8",
+    )
     (tmp_path / "plan.md").write_text(plan_body(), encoding="utf-8")
-    code, _, err = ci(github, ["comment", "--body-file", "plan.md"], tmp_path,
-                      GITHUB_EVENT_PATH=str(event))
+    code, _, err = ci(
+        github, ["comment", "--body-file", "plan.md"], tmp_path, GITHUB_EVENT_PATH=str(event)
+    )
     assert code == 0, err
     assert github.writes()[0].path == f"/repos/{REPO}/issues/12/comments"
 
@@ -406,9 +410,15 @@ def test_a_refused_token_is_reported_without_the_token(github: FakeGitHub, tmp_p
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["comment"], ["fingerprint"], ["comment", "--body-file", "x", "--pr", "zero"],
-     ["fingerprint", "--from-file", "a", "--from-pr", "3"], ["issue", "--body-file", "x"],
-     ["issue", "--title", "t"]],
+    [
+        [],
+        ["comment"],
+        ["fingerprint"],
+        ["comment", "--body-file", "x", "--pr", "zero"],
+        ["fingerprint", "--from-file", "a", "--from-pr", "3"],
+        ["issue", "--body-file", "x"],
+        ["issue", "--title", "t"],
+    ],
 )
 def test_usage_errors_exit_64(tmp_path: Path, argv: list[str]) -> None:
     code, _, err = run_cli(["ci", *argv], tmp_path)
@@ -421,13 +431,18 @@ def test_usage_errors_exit_64(tmp_path: Path, argv: list[str]) -> None:
 @pytest.fixture
 def rendered(tmp_path: Path) -> tuple[Path, str]:
     """A real plan of a small repository: plan.out, plan.md, plan.json; and its fingerprint."""
-    fields = (("application", "query_tag", None), ("owner", "result_tag", None),
-              ("Runbook URL", "result_tag", "runbook_url"))
+    fields = (
+        ("application", "query_tag", None),
+        ("owner", "result_tag", None),
+        ("Runbook URL", "result_tag", "runbook_url"),
+    )
     root = make_repo(
         tmp_path,
         manifests={"owners": manifest_yaml("owners.csv", fields)},
-        tables={"owners.csv": "application,owner,Runbook URL\nbilling,ana,https://wiki/b\n"
-                              "crm,bob,https://wiki/c\n"},
+        tables={
+            "owners.csv": "application,owner,Runbook URL\nbilling,ana,https://wiki/b\n"
+            "crm,bob,https://wiki/c\n"
+        },
     )
     out_file = root / "plan.out"
     code, _, err = run_cli(["plan", "--no-refresh", "--out", str(out_file)], root)
@@ -460,9 +475,11 @@ def test_fingerprint_of_the_markdown_equals_what_apply_expects(rendered: tuple[P
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("### bpsync plan\n\nNo changes.\n", "no bpsync plan fingerprint"),
-     ('{\n  "format_version": "1",\n  "tables": []\n}\n', "no bpsync plan fingerprint"),
-     (None, "file not found")],
+    [
+        ("### bpsync plan\n\nNo changes.\n", "no bpsync plan fingerprint"),
+        ('{\n  "format_version": "1",\n  "tables": []\n}\n', "no bpsync plan fingerprint"),
+        (None, "file not found"),
+    ],
 )
 def test_fingerprint_missing_exits_1(tmp_path: Path, content: str | None, message: str) -> None:
     if content is not None:

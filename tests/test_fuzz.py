@@ -174,37 +174,7 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
     return bytes(data)
 
 
-def hits_known_slow_path_bug(data: bytes) -> bool:
-    """Whether csv.reader meets two or more errors in the data rows: bpsync's `_slow` then
-    loops for ever, growing memory (test_two_malformed_rows_do_not_hang_the_scanner, a
-    strict xfail). Such inputs are counted, not scanned; DELETE this filter once fixed."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False  # the scan stops at the first invalid byte, before the slow path
-    if text.count("\r") == text.count("\r\n"):
-        text = text.replace("\r\n", "\n")
-    lines = text.split("\n")[1:]  # the header is parsed apart
-    errors, at = 0, 0
-    while at < len(lines):
-        reader = csv.reader(lines[at:], strict=True)
-        try:
-            for _ in reader:
-                pass
-            break
-        except csv.Error:
-            errors += 1
-            at += max(reader.line_num, 1)
-    return errors >= 2
-
-
-KNOWN_BUG_SKIPS = [0]
-
-
 def check_csv(path: Path, data: bytes) -> None:
-    if hits_known_slow_path_bug(data):
-        KNOWN_BUG_SKIPS[0] += 1
-        return
     path.write_bytes(data)
     sink = ProblemSink(str(path))
     with time_budget():
@@ -219,8 +189,7 @@ def check_csv(path: Path, data: bytes) -> None:
             assert p.line is not None, f"CSV error without a line: {p}"
             assert 1 <= p.line <= lines, p
         assert p.col is None or p.col >= 1, p
-    if data:  # an empty file: see test_empty_csv_scans_as_not_ok (xfail, a known bug)
-        assert info.ok == (sink.errors == 0)
+    assert info.ok == (sink.errors == 0)
     if not info.ok or sink.errors:
         assert any(p.severity == "error" for p in problems)
         return
@@ -233,7 +202,6 @@ def check_csv(path: Path, data: bytes) -> None:
     assert written.ok
     assert hashlib.sha256(canon).hexdigest() == info.canonical_sha256
     assert canon.endswith(b"\n") and b"\r" not in canon and not canon.startswith(b"\xef\xbb\xbf")
-    # (blank records: see test_cr_only_blank_line_is_not_dropped_silently, xfail)
     original = [r for r in csv.reader(io.StringIO(data.decode("utf-8"), newline="")) if r]
     assert list(csv.reader(io.StringIO(canon.decode("utf-8"), newline=""))) == original
     assert info.rows == len(original) - 1
@@ -255,12 +223,9 @@ def test_fuzz_csv_mutations(tmp_path: Path, record_property: Any) -> None:
         count[0] += 1
         check_csv(path, data)
 
-    skipped = KNOWN_BUG_SKIPS[0]
     n = run_counted(inner, count)
-    skipped = KNOWN_BUG_SKIPS[0] - skipped
     record_property("fuzz_cases", n)
-    record_property("fuzz_cases_skipped_known_bug", skipped)
-    print(f"CSV mutations: {n} cases ({skipped} not scanned: known _slow bug)")
+    print(f"CSV mutations: {n} cases")
     assert n >= 1000
 
 
@@ -275,12 +240,9 @@ def test_fuzz_csv_arbitrary_bytes(tmp_path: Path, record_property: Any) -> None:
         count[0] += 1
         check_csv(path, data)
 
-    skipped = KNOWN_BUG_SKIPS[0]
     n = run_counted(inner, count)
-    skipped = KNOWN_BUG_SKIPS[0] - skipped
     record_property("fuzz_cases", n)
-    record_property("fuzz_cases_skipped_known_bug", skipped)
-    print(f"CSV arbitrary bytes: {n} cases ({skipped} not scanned: known _slow bug)")
+    print(f"CSV arbitrary bytes: {n} cases")
     assert n >= 500
 
 
@@ -551,12 +513,6 @@ def test_alias_expansion_is_capped_just_above_the_limit(tmp_path: Path) -> None:
     assert f"more than {MAX_NODES:,} YAML nodes" in problems[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `max_delete_fraction: .nan` passes the manifest schema (every comparison with "
-    "NaN is false, so minimum/maximum do not catch it) and switches the mass-delete guard off: "
-    "planner computes `removed > nan * old_rows`, always False",
-)
 def test_max_delete_fraction_nan_is_refused(tmp_path: Path) -> None:
     root = yaml_root(tmp_path)
     path = root / "tables" / "owners.yaml"
@@ -566,12 +522,6 @@ def test_max_delete_fraction_nan_is_refused(tmp_path: Path) -> None:
     assert any("max_delete_fraction" in p.message for p in problems), problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: table.py TableScan.iter_blocks computes `result` before adding the "
-    "'the file is empty' error, so an empty CSV scans as ok=True; `bpsync fmt --check` then "
-    "exits 0 saying 'All tables are in canonical form.' for an empty table",
-)
 def test_empty_csv_scans_as_not_ok(tmp_path: Path) -> None:
     path = tmp_path / "owners.csv"
     path.write_bytes(b"")
@@ -581,12 +531,6 @@ def test_empty_csv_scans_as_not_ok(tmp_path: Path) -> None:
     assert not info.ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a line ending in CR CR LF (a CR-only blank line) is accepted and the CR "
-    "dropped silently, while an LF blank line, CR-only line endings and a CR inside the "
-    "header are errors (table.py _slow: csv.reader ends the record at the first CR)",
-)
 def test_cr_only_blank_line_is_not_dropped_silently(tmp_path: Path) -> None:
     path = tmp_path / "owners.csv"
     path.write_bytes(HEADER + b"x,y,z\r\r\na,b,c\n")
@@ -607,17 +551,9 @@ print([p.line for p in sink.finish()])
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: table.py TableScan._slow restarts csv.reader on `lines[consumed:]` after a "
-    "csv.Error, but `consumed` is the line count of the *restarted* reader while the slice is "
-    "always taken from the block's first line: a second malformed row sends it backwards, so "
-    "validate/plan/apply loop for ever and memory grows until the process is killed",
-)
 def test_two_malformed_rows_do_not_hang_the_scanner(tmp_path: Path) -> None:
     path = tmp_path / "owners.csv"
     path.write_bytes(HEADER + b'a,b,c\nd,e,f\ng,"h"x,i\nj,"k"y,l\n')
-    assert hits_known_slow_path_bug(path.read_bytes())
     import subprocess
     import sys
 

@@ -105,12 +105,7 @@ def test_20_tables_parallel_apply_under_rate_limit_and_faults(tmp_path: Path) ->
         assert "No changes." in out
         busiest = emu.max_requests_in_window(1.0)  # apply and plan
 
-    if busiest > 5:
-        # Seen in most runs at --parallelism 8: the client sends bursts of 4, exactly 1 s
-        # apart, so any delay of one burst puts 8 in one second. The exact, deterministic form
-        # of this is test_client_rate_limiter_leaves_room_for_delays (strict xfail); once
-        # RateLimiter is fixed, replace this with `assert busiest <= 5`.
-        pytest.xfail(f"BUG: {busiest} requests within one second (RateLimiter bursts)")
+    assert busiest <= 5, f"{busiest} requests within one second"
 
 
 def max_in_window(times: list[float], seconds: float = 1.0) -> int:
@@ -123,13 +118,6 @@ def max_in_window(times: list[float], seconds: float = 1.0) -> int:
     return best
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bpsync/bigpanda/client.py RateLimiter lets 4 requests go at the same instant "
-    "and the next 4 exactly 1.000 s later, with no margin: when the first burst reaches "
-    "BigPanda a little late (new TLS connections, jitter) and the next one on time, BigPanda's "
-    "1-second window sees 8 requests (> 5, so 429s). Spacing requests 1/rate apart fixes it",
-)
 def test_client_rate_limiter_leaves_room_for_delays() -> None:
     from bpsync.bigpanda.client import RateLimiter
 

@@ -25,8 +25,12 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([_tool("ruff"), "check", "bpsync", "tests", "benchmarks", "scripts"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("ruff"), "check", "bpsync", "tests", "benchmarks", "scripts"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -79,8 +83,12 @@ def test_the_shipped_schemas_equal_the_package_copies(name: str) -> None:
 
 
 def test_the_shipped_project_plans_offline() -> None:
-    result = subprocess.run([sys.executable, "-m", "bpsync", "plan", "--no-refresh"], cwd=ROOT,
-                            capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-m", "bpsync", "plan", "--no-refresh"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr
     assert "Plan: 3 tables to change" in result.stdout

@@ -269,6 +269,8 @@ def echo_transport(status: int, *, job_status: str = "done") -> httpx.MockTransp
             )
         if request.method == "POST":
             return httpx.Response(200, json={"id": "e1", "active": True, "version": 1})
+        if path.endswith("/enrichments"):  # the list, read before creating
+            return httpx.Response(200, json={"data": []})
         return httpx.Response(200, json={"id": "e1", "active": True, "version": 1})
 
     return httpx.MockTransport(handler)

@@ -31,8 +31,16 @@ ALLOWED_ACTIONS = {
     "actions/upload-artifact": "v4",
     "actions/download-artifact": "v4",
 }
-_NETWORK_ERRORS = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ETIMEDOUT", "ECONNRESET",
-                   "ENETUNREACH", "network", "socket hang up")
+_NETWORK_ERRORS = (
+    "ENOTFOUND",
+    "EAI_AGAIN",
+    "ECONNREFUSED",
+    "ETIMEDOUT",
+    "ECONNRESET",
+    "ENETUNREACH",
+    "network",
+    "socket hang up",
+)
 
 
 def load(name: str) -> dict[Any, Any]:
@@ -222,8 +230,12 @@ def test_plan_workflow() -> None:
     assert upload["with"]["path"].split() == ["plan.out", "plan.json", "plan.md"]
     assert "ci comment --body-file plan/plan.md" in run_text({"jobs": {"comment": comment}})
     token_env = [s.get("env", {}) for s in comment["steps"] if "ci comment" in s.get("run", "")]
-    assert token_env == [{"GITHUB_TOKEN": "${{ github.token }}",
-                          "PR_NUMBER": "${{ github.event.pull_request.number }}"}]
+    assert token_env == [
+        {
+            "GITHUB_TOKEN": "${{ github.token }}",
+            "PR_NUMBER": "${{ github.event.pull_request.number }}",
+        }
+    ]
 
 
 def test_apply_workflow() -> None:

@@ -24,7 +24,6 @@ import random
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,10 +159,12 @@ def parse_enrichment(raw: Mapping[str, Any]) -> Enrichment:
 
 
 class RateLimiter:
-    """At most `per_second` requests in any 1 s window, across every thread that shares it.
+    """Requests spaced at least 1/`per_second` apart, across every thread that shares it.
 
-    Each caller reserves a send time under the lock and sleeps outside it, so threads queue
-    fairly without holding the lock while waiting.
+    Evenly spaced rather than in bursts: a burst of 4 followed by another exactly 1 s later
+    puts 8 requests in one of BigPanda's 1-second windows as soon as the first burst is
+    delayed on the way (new TLS connections). Each caller reserves a send time under the lock
+    and sleeps outside it, so threads queue fairly without holding the lock while waiting.
     """
 
     def __init__(
@@ -175,23 +176,18 @@ class RateLimiter:
     ) -> None:
         if per_second <= 0:
             raise ValueError("per_second must be positive")
-        self._capacity = max(1, int(per_second))
-        self._window = self._capacity / per_second
+        self._interval = 1.0 / per_second
         self._clock = clock
         self._sleep = sleep
-        self._sent: deque[float] = deque(maxlen=self._capacity)
+        self._next = float("-inf")
         self._lock = threading.Lock()
 
     def acquire(self) -> float:
         """Block until a request may go; return how long we waited."""
         with self._lock:
             now = self._clock()
-            at = now
-            if len(self._sent) == self._capacity:
-                at = max(at, self._sent[0] + self._window)
-            if self._sent:
-                at = max(at, self._sent[-1])
-            self._sent.append(at)
+            at = max(now, self._next)
+            self._next = at + self._interval
         wait = at - now
         if wait > 0:
             self._sleep(wait)
