@@ -66,6 +66,7 @@ class _Exchange:
     sha256: str | None = None
     dropped: bool = False
     arrived: float = field(default_factory=time.time)
+    recorded: bool = False
 
 
 class _RateLimiter:
@@ -136,7 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
             ex.dropped = ex.status is None
             self.close_connection = True
         finally:
-            emu._record(self._recorded(ex))
+            if not ex.recorded:
+                emu._record(self._recorded(ex))
 
     def _pipeline(self, emu: Emulator, ex: _Exchange) -> None:
         if (delay := emu.faults.latency) > 0:
@@ -355,9 +357,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if unread:
             self.send_header("Connection", "close")
+        ex.status = status
+        if not unread:
+            # Recorded before the client can read the answer: a test that got the answer
+            # always finds its request (a drained body is recorded once drained, below).
+            ex.recorded = True
+            self.server.emulator._record(self._recorded(ex))
         self.end_headers()
         self.wfile.write(data)
-        ex.status = status
         if unread:
             self._linger(ex)
 
