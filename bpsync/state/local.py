@@ -19,7 +19,6 @@ import contextlib
 import gzip
 import hashlib
 import io
-import json
 import os
 import re
 import sys
@@ -32,7 +31,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO, cast
 
 from bpsync.errors import StateCorrupt, StateError
 from bpsync.state.lock import LockFile, LockInfo, Notify, notify_stderr
-from bpsync.state.model import State, dumps_state, is_sha256_hex, state_from_dict
+from bpsync.state.model import State, dumps_state, is_sha256_hex, parse_state
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -223,17 +222,7 @@ class LocalBackend:
             raise StateError(f"cannot read {self.state_path}: {exc}") from exc
 
     def _parse(self, raw: bytes) -> State:
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise self._corrupt(f"not UTF-8 text (byte {exc.start})") from exc
-        except json.JSONDecodeError as exc:
-            what = "empty" if not raw.strip() else f"not valid JSON ({exc})"
-            raise self._corrupt(what) from exc
-        try:
-            return state_from_dict(data)
-        except StateCorrupt as exc:
-            raise self._corrupt(exc.message, exc.hint) from exc
+        return parse_state(raw, self._corrupt)
 
     def read(self) -> State:
         raw = self._read_raw()

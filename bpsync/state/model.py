@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -329,3 +329,19 @@ def referenced_snapshots(state: State) -> set[str]:
         if ts.pending is not None:
             ids.add(ts.pending.sha256)
     return ids
+
+
+def parse_state(raw: bytes, corrupt: Callable[[str, str], StateCorrupt]) -> State:
+    """The state in a state file's bytes; `corrupt(detail, hint)` builds the error that names
+    the backend's file and how to recover (damaged state is never read as empty)."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise corrupt(f"not UTF-8 text (byte {exc.start})", "") from exc
+    except json.JSONDecodeError as exc:
+        what = "empty" if not raw.strip() else f"not valid JSON ({exc})"
+        raise corrupt(what, "") from exc
+    try:
+        return state_from_dict(data)
+    except StateCorrupt as exc:
+        raise corrupt(exc.message, exc.hint) from exc

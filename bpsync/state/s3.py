@@ -44,7 +44,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from bpsync.errors import ConfigError, StateCorrupt, StateError
 from bpsync.state.lock import LockInfo, Notify, lock_held, notify_stderr
-from bpsync.state.model import State, dumps_state, is_sha256_hex, state_from_dict
+from bpsync.state.model import State, dumps_state, is_sha256_hex, parse_state
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -502,17 +502,7 @@ class S3Backend:
         )
 
     def _parse(self, raw: bytes) -> State:
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise self._corrupt(f"not UTF-8 text (byte {exc.start})") from exc
-        except json.JSONDecodeError as exc:
-            what = "empty" if not raw.strip() else f"not valid JSON ({exc})"
-            raise self._corrupt(what) from exc
-        try:
-            return state_from_dict(data)
-        except StateCorrupt as exc:
-            raise self._corrupt(exc.message, exc.hint) from exc
+        return parse_state(raw, self._corrupt)
 
     def _read_current(self) -> tuple[State, bytes | None, str | None]:
         """The stored state, its bytes and ETag (None, None when there is none)."""
