@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -152,14 +153,39 @@ def _wants_refresh(ctx: Context) -> bool:
     return bool(refresh)
 
 
+class _Batched(io.StringIO):
+    """Collects many small writes and passes them on in ~1 MB pieces: with an unbuffered
+    stdout (PYTHONUNBUFFERED, common in CI) every small write would be a system call."""
+
+    def __init__(self, target: Any, size: int = 1 << 20) -> None:
+        super().__init__()
+        self.target, self.size = target, size
+
+    def write(self, text: str) -> int:
+        n = super().write(text)
+        if self.tell() >= self.size:
+            self.drain()
+        return n
+
+    def drain(self) -> None:
+        self.target.write(self.getvalue())
+        self.seek(0)
+        self.truncate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.drain()
+        self.target.flush()
+        self.close()
+
+
 def render(ctx: Context, plan: Plan, fmt: str) -> None:
     from bpsync.render.json import write_json
     from bpsync.render.markdown import github_link_base, render_markdown
     from bpsync.render.text import render_text
 
     if fmt == "json":
-        write_json(plan, ctx.console.out)
-        ctx.console.out.flush()
+        with _Batched(ctx.console.out) as out:
+            write_json(plan, out)
         return
     if fmt == "markdown":
         ctx.console.print(render_markdown(plan, link_base=_link_base(ctx, github_link_base)))
