@@ -13,7 +13,6 @@ from bpsync.cli import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
 from bpsync.console import LiveLines
 from bpsync.errors import ApplyRefused, ConfigError, InvalidInput, StalePlan, UsageError
 from bpsync.manifest import Manifest, load_manifests
-from bpsync.state import TableState, open_backend
 from bpsync.table import FileDigests
 from bpsync.validate import select, validate_project
 
@@ -102,6 +101,7 @@ def select_known(manifests: list[Manifest], names: list[str]) -> list[Manifest]:
 def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     """Plan the selected tables; shared by `plan` and `apply`."""
     from bpsync.planner import make_plan
+    from bpsync.state import open_backend
 
     config = ctx.config
     digests = FileDigests()  # tables are hashed on another core while manifests load
@@ -236,6 +236,8 @@ def show(ctx: Context) -> int:
 
 
 def force_unlock(ctx: Context) -> int:
+    from bpsync.state import open_backend
+
     info = open_backend(ctx.config).force_unlock(ctx.args.lock_id)
     ctx.console.note(
         f"Lock {info.id} released (was held by {info.holder}, pid {info.pid} on "
@@ -303,6 +305,7 @@ def _check_saved(ctx: Context, saved: Plan) -> None:
 def apply(ctx: Context) -> int:
     from bpsync.applier import Applier, StateStore, check_mass_delete, refresh_remote
     from bpsync.planner import make_plan
+    from bpsync.state import open_backend
 
     config = ctx.config
     config.token(ctx.env)  # fail before taking the lock when there is no token
@@ -392,6 +395,8 @@ def _offline_plan(ctx: Context) -> Plan:
 
 
 def import_(ctx: Context) -> int:
+    from bpsync.state import TableState, open_backend
+
     config = ctx.config
     name, eid = ctx.args.name, ctx.args.enrichment_id
     manifests, _ = load_manifests(config)
