@@ -142,8 +142,10 @@ class _Aligner:
 
     def feed(self, first: int, lines: list[str]) -> None:
         j, n = 0, len(lines)
+        ahead = 2 * self.WINDOW
         while j < n:
-            self._fill()
+            if len(self.buf) - self.pos < ahead and not self.exhausted:
+                self._fill()
             if self.pos >= len(self.buf):
                 self._unmatched_new(first, lines, j, n)
                 return
@@ -173,36 +175,47 @@ class _Aligner:
         return k
 
     def _resync(self, first: int, lines: list[str], j: int, n: int) -> int:
-        """Skip to the next line both sides share within a window; keep what was skipped."""
-        window = self.buf[self.pos : self.pos + self.WINDOW]
-        new_window = lines[j : min(n, j + self.WINDOW)]
-        dj, di = self._one_line_edit(new_window, window)
+        """Skip to the next line both sides share; keep what was skipped as unmatched."""
+        dj, di = self._one_line_edit(lines, j, n)
         if dj < 0:
-            at = {line: i for i, line in enumerate(window)}
-            dj, di = len(new_window), len(window)
-            for offset, line in enumerate(new_window):
-                found = at.get(line)
-                if found is not None:
-                    dj, di = offset, found
-                    break
-        self.new_un.extend(zip(range(first + j, first + j + dj), new_window[:dj], strict=True))
-        start = self.buf_first + self.pos
-        self.old_un.extend(zip(range(start, start + di), window[:di], strict=True))
-        self.pos += di
+            dj, di = self._window_match(lines, j, n)
+        if dj:
+            self.new_un.extend(
+                zip(range(first + j, first + j + dj), lines[j : j + dj], strict=True)
+            )
+        if di:
+            start = self.buf_first + self.pos
+            old = self.buf[self.pos : self.pos + di]
+            self.old_un.extend(zip(range(start, start + di), old, strict=True))
+            self.pos += di
         if len(self.old_un) + len(self.new_un) > self.limit:
             raise _TooManyUnmatched
         return j + dj
 
-    @staticmethod
-    def _one_line_edit(new: list[str], old: list[str]) -> tuple[int, int]:
+    def _one_line_edit(self, lines: list[str], j: int, n: int) -> tuple[int, int]:
         """(new lines, old lines) to skip for the usual one-row edits; (-1, -1) otherwise."""
-        if len(new) > 1 and len(old) > 1 and new[1] == old[1]:
+        buf, pos = self.buf, self.pos
+        new_next = j + 1 < n
+        old_next = pos + 1 < len(buf)
+        if new_next and old_next and lines[j + 1] == buf[pos + 1]:
             return 1, 1  # a changed row
-        if len(new) > 1 and old and new[1] == old[0]:
+        if new_next and lines[j + 1] == buf[pos]:
             return 1, 0  # an added row
-        if len(old) > 1 and new and new[0] == old[1]:
+        if old_next and lines[j] == buf[pos + 1]:
             return 0, 1  # a removed row
         return -1, -1
+
+    def _window_match(self, lines: list[str], j: int, n: int) -> tuple[int, int]:
+        """The first new line, within a window, that the next old lines hold; else skip both
+        windows whole."""
+        window = self.buf[self.pos : self.pos + self.WINDOW]
+        at = {line: i for i, line in enumerate(window)}
+        new_window = lines[j : min(n, j + self.WINDOW)]
+        for offset, line in enumerate(new_window):
+            found = at.get(line)
+            if found is not None:
+                return offset, found
+        return len(new_window), len(window)
 
     def _unmatched_new(self, first: int, lines: list[str], j: int, n: int) -> None:
         self.new_un.extend(zip(range(first + j, first + n), lines[j:n], strict=True))
