@@ -309,12 +309,6 @@ def apply(ctx: Context) -> int:
 
     config = ctx.config
     config.token(ctx.env)  # fail before taking the lock when there is no token
-    if not (ctx.args.planfile or ctx.args.auto_approve or ctx.stdin_isatty):
-        raise ApplyRefused(
-            "no terminal to ask for confirmation",
-            hint="review `bpsync plan` and run `bpsync apply --auto-approve`, or apply a saved "
-            "plan file (`bpsync plan --out FILE`, then `bpsync apply FILE`)",
-        )
     fault = _fault_hook(ctx.env)
     backend = open_backend(config, fault=fault)  # test seam: kills mid state write too
     with backend.lock(
@@ -322,6 +316,14 @@ def apply(ctx: Context) -> int:
     ) as _lock:
         fault("locked")
         the_plan = _offline_plan(ctx)
+        needs_approval = not (ctx.args.planfile or ctx.args.auto_approve or ctx.stdin_isatty)
+        if needs_approval and the_plan.has_changes:
+            # Refused before any request: with no terminal nobody can say yes.
+            raise ApplyRefused(
+                "no terminal to ask for confirmation",
+                hint="review `bpsync plan` and run `bpsync apply --auto-approve`, or apply a "
+                "saved plan file (`bpsync plan --out FILE`, then `bpsync apply FILE`)",
+            )
         with _client(ctx, fault=fault) as client:
             store = StateStore(backend, backend.read(), fault)
             live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None

@@ -150,6 +150,9 @@ def test_without_terminal_apply_needs_auto_approve(repo: Path, emu: Emulator) ->
     assert r.code == 1
     assert "--auto-approve" in r.err
     assert emu.requests == []
+    assert bp(repo, emu, "apply", "--auto-approve").code == 0
+    r = bp(repo, emu, "apply")  # nothing to approve: nothing to refuse
+    assert r.code == 0 and "No changes." in r.out
 
 
 def test_failed_job_shows_reason_and_keeps_the_change_planned(repo: Path, emu: Emulator) -> None:
