@@ -169,11 +169,14 @@ def parse_line(line: str) -> list[str]:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(BLOCK_SIZE), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex SHA-256 of a file, read in 1 MiB pieces into one reused buffer."""
+    digest = hashlib.sha256()
+    buf = bytearray(BLOCK_SIZE)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as src:
+        while n := src.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 class LineTooLong(Exception):

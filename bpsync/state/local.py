@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO, cast
 from bpsync.errors import StateCorrupt, StateError
 from bpsync.state.lock import LockFile, LockInfo, Notify, notify_stderr
 from bpsync.state.model import State, dumps_state, is_sha256_hex, parse_state
+from bpsync.table import sha256_file
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -81,16 +82,6 @@ def _fsync_dir(path: Path) -> None:
 
 def _temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as src:
-        while n := src.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 class _VerifiedSnapshot(io.RawIOBase):
@@ -295,7 +286,7 @@ class LocalBackend:
         try:
             if dest.is_file():
                 # Content-addressed: nothing to store, but still refuse a caller's wrong digest.
-                actual = _hash_file(source)
+                actual = sha256_file(source)
             else:
                 self._ensure_dir()
                 self.snapshots_dir.mkdir(exist_ok=True)

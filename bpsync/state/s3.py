@@ -45,6 +45,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 from bpsync.errors import ConfigError, StateCorrupt, StateError
 from bpsync.state.lock import LockInfo, Notify, lock_held, notify_stderr
 from bpsync.state.model import State, dumps_state, is_sha256_hex, parse_state
+from bpsync.table import sha256_file
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -132,16 +133,6 @@ class _DigestMismatch(Exception):
     def __init__(self, actual: str) -> None:
         super().__init__(actual)
         self.actual = actual
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as src:
-        while n := src.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 class _CompressingReader(io.RawIOBase):
@@ -582,7 +573,7 @@ class S3Backend:
         try:
             if self.has_snapshot(sha256):
                 # Content-addressed: nothing to store, but still refuse a caller's wrong digest.
-                actual = _hash_file(source)
+                actual = sha256_file(source)
             else:
                 actual = self._upload_snapshot(source, key, sha256)
         except OSError as exc:
