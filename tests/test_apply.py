@@ -342,3 +342,28 @@ def test_create_refuses_when_an_unknown_enrichment_has_the_name(repo: Path, emu:
     assert existing.id in r.err and "bpsync import service-owners" in r.err
     assert "service-owners" not in state_of(repo)["tables"]
     assert {"host-cmdb", "check-routing"} <= set(state_of(repo)["tables"])  # the others went on
+
+
+def test_import_of_an_unknown_enrichment_says_why_and_changes_nothing(
+    repo: Path, emu: Emulator
+) -> None:
+    r = bp(repo, emu, "import", "check-routing", "no-such-id")
+    assert r.code == 1
+    assert "no-such-id" in r.err and ("deleted" in r.err or "region" in r.err)
+    assert not (repo / ".bpsync" / "state.json").exists()
+    r = bp(repo, emu, "import", "no-such-table", "x")
+    assert r.code == 64 and "no manifest defines table" in r.err
+
+
+def test_force_unlock_clears_a_lock_left_by_a_killed_apply(repo: Path, emu: Emulator) -> None:
+    backend = LocalBackend(repo / ".bpsync")
+    held = backend.lock("bpsync apply")
+    info = held.__enter__()  # never released: as if the holder had been killed elsewhere
+    r = bp(repo, emu, "apply", "--auto-approve")
+    assert r.code == 1 and info.id in r.err
+    r = bp(repo, emu, "force-unlock", "not-the-id")
+    assert r.code == 1 and backend.current_lock() is not None
+    r = bp(repo, emu, "force-unlock", info.id)
+    assert r.code == 0 and info.id in r.err
+    assert backend.current_lock() is None
+    assert bp(repo, emu, "apply", "--auto-approve").code == 0

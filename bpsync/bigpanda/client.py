@@ -122,10 +122,6 @@ class Job:
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @property
-    def is_final(self) -> bool:
-        return self.status in facts.JOB_FINAL_STATES
-
-    @property
     def reason(self) -> str | None:
         return facts.job_reason(self.raw) if self.status == facts.JOB_FAILED else None
 
@@ -195,11 +191,6 @@ class RateLimiter:
 
 
 _shared_limiter = RateLimiter()
-
-
-def shared_rate_limiter() -> RateLimiter:
-    """The process-wide limiter every real-clock client uses unless given another."""
-    return _shared_limiter
 
 
 # ---------------------------------------------------------------------------- request bodies
