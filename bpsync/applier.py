@@ -21,7 +21,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -29,6 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from bpsync.bigpanda.models import (
+    Enrichment,
+    EnrichmentSpec,
+    Job,
+    ProgressCallback,
+    UploadReceipt,
+)
 from bpsync.errors import (
     ApiError,
     ApplyRefused,
@@ -37,7 +44,6 @@ from bpsync.errors import (
     NotFoundError,
     StalePlan,
 )
-from bpsync.manifest import Manifest
 from bpsync.plan import (
     CREATE,
     DEACTIVATE,
@@ -48,10 +54,9 @@ from bpsync.plan import (
     Plan,
     TablePlan,
 )
-from bpsync.planner import Remote
 from bpsync.state import PendingJob, State, StateBackend, TableState, referenced_snapshots
-from bpsync.state.lock import format_duration
 from bpsync.table import ProblemSink, TableLayout, sha256_file, write_canonical
+from bpsync.units import format_duration
 
 Note = Callable[[str], None]
 FaultHook = Callable[[str], None]
@@ -60,49 +65,30 @@ FaultHook = Callable[[str], None]
 class Client(Protocol):
     """The part of bpsync.bigpanda.client.BigPandaClient that apply uses."""
 
-    def get_enrichment(self, enrichment_id: str) -> Any: ...
-    def list_enrichments(self) -> list[Any]: ...
-    def create_enrichment(self, spec: Any) -> Any: ...
-    def update_enrichment(self, enrichment_id: str, **changes: Any) -> Any: ...
-    def upload_table(self, enrichment_id: str, path: Path) -> Any: ...
-    def wait_for_job(self, job: Any, *, timeout: float, on_progress: Any = None) -> Any: ...
+    def get_enrichment(self, enrichment_id: str) -> Enrichment: ...
+    def list_enrichments(self) -> list[Enrichment]: ...
+    def create_enrichment(self, spec: EnrichmentSpec) -> Enrichment: ...
+    def update_enrichment(
+        self,
+        enrichment_id: str,
+        *,
+        active: bool | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        when: Any = None,
+    ) -> Enrichment: ...
+    def upload_table(self, enrichment_id: str, path: Path) -> UploadReceipt: ...
+    def wait_for_job(
+        self,
+        receipt_or_job_id: UploadReceipt | str,
+        *,
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> Job: ...
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# -- refresh ------------------------------------------------------------------------------
-
-
-def refresh_remote(
-    client: Client, state: State, manifests: list[Manifest], only: Collection[str], note: Note
-) -> dict[str, Remote]:
-    """Read every known enrichment from BigPanda, for drift detection."""
-    ids: dict[str, str] = {}
-    for ts in state.tables.values():
-        if ts.enrichment_id and (not only or ts.name in only):
-            ids[ts.name] = ts.enrichment_id
-    for m in manifests:
-        if m.enrichment_id and m.name not in ids:
-            ids[m.name] = m.enrichment_id
-    out: dict[str, Remote] = {}
-    for name, eid in sorted(ids.items()):
-        try:
-            e = client.get_enrichment(eid)
-        except NotFoundError:
-            out[name] = Remote(exists=False)
-            continue
-        out[name] = Remote(
-            exists=True,
-            active=e.active,
-            version=e.version,
-            fields=tuple(e.fields) if e.fields else None,
-            name=e.name,
-        )
-    if ids:
-        note(f"Refreshed {len(ids)} enrichment(s) from BigPanda.")
-    return out
 
 
 # -- state, shared by the worker threads ---------------------------------------------------
@@ -273,8 +259,6 @@ class Applier:
         and adopts the enrichment (same name and fields, active, unknown to the state)
         instead of creating another.
         """
-        from bpsync.bigpanda.client import EnrichmentSpec
-
         schema = dict(tp.schema or {})
         cur = self.store.state.table(tp.name)
         pending = cur.pending if cur is not None else None
@@ -550,33 +534,17 @@ def _same_fields(a: Any, b: Any) -> bool:
     return by_title(a) == by_title(b)
 
 
-def check_mass_delete(plan: Plan, allow: bool) -> None:
-    flagged = [t for t in plan.tables if t.mass_delete]
-    if flagged and not allow:
-        lines = [
-            f"{t.name}: removes {t.rows_removed} of {t.old_rows} rows (limit "
-            f"{t.max_delete_fraction:.0%})"
-            for t in flagged
-        ]
-        raise ApplyRefused(
-            "refusing a mass delete: " + "; ".join(lines),
-            hint="review the plan; if intended, apply with --allow-mass-delete",
-        )
+# Moved to plan-time modules; kept importable here until the CLI imports them from there.
+from bpsync.guards import check_mass_delete, describe_moved  # noqa: E402
+from bpsync.refresh import refresh_remote  # noqa: E402
 
-
-def describe_moved(saved: Plan, fresh: Plan) -> list[str]:
-    """What moved between a saved plan and now: manifests, tables, state."""
-    moved = []
-    for kind, old, new in (
-        ("manifest", saved.inputs.manifests, fresh.inputs.manifests),
-        ("table", saved.inputs.tables, fresh.inputs.tables),
-    ):
-        for path in sorted(set(old) | set(new)):
-            if old.get(path) != new.get(path):
-                what = "added" if path not in old else "removed" if path not in new else "changed"
-                moved.append(f"{kind} {path} {what}")
-    if saved.inputs.state != fresh.inputs.state:
-        moved.append("the state changed (another apply ran since the plan)")
-    if saved.inputs.deleted != fresh.inputs.deleted:
-        moved.append("the set of deleted manifests changed")
-    return moved
+__all__ = [
+    "Applier",
+    "ApplyResult",
+    "Client",
+    "StateStore",
+    "TableResult",
+    "check_mass_delete",
+    "describe_moved",
+    "refresh_remote",
+]

@@ -15,7 +15,6 @@
     │   ├── NotFoundError            404
     │   ├── JobFailed                an upload job ended `failed`
     │   └── JobTimeout               the wait deadline passed; the job may still finish
-    └── ApplyFailed                  one or more tables failed during apply
 
 Messages are built by the exceptions themselves so the CLI only prints them. No
 message may contain a token: the client never passes one in.
@@ -152,7 +151,3 @@ class JobTimeout(ApiError):
             hint="the job may still complete; the next `bpsync apply` re-attaches to it "
             "instead of uploading again",
         )
-
-
-class ApplyFailed(BpsyncError):
-    pass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 FORMAT_VERSION = "1"
@@ -120,6 +120,42 @@ class TablePlan:
             "removed": self.rows_removed,
             "unchanged": self.rows_unchanged,
         }
+
+    # -- as a plain record (plan files) ----------------------------------------------------
+    # Generic over the fields so a new field needs no code here: only the three fields that
+    # are not JSON-shaped (schema_changes, row_changes, mappings) are converted.
+
+    def to_record(self) -> dict[str, Any]:
+        """Every field as JSON-ready data; `row_changes` becomes `row_change_count`."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "row_changes":
+                out["row_change_count"] = len(value)
+            elif f.name == "schema_changes":
+                out[f.name] = [[c.subject, c.detail, c.structural] for c in value]
+            elif isinstance(value, tuple):
+                out[f.name] = list(value)
+            elif isinstance(value, Mapping):
+                out[f.name] = dict(value)
+            else:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], row_changes: RowChanges) -> TablePlan:
+        """The TablePlan `to_record` described, with its row changes read separately."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "row_changes":
+                values[f.name] = row_changes
+            elif f.name == "schema_changes":
+                values[f.name] = tuple(SchemaChange(s, d, bool(x)) for s, d, x in record[f.name])
+            elif isinstance(record[f.name], list):
+                values[f.name] = tuple(record[f.name])
+            else:
+                values[f.name] = record[f.name]
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from bpsync.errors import PlanError
-from bpsync.plan import Inputs, Plan, RowChange, RowChanges, SchemaChange, TablePlan
+from bpsync.plan import Inputs, Plan, RowChange, RowChanges, TablePlan
 from bpsync.render.json import ROW_INDENT, write_document
 
 PLAN_FILE_VERSION = 1
@@ -85,38 +85,7 @@ def _section(plan: Plan) -> dict[str, Any]:
                 "deleted": list(inputs.deleted),
             },
         },
-        "tables": [_table_section(t) for t in plan.tables],
-    }
-
-
-def _table_section(t: TablePlan) -> dict[str, Any]:
-    return {
-        "name": t.name,
-        "action": t.action,
-        "enrichment_id": t.enrichment_id,
-        "manifest": t.manifest,
-        "csv": t.csv,
-        "columns": list(t.columns),
-        "old_columns": list(t.old_columns),
-        "key_columns": list(t.key_columns),
-        "schema": None if t.schema is None else dict(t.schema),
-        "old_schema": None if t.old_schema is None else dict(t.old_schema),
-        "schema_changes": [[s.subject, s.detail, s.structural] for s in t.schema_changes],
-        "drift": list(t.drift),
-        "notes": list(t.notes),
-        "rows_added": t.rows_added,
-        "rows_changed": t.rows_changed,
-        "rows_removed": t.rows_removed,
-        "rows_unchanged": t.rows_unchanged,
-        "row_change_count": len(t.row_changes),
-        "baseline": t.baseline,
-        "new_sha256": t.new_sha256,
-        "new_rows": t.new_rows,
-        "old_sha256": t.old_sha256,
-        "old_rows": t.old_rows,
-        "max_delete_fraction": t.max_delete_fraction,
-        "mass_delete": t.mass_delete,
-        "upload": t.upload,
+        "tables": [t.to_record() for t in plan.tables],
     }
 
 
@@ -234,7 +203,7 @@ class _Reader:
             self._damaged("unexpected table line")
         if len(changes) != count:
             self._damaged(f"table {meta['name']!r} holds {len(changes)} of its {count} row changes")
-        return _table_plan(meta, changes)
+        return TablePlan.from_record(meta, changes)
 
     def _rows(self, meta: Mapping[str, Any], count: int) -> RowChanges:
         start = self.offset
@@ -304,34 +273,3 @@ def _row_reader(meta: Mapping[str, Any]) -> Callable[[Any], RowChange]:
         )
 
     return to_row
-
-
-def _table_plan(m: Mapping[str, Any], changes: RowChanges) -> TablePlan:
-    return TablePlan(
-        name=m["name"],
-        action=m["action"],
-        enrichment_id=m["enrichment_id"],
-        manifest=m["manifest"],
-        csv=m["csv"],
-        columns=tuple(m["columns"]),
-        old_columns=tuple(m["old_columns"]),
-        key_columns=tuple(m["key_columns"]),
-        schema=m["schema"],
-        old_schema=m["old_schema"],
-        schema_changes=tuple(SchemaChange(s, d, bool(x)) for s, d, x in m["schema_changes"]),
-        drift=tuple(m["drift"]),
-        notes=tuple(m["notes"]),
-        rows_added=m["rows_added"],
-        rows_changed=m["rows_changed"],
-        rows_removed=m["rows_removed"],
-        rows_unchanged=m["rows_unchanged"],
-        row_changes=changes,
-        baseline=m["baseline"],
-        new_sha256=m["new_sha256"],
-        new_rows=m["new_rows"],
-        old_sha256=m["old_sha256"],
-        old_rows=m["old_rows"],
-        max_delete_fraction=m["max_delete_fraction"],
-        mass_delete=m["mass_delete"],
-        upload=m["upload"],
-    )

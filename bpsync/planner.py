@@ -32,6 +32,7 @@ from bpsync.plan import (
     SchemaChange,
     TablePlan,
 )
+from bpsync.remote import Remote
 from bpsync.rowdiff import diff_table
 from bpsync.state import State, StateBackend, TableState, state_to_dict
 from bpsync.table import (
@@ -51,17 +52,6 @@ MATERIALISE_ROWS = 200_000
 METADATA_KEYS = ("map_name", "description", "active", "when")
 
 
-@dataclass(frozen=True)
-class Remote:
-    """What a refresh learned about one enrichment (None fields: not known)."""
-
-    exists: bool
-    active: bool | None = None
-    version: int | None = None
-    fields: tuple[dict[str, Any], ...] | None = None
-    name: str | None = None
-
-
 @dataclass
 class _Rows:
     info: TableInfo | None
@@ -75,6 +65,9 @@ class _Rows:
     columns: tuple[str, ...] = ()
     baseline: str = "snapshot"
     same: bool = False  # the table equals the applied snapshot
+    # Without a scan (`info` None): the digest and row count the table is known to have.
+    known_sha256: str | None = None
+    known_rows: int | None = None
 
 
 def make_plan(
@@ -211,16 +204,37 @@ def _plan_table(
         enrichment_id = None
     upload = action in (CREATE, UPDATE, REPLACE)
     return _table_plan(
-        m, ts, action, enrichment_id, schema, old_schema, changes, drift, tuple(notes), rows, upload
+        _Table(m.name, m.display, m.csv_display, m.key_titles, m.max_delete_fraction),
+        ts,
+        action,
+        enrichment_id,
+        schema,
+        old_schema,
+        changes,
+        drift,
+        tuple(notes),
+        rows,
+        upload,
     )
 
 
+@dataclass(frozen=True)
+class _Table:
+    """Which table a plan is for: from its manifest, or from the state once it is deleted."""
+
+    name: str
+    manifest: str | None
+    csv: str | None
+    key_columns: tuple[str, ...]
+    max_delete_fraction: float
+
+
 def _table_plan(
-    m: Manifest,
+    table: _Table,
     ts: TableState | None,
     action: str,
     enrichment_id: str | None,
-    schema: dict[str, Any],
+    schema: Mapping[str, Any] | None,
     old_schema: Mapping[str, Any] | None,
     changes: tuple[SchemaChange, ...],
     drift: tuple[str, ...],
@@ -228,20 +242,23 @@ def _table_plan(
     rows: _Rows,
     upload: bool,
 ) -> TablePlan:
+    """The one place a TablePlan is assembled from the planner's findings."""
     old_rows = rows.old_rows
     mass = bool(
-        rows.baseline == "snapshot" and old_rows and rows.removed > m.max_delete_fraction * old_rows
+        rows.baseline == "snapshot"
+        and old_rows
+        and rows.removed > table.max_delete_fraction * old_rows
     )
     info = rows.info
     return TablePlan(
-        name=m.name,
+        name=table.name,
         action=action,
         enrichment_id=enrichment_id,
-        manifest=m.display,
-        csv=m.csv_display,
+        manifest=table.manifest,
+        csv=table.csv,
         columns=rows.columns,
         old_columns=rows.old_columns,
-        key_columns=m.key_titles,
+        key_columns=table.key_columns,
         schema=schema,
         old_schema=old_schema,
         schema_changes=changes,
@@ -253,11 +270,11 @@ def _table_plan(
         rows_unchanged=rows.unchanged,
         row_changes=rows.changes,
         baseline=rows.baseline,
-        new_sha256=info.canonical_sha256 if info else (ts.sha256 if ts else None),
-        new_rows=info.rows if info else (ts.rows if ts else None),
+        new_sha256=info.canonical_sha256 if info else rows.known_sha256,
+        new_rows=info.rows if info else rows.known_rows,
         old_sha256=ts.sha256 if ts else None,
         old_rows=old_rows,
-        max_delete_fraction=m.max_delete_fraction,
+        max_delete_fraction=table.max_delete_fraction,
         mass_delete=mass,
         upload=upload,
     )
@@ -334,34 +351,25 @@ def _drift(ts: TableState, remote: Remote | None) -> tuple[str, ...]:
 def _plan_deleted(ts: TableState, remote: Remote | None) -> TablePlan:
     old_columns = tuple(f["title"] for f in ts.schema.get("fields", []))
     keys = tuple(f["title"] for f in ts.schema.get("fields", []) if f.get("type") == "query_tag")
-    return TablePlan(
-        name=ts.name,
-        action=DEACTIVATE,
-        enrichment_id=ts.enrichment_id,
-        manifest=None,
-        csv=None,
-        columns=old_columns,
-        old_columns=old_columns,
-        key_columns=keys,
-        schema=None,
-        old_schema=ts.schema,
-        schema_changes=(),
-        drift=_drift(ts, remote) if ts.enrichment_id else (),
-        notes=(
-            "manifest deleted: the enrichment is deactivated (its rows stay in BigPanda, unused)",
-        ),
-        rows_added=0,
-        rows_changed=0,
-        rows_removed=0,
-        rows_unchanged=ts.rows or 0,
-        row_changes=RowChanges(),
-        baseline="snapshot",
-        new_sha256=None,
-        new_rows=None,
-        old_sha256=ts.sha256,
+    rows = _Rows(
+        None,
+        RowChanges(),
+        unchanged=ts.rows or 0,
         old_rows=ts.rows,
-        max_delete_fraction=1.0,
-        mass_delete=False,
+        old_columns=old_columns,
+        columns=old_columns,
+    )
+    return _table_plan(
+        _Table(ts.name, None, None, keys, 1.0),
+        ts,
+        DEACTIVATE,
+        ts.enrichment_id,
+        None,
+        ts.schema,
+        (),
+        _drift(ts, remote) if ts.enrichment_id else (),
+        ("manifest deleted: the enrichment is deactivated (its rows stay in BigPanda, unused)",),
+        rows,
         upload=False,
     )
 
@@ -391,6 +399,8 @@ def _rows(
                 old_columns=layout.titles,
                 columns=layout.titles,
                 same=True,
+                known_sha256=ts.sha256,
+                known_rows=ts.rows,
             )
         if backend.has_snapshot(ts.sha256):
             return _diffed(m, ts, backend, sink)
@@ -412,16 +422,16 @@ def _diffed(m: Manifest, ts: TableState, backend: StateBackend, sink: ProblemSin
         d.unchanged,
         d.old_rows,
         d.old_columns,
-        _columns(m),
+        d.info.columns,
         same=same,
     )
 
 
 def _all_added(m: Manifest, layout: TableLayout, sink: ProblemSink, baseline: str) -> _Rows:
     info = scan_table(m.csv_path, layout, sink)
-    columns = _columns(m)
     if not info.ok:
         return _Rows(info, RowChanges(), baseline=baseline)
+    columns = info.columns
     path = m.csv_path
 
     def read() -> Iterator[RowChange]:
@@ -436,25 +446,12 @@ def _all_added(m: Manifest, layout: TableLayout, sink: ProblemSink, baseline: st
 
 def _iter_rows(path: Path, layout: TableLayout, columns: tuple[str, ...]) -> Iterator[RowChange]:
     keys = [columns.index(layout.titles[k]) for k in layout.key_indexes]
-    found: list[RowChange] = []
-
-    def collect(first: int, lines: list[str]) -> None:
+    # Block by block, pulled as the rows are read: a 500 MB table is never held whole.
+    scan = TableScan(path, layout, ProblemSink(str(path)), keys="off")
+    for first, lines in scan.row_blocks():
         for i, line in enumerate(lines):
             cells = tuple(parse_line(line))
-            found.append(RowChange(ADD, tuple(cells[k] for k in keys), None, cells, first + i))
-
-    # Block by block: the scan calls back per block; yield what each block produced.
-    scan = TableScan(path, layout, ProblemSink(str(path)), collect)
-    scan.track_keys = False
-    for _ in scan.iter_blocks():
-        yield from found
-        found.clear()
-
-
-def _columns(m: Manifest) -> tuple[str, ...]:
-    with m.csv_path.open("r", encoding="utf-8", newline="") as f:
-        header = f.readline().rstrip("\r\n")
-    return tuple(parse_line(header)) if header else m.layout.titles
+            yield RowChange(ADD, tuple(cells[k] for k in keys), None, cells, first + i)
 
 
 # -- schema -------------------------------------------------------------------------------

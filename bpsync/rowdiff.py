@@ -241,13 +241,14 @@ def _aligned_diff(
 ) -> RowDiff:
     blocks = _iter_snapshot(open_snapshot)
     aligner = _Aligner(blocks, limit)
-    scan = TableScan(path, layout, sink, aligner.feed)
     # No dict of every key: aligned rows equal distinct snapshot rows, whose keys are unique,
     # so a duplicate key involves an unmatched row; those are checked below against a log
     # of every key's hash (8 bytes a row).
-    scan.key_log = array("q")
+    scan = TableScan(path, layout, sink, keys="log")
     try:
-        info = scan.run()
+        for first, lines in scan.row_blocks():
+            aligner.feed(first, lines)
+        info = scan.result
         if not info.ok:
             return RowDiff(info, (), 0, 0, 0, 0, 0, ())
         aligner.finish()
@@ -259,9 +260,9 @@ def _aligned_diff(
     fresh = [(lineno, line) for lineno, line in aligner.new_un if moved.pop(line, None) is None]
     gone = sorted((lineno, line) for line, lineno in moved.items())
     key_titles = [layout.titles[k] for k in layout.key_indexes]
-    new_columns = _header_of(path, layout)
-    new_key_idx = tuple(new_columns.index(t) for t in key_titles)
+    new_key_idx = tuple(info.columns.index(t) for t in key_titles)
     d = _classify(info, new_key_idx, old_columns, aligner.old_rows, gone, fresh, key_titles)
+    assert scan.key_log is not None
     if _has_duplicate_keys(scan.key_log, d):
         scan.dup_suspects.update(key_hash(c.key) for c in d.changes if c.op != REMOVE)
         scan.report_duplicates()
@@ -300,23 +301,20 @@ def _hashed_diff(
 
     # Phase 2: validate the new table; a line found in the snapshot is unchanged (popped).
     fresh: list[tuple[int, str]] = []
-
-    def match(first: int, lines: list[str]) -> None:
+    # Duplicate keys are found below, without a dict of all keys.
+    scan = TableScan(path, layout, sink, keys="off")
+    for first, lines in scan.row_blocks():
         popped = map(old.pop, map(hash, lines), repeat(_MISSING))
         for i in compress(range(len(lines)), map(is_, popped, repeat(_MISSING))):
             fresh.append((first + i, lines[i]))
-
-    scan = TableScan(path, layout, sink, match)
-    scan.track_keys = False  # duplicate keys are found below, without a dict of all keys
-    info = scan.run()
+    info = scan.result
     if not info.ok:
         return RowDiff(info, (), 0, 0, 0, 0, old_rows, old_columns)
 
     # Phase 3: the snapshot again, for the rows not found (removed or changed) and for keys
     # of new rows that an unchanged row also holds (a duplicate key).
     key_titles = [layout.titles[k] for k in layout.key_indexes]
-    new_columns = _header_of(path, layout)
-    new_key_idx = tuple(new_columns.index(t) for t in key_titles)
+    new_key_idx = tuple(info.columns.index(t) for t in key_titles)
     new_key = itemgetter(*new_key_idx)
     fresh_keys = {new_key(parse_line(line)) for _, line in fresh}
     gone: list[tuple[int, str]] = []
@@ -401,12 +399,6 @@ def _classify(
         old_rows,
         old_columns,
     )
-
-
-def _header_of(path: Path, layout: TableLayout) -> tuple[str, ...]:
-    with path.open("r", encoding="utf-8", newline="") as f:
-        first = f.readline().rstrip("\r\n")
-    return tuple(parse_line(first)) if first else layout.titles
 
 
 def _key_indexes(old_columns: tuple[str, ...], key_titles: list[str]) -> tuple[int, ...]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from bpsync.bigpanda import facts
 from bpsync.errors import Problem
@@ -41,7 +41,12 @@ DEFAULT_PROBLEM_CAP = 50
 # hundred columns at most. Past this, the file has no usable line breaks (CR-only endings).
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
-RowsCallback = Callable[[int, list[str]], None]
+# What a scan delivers: (line number of the first row, canonical lines), one line per row.
+RowBlock = tuple[int, list[str]]
+# How a scan checks keys: "check" keeps a dict of key hashes and reports duplicates; "log"
+# keeps every key's hash in file order (`TableScan.key_log`) for callers that settle
+# duplicates themselves (the aligned row diff); "off" does neither (flat memory).
+KeyMode = Literal["check", "log", "off"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ class TableInfo:
     ok: bool  # no errors were found
     line_endings_crlf: bool
     missing_final_newline: bool
+    columns: tuple[str, ...] = ()  # the header row as read; empty when none could be read
 
 
 _first = itemgetter(0)
@@ -306,12 +312,17 @@ class TableScan:
     """One pass over a table file; see the module docstring for the strategy."""
 
     def __init__(
-        self, path: Path, layout: TableLayout, sink: ProblemSink, on_rows: RowsCallback | None
+        self,
+        path: Path,
+        layout: TableLayout,
+        sink: ProblemSink,
+        *,
+        keys: KeyMode = "check",
+        rows_despite_errors: bool = False,
     ) -> None:
         self.path = path
         self.layout = layout
         self.sink = sink
-        self.on_rows = on_rows
         self.width = len(layout.titles)
         self.keyget = itemgetter(*layout.key_indexes)
         self.key_hashes: dict[int, None] = {}
@@ -324,23 +335,25 @@ class TableScan:
         self.missing_newline = False
         self.header_done = False
         self.header_line = layout.header_line
-        self.track_keys = True
-        # Instead of the dict of key hashes: every key's hash in file order (8 bytes a row),
-        # for callers that settle duplicates themselves (the aligned row diff).
-        self.key_log: array[int] | None = None
-        self.emit_despite_errors = False  # the duplicate pass reads rows of invalid files too
+        self.columns: tuple[str, ...] = ()
+        self.track_keys = keys == "check"  # turned off when the header lacks a key column
+        # Instead of the dict of key hashes: every key's hash in file order (8 bytes a row).
+        self.key_log: array[int] | None = array("q") if keys == "log" else None
+        self.rows_despite_errors = rows_despite_errors  # the duplicate pass reads invalid files
 
     # -- driving ---------------------------------------------------------------------------
     def run(self) -> TableInfo:
-        for _ in self.iter_blocks():
+        """Scan the whole file for its checks alone; the rows are not wanted."""
+        for _ in self.row_blocks():
             pass
         return self.result
 
-    def iter_blocks(self) -> Iterator[None]:
-        """Scan block by block, yielding after each; `result` holds the outcome at the end.
+    def row_blocks(self) -> Iterator[RowBlock]:
+        """The valid data rows, block by block, while no error has been found (or always,
+        with `rows_despite_errors`); `result` holds the outcome once exhausted.
 
-        Callers that consume rows lazily (a plan's row changes) pull blocks one at a time,
-        so a 500 MB table is never held in memory.
+        The scan advances only as blocks are pulled, so a consumer that reads rows lazily
+        (a plan's row changes) never holds a 500 MB table in memory.
         """
         size = self.path.stat().st_size
         self.result = self._info(size)
@@ -378,8 +391,7 @@ class TableScan:
                         self.canonical = False
                         text += "\n"
                         raw += b"\n"
-                    self._block(raw, text)
-                    yield
+                    yield from self._block(raw, text)
             except LineTooLong as e:
                 self.sink.error(
                     self.line + 1,
@@ -410,6 +422,7 @@ class TableScan:
             ok=self.sink.errors == 0,
             line_endings_crlf=self.crlf,
             missing_final_newline=self.missing_newline,
+            columns=self.columns,
         )
 
     def _decode(self, raw: bytes, offset: int) -> str | None:
@@ -427,7 +440,8 @@ class TableScan:
             return None
 
     # -- one block ---------------------------------------------------------------------------
-    def _block(self, raw: bytes, text: str) -> None:
+    def _block(self, raw: bytes, text: str) -> list[RowBlock]:
+        """Check one block; the runs of its valid rows that are to be passed on."""
         if "\r" in text:
             self.canonical = False
             raw = b""
@@ -446,7 +460,7 @@ class TableScan:
             raw = b""  # the digest of this block is taken from its lines instead
         self.line = first - 1 + len(lines)
         if not lines:
-            return
+            return []
         if '"' not in text and "\r" not in text and self._fast(lines, text, first):
             # Plain lines are canonical already: no quoting is needed where there is none.
             self.sha.update(raw or ("\n".join(lines) + "\n").encode("utf-8"))
@@ -457,26 +471,28 @@ class TableScan:
                 self.canonical = False
             if canon:
                 self.sha.update(("\n".join(canon) + "\n").encode("utf-8"))
-            self._emit_runs(numbered)
-            return
-        if self.on_rows is not None and (self.sink.errors == 0 or self.emit_despite_errors):
-            self.on_rows(first, lines)
+            return self._runs(numbered) if self._passing_rows() else []
+        return [(first, lines)] if self._passing_rows() else []
 
-    def _emit_runs(self, numbered: list[tuple[int, str]]) -> None:
-        """Pass valid rows on in runs of consecutive lines (invalid rows leave gaps)."""
-        if self.on_rows is None or not (self.sink.errors == 0 or self.emit_despite_errors):
-            return
+    def _passing_rows(self) -> bool:
+        return self.sink.errors == 0 or self.rows_despite_errors
+
+    @staticmethod
+    def _runs(numbered: list[tuple[int, str]]) -> list[RowBlock]:
+        """Valid rows in runs of consecutive lines (invalid rows leave gaps)."""
+        runs: list[RowBlock] = []
         run: list[str] = []
         start = 0
         for lineno, line in numbered:
             if run and lineno != start + len(run):
-                self.on_rows(start, run)
+                runs.append((start, run))
                 run = []
             if not run:
                 start = lineno
             run.append(line)
         if run:
-            self.on_rows(start, run)
+            runs.append((start, run))
+        return runs
 
     def _header(self, line: str, lineno: int) -> None:
         self.header_done = True
@@ -488,6 +504,7 @@ class TableScan:
             return
         canon = format_row(titles)
         self.header_line = canon
+        self.columns = tuple(titles)
         if canon != line:
             self.canonical = False
         self.sha.update((canon + "\n").encode("utf-8"))
@@ -690,7 +707,14 @@ class TableScan:
         first_seen: dict[tuple[str, ...], tuple[int, list[str]]] = {}
         layout = self.layout
 
-        def collect(first: int, lines: list[str]) -> None:
+        rescan = TableScan(
+            self.path,
+            self.layout,
+            ProblemSink(str(self.path)),
+            keys="off",
+            rows_despite_errors=True,
+        )
+        for first, lines in rescan.row_blocks():
             for i, line in enumerate(lines):
                 row = parse_line(line)
                 key = layout.key_of(row)
@@ -717,25 +741,11 @@ class TableScan:
                 else:
                     first_seen[key] = (first + i, row)
 
-        rescan = TableScan(self.path, self.layout, ProblemSink(str(self.path)), collect)
-        rescan.track_keys = False
-        rescan.emit_despite_errors = True
-        rescan.run()
 
-
-def scan_table(
-    path: Path,
-    layout: TableLayout,
-    sink: ProblemSink,
-    on_rows: RowsCallback | None = None,
-) -> TableInfo:
-    """Check `path` against every rule of SPEC §4, streaming.
-
-    `on_rows(first_line, canonical_lines)` receives each block of valid data rows in
-    canonical form (one line per row; the row on `canonical_lines[i]` is at line
-    `first_line + i` of the file) while no error has been found yet.
-    """
-    return TableScan(path, layout, sink, on_rows).run()
+def scan_table(path: Path, layout: TableLayout, sink: ProblemSink) -> TableInfo:
+    """Check `path` against every rule of SPEC §4, streaming (`TableScan.row_blocks` to also
+    receive the rows)."""
+    return TableScan(path, layout, sink).run()
 
 
 def write_canonical(
@@ -750,17 +760,13 @@ def write_canonical(
 
     Check `TableInfo.ok`: on an invalid table what was written is incomplete.
     """
-    scan: TableScan
+    # Apply re-writes tables its plan already validated: no dict of keys, flat memory.
+    keys: KeyMode = "check" if check_duplicates else "off"
+    scan = TableScan(source, layout, sink or ProblemSink(str(source)), keys=keys)
     started = False
-
-    def emit(first: int, lines: list[str]) -> None:
-        nonlocal started
+    for _first, lines in scan.row_blocks():
         if not started:
             dest.write((scan.header_line + "\n").encode("utf-8"))
             started = True
         dest.write(("\n".join(lines) + "\n").encode("utf-8"))
-
-    scan = TableScan(source, layout, sink or ProblemSink(str(source)), emit)
-    # Apply re-writes tables its plan already validated: no dict of keys, flat memory.
-    scan.track_keys = check_duplicates
-    return scan.run()
+    return scan.result

@@ -111,8 +111,9 @@ CASES = [
     Case("replace", "state-recorded", 1, reached=True),
 ]
 
-BUG_CASES = [
-    # BUG: killed between the enrichment's POST and the state write that records its id.
+# Killed between the enrichment's POST and the state write that records its id: the next
+# apply finds the recorded intent and adopts the enrichment instead of creating a second one.
+UNRECORDED_CREATE_CASES = [
     pytest.param(Case("create", "state-write#2", 1), id="create-state-write#2"),
 ]
 
@@ -283,8 +284,10 @@ def test_killed_apply_recovers(tmp_path: Path, emu: Emulator, case: Case) -> Non
     check_recovery(repo, emu, case, baseline)
 
 
-@pytest.mark.parametrize("case", BUG_CASES)
-def test_killed_apply_recovers_known_bugs(tmp_path: Path, emu: Emulator, case: Case) -> None:
+@pytest.mark.parametrize("case", UNRECORDED_CREATE_CASES)
+def test_killed_create_before_its_id_is_recorded_adopts_it(
+    tmp_path: Path, emu: Emulator, case: Case
+) -> None:
     repo, baseline = prepare(tmp_path, emu, case.path)
     check_recovery(repo, emu, case, baseline)
 
@@ -297,7 +300,7 @@ def test_every_applier_fault_point_is_in_the_matrix() -> None:
     points = set(re.findall(r'self\.fault\("([a-z-]+)"\)', source))
     points |= set(re.findall(r'self\._fault\("([a-z-]+)"\)', source))
     covered = {c.point.partition("#")[0] for c in CASES}
-    covered |= {p.values[0].point.partition("#")[0] for p in BUG_CASES}  # type: ignore[union-attr]
+    covered |= {p.values[0].point.partition("#")[0] for p in UNRECORDED_CREATE_CASES}  # type: ignore[union-attr]
     assert points, "no fault points found in applier.py"
     assert points <= covered, f"not in the crash matrix: {sorted(points - covered)}"
 

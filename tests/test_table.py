@@ -49,12 +49,10 @@ def scan_bytes(
     path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     sink = ProblemSink("t.csv")
     rows: list[tuple[int, list[str]]] = []
-
-    def on_rows(first: int, lines: list[str]) -> None:
+    scan = TableScan(path, layout, sink)
+    for first, lines in scan.row_blocks():
         rows.extend((first + i, parse_line(line)) for i, line in enumerate(lines))
-
-    info = scan_table(path, layout, sink, on_rows)
-    return info, sink, rows
+    return scan.result, sink, rows
 
 
 def canonical_bytes(tmp_path: Path, data: bytes | str, layout: TableLayout = LAYOUT) -> bytes:
@@ -313,7 +311,7 @@ BENCH_LAYOUT = TableLayout(("host", "cmdb_ci", "environment", "support_group", "
 
 def test_scan_memory_stays_well_below_the_file_size(table_50mb: Path) -> None:
     size = table_50mb.stat().st_size
-    scan = TableScan(table_50mb, BENCH_LAYOUT, ProblemSink("bench.csv"), None)
+    scan = TableScan(table_50mb, BENCH_LAYOUT, ProblemSink("bench.csv"))
     tracemalloc.start()
     try:
         info = scan.run()
@@ -328,11 +326,11 @@ def test_scan_memory_stays_well_below_the_file_size(table_50mb: Path) -> None:
 
 
 def test_scan_without_key_tracking_is_bounded_by_blocks_not_file(table_50mb: Path) -> None:
-    scan = TableScan(table_50mb, BENCH_LAYOUT, ProblemSink("bench.csv"), lambda f, lines: None)
-    scan.track_keys = False
+    scan = TableScan(table_50mb, BENCH_LAYOUT, ProblemSink("bench.csv"), keys="off")
     tracemalloc.start()
     try:
-        scan.run()
+        for _ in scan.row_blocks():
+            pass
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
