@@ -21,7 +21,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -308,7 +308,7 @@ class Applier:
         self.fault("created")
         return eid
 
-    def _unknown_namesakes(self, schema: dict[str, Any]) -> list[Any]:
+    def _unknown_namesakes(self, schema: dict[str, Any]) -> list[Enrichment]:
         """Active enrichments with this name whose ids no table of the state holds."""
         known: set[str] = set()
         for ts in self.store.state.tables.values():
@@ -393,13 +393,13 @@ class Applier:
         self.fault("pending-recorded")
         return job
 
-    def _wait(self, name: str, job_ref: str, job_id: str) -> Any:
+    def _wait(self, name: str, job_ref: str, job_id: str) -> Job:
         started = self.clock()
         last_log = [started]
         last_status = [""]
 
-        def progress(job: Any, elapsed: float) -> None:
-            status = getattr(job, "status", "?")
+        def progress(job: Job, elapsed: float) -> None:
+            status = job.status
             now = self.clock()
             waiting = (
                 f"{name}: still waiting on job {job_id} "
@@ -527,8 +527,8 @@ class Applier:
             self.note(f"could not prune old snapshots: {e.message}")
 
 
-def _same_fields(a: Any, b: Any) -> bool:
-    def by_title(fields: Any) -> dict[str, dict[str, Any]]:
+def _same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> bool:
+    def by_title(fields: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         return {f["title"]: {k: v for k, v in f.items() if v is not None} for f in fields}
 
     return by_title(a) == by_title(b)

@@ -309,7 +309,12 @@ def prefetched(open_stream: Callable[[], BinaryIO], depth: int = 4) -> Iterator[
 
 
 class TableScan:
-    """One pass over a table file; see the module docstring for the strategy."""
+    """One pass over a table file; see the module docstring for the strategy.
+
+    Configured once, at construction (`keys`, `rows_despite_errors`). Rows are pulled with
+    `row_blocks()`, or not wanted with `run()`; either way `result` is the TableInfo, the
+    header as read included.
+    """
 
     def __init__(
         self,
@@ -336,10 +341,10 @@ class TableScan:
         self.header_done = False
         self.header_line = layout.header_line
         self.columns: tuple[str, ...] = ()
-        self.track_keys = keys == "check"  # turned off when the header lacks a key column
+        self._track_keys = keys == "check"  # turned off when the header lacks a key column
         # Instead of the dict of key hashes: every key's hash in file order (8 bytes a row).
         self.key_log: array[int] | None = array("q") if keys == "log" else None
-        self.rows_despite_errors = rows_despite_errors  # the duplicate pass reads invalid files
+        self._rows_despite_errors = rows_despite_errors  # the duplicate pass reads invalid files
 
     # -- driving ---------------------------------------------------------------------------
     def run(self) -> TableInfo:
@@ -475,7 +480,7 @@ class TableScan:
         return [(first, lines)] if self._passing_rows() else []
 
     def _passing_rows(self) -> bool:
-        return self.sink.errors == 0 or self.rows_despite_errors
+        return self.sink.errors == 0 or self._rows_despite_errors
 
     @staticmethod
     def _runs(numbered: list[tuple[int, str]]) -> list[RowBlock]:
@@ -549,7 +554,7 @@ class TableScan:
             )
             self.keyget = itemgetter(*self.layout.key_indexes)
         elif not all(t in titles for t in self.layout.key_titles):
-            self.track_keys = False  # a key column is missing: no keys to compare
+            self._track_keys = False  # a key column is missing: no keys to compare
         else:
             self.layout = TableLayout(
                 tuple(titles), tuple(titles.index(t) for t in self.layout.key_titles)
@@ -584,7 +589,7 @@ class TableScan:
         if self.key_log is not None:
             self.key_log.extend(map(hash, keys))
             return
-        if not self.track_keys:
+        if not self._track_keys:
             return
         hashes = list(map(hash, keys))
         before = len(self.key_hashes)

@@ -199,6 +199,16 @@ def test_header_columns_in_another_order_are_read_by_title(tmp_path: Path) -> No
     assert "application='billing'" in messages(sink)[0]
 
 
+def test_the_scan_result_carries_the_header_as_read(tmp_path: Path) -> None:
+    # The planner and the row diff take the new table's columns from here, not by
+    # reopening the file: file order, quotes and CRLF undone.
+    info, sink, _ = scan_bytes(tmp_path, 'team,"application",owner\r\nops,billing,ana\r\n')
+    assert info.ok, messages(sink)
+    assert info.columns == ("team", "application", "owner")
+    info, _, _ = scan_bytes(tmp_path, b"")
+    assert info.columns == ()
+
+
 # -- across 1 MiB blocks ---------------------------------------------------------------------
 
 
