@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bpsync.bigpanda.client import BigPandaClient, EnrichmentSpec, RateLimiter
+from bpsync.bigpanda.client import BigPandaClient, RateLimiter
+from bpsync.bigpanda.models import EnrichmentSpec
 from bpsync.cli import run
 from bpsync.console import Console
 from bpsync.emulator import Emulator

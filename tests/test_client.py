@@ -18,14 +18,8 @@ import h11
 import httpx
 import pytest
 
-from bpsync.bigpanda.client import (
-    BigPandaClient,
-    EnrichmentSpec,
-    Job,
-    RateLimiter,
-    UploadReceipt,
-    parse_enrichment,
-)
+from bpsync.bigpanda.client import BigPandaClient, RateLimiter
+from bpsync.bigpanda.models import EnrichmentSpec, Job, UploadReceipt, parse_enrichment
 from bpsync.bigpanda.urls import check_base_url, resolve_base_url
 from bpsync.errors import ApiError, AuthError, ConfigError, JobFailed, JobTimeout, NotFoundError
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from bpsync.bigpanda import facts
-from bpsync.bigpanda.client import BigPandaClient, EnrichmentSpec, RateLimiter
+from bpsync.bigpanda.client import BigPandaClient, RateLimiter
+from bpsync.bigpanda.models import EnrichmentSpec
 from bpsync.emulator import Emulator
 from bpsync.errors import ApiError, AuthError, JobFailed, JobTimeout
 
