@@ -1,7 +1,7 @@
 """Crash matrix (issue 7): SIGKILL a real `bpsync apply` process at every step of the apply
 path, then run `apply` again and check that BigPanda (the emulator) and the state agree.
 
-The kill is placed by the `BPSYNC_TEST_KILL_AT=<point>[#N]` seam (bpsync.commands._fault_hook):
+The kill is placed by the `BPSYNC_TEST_KILL_AT=<point>[#N]` seam (bpsync.cli.core._fault_hook):
 deterministic fault points, never sleeps. The points are the Applier's (see the docstring of
 bpsync/applier.py), "locked", the client's "mid-upload" and the local backend's "state:…" and
 "snapshot:…" points; `#N` picks the N-th time a point is reached (the N-th state write).

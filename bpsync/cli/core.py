@@ -1,4 +1,5 @@
-"""One function per command: each takes the CLI context and returns an exit code."""
+"""The core commands (validate, fmt, plan, apply, show, import, force-unlock): each takes the
+CLI context and returns an exit code."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bpsync.cli import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
+from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
 from bpsync.console import LiveLines
 from bpsync.errors import ApplyRefused, ConfigError, InvalidInput, StalePlan, UsageError
 from bpsync.manifest import Manifest, load_manifests
@@ -66,15 +67,6 @@ def fmt(ctx: Context) -> int:
     if not changed:
         ctx.console.note("All tables are in canonical form.")
     return EXIT_OK
-
-
-def add_extra_commands(sub: Any) -> None:
-    """Commands that live in their own modules (ci, state) register here."""
-    from bpsync import ci
-    from bpsync.state import migrate
-
-    ci.register(sub)
-    migrate.register(sub)
 
 
 def _now() -> str:
@@ -149,7 +141,7 @@ def _wants_refresh(ctx: Context) -> bool:
     if refresh is None:
         return ctx.config.has_token(ctx.env)
     if refresh:
-        ctx.config.token(ctx.env)  # --refresh without a token is an error (SPEC §2)
+        ctx.config.token(ctx.env)  # --refresh without a token is an error
     return bool(refresh)
 
 
