@@ -282,7 +282,7 @@ def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     i.add_argument(
         "--close",
         action="store_true",
-        help="close the issue if open (with --body-file: add that as its last comment first)",
+        help="close the issue if open (with --body-file: post that text on it first)",
     )
     _marker_author(i, "issue", DRIFT_MARKER, f"the token's own login, or {ACTIONS_BOT}")
     _command(i, "ci:issue")
@@ -351,7 +351,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Name
     """Parse `argv`; an unknown option fails naming the closest option of its command."""
     args, extra = parser.parse_known_args(list(argv))
     if extra:
-        known = _options_of(_chosen(parser, args))
+        known = [o for p in _chain(parser, args) for o in _options_of(p)]
         unknown = extra[0]
         hint = did_you_mean(unknown.split("=", 1)[0], known) if unknown.startswith("-") else ""
         raise UsageError(
@@ -361,17 +361,17 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Name
     return args
 
 
-def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
-    """The innermost subcommand parser that `args` went through."""
-    current = parser
+def _chain(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> list[argparse.ArgumentParser]:
+    """The parsers `args` went through: the top one, then each chosen subcommand's."""
+    chain = [parser]
     while True:
-        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
-        if not subs:
-            return current
-        name = getattr(args, subs[0].dest, None)
-        if name not in subs[0].choices:
-            return current
-        current = subs[0].choices[name]
+        subs = [a for a in chain[-1]._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return chain
+        chain.append(subs[0].choices[name])
 
 
 def _options_of(parser: argparse.ArgumentParser) -> list[str]:
