@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ def run(
         return e.exit_code
     except BpsyncError as e:
         if debug:
-            console.note(traceback.format_exc())
+            console.note(_traceback())
         console.error(e.render())
         return e.exit_code
     except KeyboardInterrupt:
@@ -60,7 +59,7 @@ def run(
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug: say so plainly, traceback only with --debug
         if debug:
-            console.note(traceback.format_exc())
+            console.note(_traceback())
         console.error(
             f"unexpected {type(e).__name__}: {e}"
             + ("" if debug else " (run with --debug for the traceback)")
@@ -89,6 +88,12 @@ def _context(
         sys.stdin.isatty() if stdin_isatty is None else stdin_isatty,
         dict(client_options or {}),
     )
+
+
+def _traceback() -> str:
+    import traceback  # only with --debug: it costs start-up time otherwise
+
+    return traceback.format_exc()
 
 
 def main() -> None:
