@@ -33,7 +33,6 @@ COMMENT_LIMIT = 65_536
 # The author of comments and issues written with a workflow's GITHUB_TOKEN, which cannot
 # read `GET /user` to learn its own login.
 ACTIONS_BOT = "github-actions[bot]"
-FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 # The footer line of the Markdown rendering. Cell values escape `:`, so a CSV value cannot
 # forge this line.
 _MD_FINGERPRINT = re.compile(r"^Fingerprint: `(sha256:[0-9a-f]{64})`\s*$", re.MULTILINE)

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2  # only `plan --detailed-exitcode`: something would change
-EXIT_USAGE = 64
 EXIT_INTERRUPTED = 130
 
 
