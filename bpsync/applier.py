@@ -533,18 +533,3 @@ def _same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]])
 
     return by_title(a) == by_title(b)
 
-
-# Moved to plan-time modules; kept importable here until the CLI imports them from there.
-from bpsync.guards import check_mass_delete, describe_moved  # noqa: E402
-from bpsync.refresh import refresh_remote  # noqa: E402
-
-__all__ = [
-    "Applier",
-    "ApplyResult",
-    "Client",
-    "StateStore",
-    "TableResult",
-    "check_mass_delete",
-    "describe_moved",
-    "refresh_remote",
-]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from bpsync.cli import run
 from bpsync.console import Console
@@ -94,17 +95,39 @@ def owners_repo(
     )
 
 
+def fast_client_options(**extra: Any) -> dict[str, Any]:
+    """BigPandaClient options for tests: real clock, tiny poll and backoff steps, no rate
+    limit worth the name, so the suite stays fast."""
+    from bpsync.bigpanda.client import RateLimiter
+
+    return {
+        "poll_initial": 0.02,
+        "poll_max": 0.1,
+        "backoff_base": 0.01,
+        "backoff_cap": 0.05,
+        "rate_limiter": RateLimiter(1000),
+        **extra,
+    }
+
+
 def run_cli(
-    argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    tty: bool = False,
+    client_options: Mapping[str, Any] | None = None,
 ) -> tuple[int, str, str]:
-    """Run bpsync in-process with no token and no TTY; returns (exit code, stdout, stderr)."""
+    """Run bpsync in-process (no token and no TTY unless given); returns (exit code, stdout,
+    stderr). `client_options` go to the BigPanda client (e.g. `fast_client_options()`)."""
     out, err = io.StringIO(), io.StringIO()
     code = run(
         list(argv),
         env=dict(env or {}),
         cwd=cwd,
         console=Console(out=out, err=err),
-        stdin_isatty=False,
+        stdin_isatty=tty,
+        client_options=client_options,
     )
     return code, out.getvalue(), err.getvalue()
 

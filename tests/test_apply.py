@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import fast_client_options, run_cli
 
-from bpsync.bigpanda.client import BigPandaClient, RateLimiter
+from bpsync.bigpanda.client import BigPandaClient
 from bpsync.bigpanda.models import EnrichmentSpec
-from bpsync.cli import run
-from bpsync.console import Console
 from bpsync.emulator import Emulator
 from bpsync.state import LocalBackend
 
@@ -22,26 +19,10 @@ TOKEN = "tok-apply-7c1e"  # must never appear in any output
 
 
 @pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(port=0, job_seconds=0.05, rate_limit=False) as e:
-        yield e
-
-
-@pytest.fixture
 def repo(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "tables", tmp_path / "tables")
     shutil.copy(REPO / "bpsync.yaml", tmp_path / "bpsync.yaml")
     return tmp_path
-
-
-def fast_client() -> dict[str, object]:
-    return {
-        "poll_initial": 0.02,
-        "poll_max": 0.1,
-        "backoff_base": 0.01,
-        "backoff_cap": 0.05,
-        "rate_limiter": RateLimiter(1000),
-    }
 
 
 class Run:
@@ -55,18 +36,8 @@ class Run:
 
 
 def bp(repo: Path, emu: Emulator, *argv: str, tty: bool = False, **env: str) -> Run:
-    console = Console(out=io.StringIO(), err=io.StringIO())
     environ = {"BIGPANDA_API_URL": emu.url, "BIGPANDA_TOKEN": TOKEN, **env}
-    code = run(
-        list(argv),
-        env=environ,
-        cwd=repo,
-        console=console,
-        stdin_isatty=tty,
-        client_options=fast_client(),
-    )
-    assert isinstance(console.out, io.StringIO) and isinstance(console.err, io.StringIO)
-    return Run(code, console.out.getvalue(), console.err.getvalue())
+    return Run(*run_cli(argv, repo, environ, tty=tty, client_options=fast_client_options()))
 
 
 def state_of(repo: Path) -> dict:
@@ -249,7 +220,7 @@ def test_import_adopts_an_existing_enrichment(repo: Path, emu: Emulator) -> None
         {"title": "escalation_policy", "type": "result_tag"},
         {"title": "priority", "type": "result_tag", "override_existing": True},
     )
-    with BigPandaClient(emu.url, TOKEN, **fast_client()) as client:  # type: ignore[arg-type]
+    with BigPandaClient(emu.url, TOKEN, **fast_client_options()) as client:
         existing = client.create_enrichment(EnrichmentSpec("Check routing", fields))
     r = bp(repo, emu, "import", "check-routing", existing.id)
     assert r.code == 0, r.text
@@ -267,7 +238,7 @@ def test_drift_is_reported_and_overwritten(repo: Path, emu: Emulator) -> None:
     eid = state_of(repo)["tables"]["service-owners"]["enrichment_id"]
     other = repo / "other.csv"
     other.write_text("application,owner,team,Runbook URL\nx,y,z,w\n")
-    with BigPandaClient(emu.url, TOKEN, **fast_client()) as client:  # type: ignore[arg-type]
+    with BigPandaClient(emu.url, TOKEN, **fast_client_options()) as client:
         client.wait_for_job(client.upload_table(eid, other), timeout=10)
     r = bp(repo, emu, "plan")
     assert "since the last apply" in r.text  # the version moved outside bpsync
@@ -336,7 +307,7 @@ def test_create_refuses_when_an_unknown_enrichment_has_the_name(repo: Path, emu:
         {"title": "application", "type": "query_tag"},
         {"title": "owner", "type": "result_tag"},
     )
-    with BigPandaClient(emu.url, TOKEN, **fast_client()) as client:  # type: ignore[arg-type]
+    with BigPandaClient(emu.url, TOKEN, **fast_client_options()) as client:
         existing = client.create_enrichment(EnrichmentSpec("Service owners", fields))
     r = bp(repo, emu, "apply", "--auto-approve")
     assert r.code == 1

@@ -22,8 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from helpers import make_repo, manifest_yaml, run_cli
 
-from bpsync.ci import COMMENT_LIMIT, DRIFT_MARKER, fingerprint_from_text, fit_comment
 from bpsync.render.markdown import MARKER
+from bpsync.review import COMMENT_LIMIT, DRIFT_MARKER, fingerprint_from_text, fit_comment
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "ghs_s3cr3t-token-never-printed"

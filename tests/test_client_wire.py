@@ -31,12 +31,6 @@ GOOD = "application,owner,Runbook URL\nbilling,ana,https://w/b\nsales,bo,https:/
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(port=0, job_seconds=0.05, rate_limit=False) as emulator:
-        yield emulator
-
-
 _OPEN: list[BigPandaClient] = []
 
 

@@ -1,7 +1,7 @@
 """Crash matrix (issue 7): SIGKILL a real `bpsync apply` process at every step of the apply
 path, then run `apply` again and check that BigPanda (the emulator) and the state agree.
 
-The kill is placed by the `BPSYNC_TEST_KILL_AT=<point>[#N]` seam (bpsync.commands._fault_hook):
+The kill is placed by the `BPSYNC_TEST_KILL_AT=<point>[#N]` seam (bpsync.cli.core._fault_hook):
 deterministic fault points, never sleeps. The points are the Applier's (see the docstring of
 bpsync/applier.py), "locked", the client's "mid-upload" and the local backend's "state:…" and
 "snapshot:…" points; `#N` picks the N-th time a point is reached (the N-th state write).
@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import fast_client_options, run_cli
 
-from bpsync.bigpanda.client import RateLimiter
-from bpsync.cli import run
-from bpsync.console import Console
 from bpsync.emulator import Emulator, RecordedRequest
 
 TOKEN = "tok-crash-91f3c0"
@@ -121,11 +117,8 @@ UNRECORDED_CREATE_CASES = [
 # ------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    # job_seconds=0: the killed run's first poll usually sees `done` (no 1 s poll sleep).
-    with Emulator(port=0, job_seconds=0.0, rate_limit=False, token=TOKEN) as e:
-        yield e
+# job_seconds=0: the killed run's first poll usually sees `done` (no 1 s poll sleep).
+EMULATOR_OPTIONS = {"job_seconds": 0.0, "token": TOKEN}
 
 
 def make_repo(root: Path) -> Path:
@@ -138,22 +131,8 @@ def make_repo(root: Path) -> Path:
 
 def bp(repo: Path, emu: Emulator, *argv: str) -> tuple[int, str, str]:
     """bpsync in-process, polling fast."""
-    out, err = io.StringIO(), io.StringIO()
-    code = run(
-        list(argv),
-        env={"BIGPANDA_API_URL": emu.url, "BIGPANDA_TOKEN": TOKEN},
-        cwd=repo,
-        console=Console(out=out, err=err),
-        stdin_isatty=False,
-        client_options={
-            "poll_initial": 0.02,
-            "poll_max": 0.1,
-            "backoff_base": 0.01,
-            "backoff_cap": 0.05,
-            "rate_limiter": RateLimiter(1000),
-        },
-    )
-    return code, out.getvalue(), err.getvalue()
+    env = {"BIGPANDA_API_URL": emu.url, "BIGPANDA_TOKEN": TOKEN}
+    return run_cli(argv, repo, env, client_options=fast_client_options())
 
 
 def killed_apply(repo: Path, emu: Emulator, point: str) -> subprocess.CompletedProcess[str]:

@@ -24,12 +24,6 @@ V21 = facts.API_VERSIONS["v2.1"]
 
 
 @pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(port=0, job_seconds=0.05, rate_limit=False) as emulator:
-        yield emulator
-
-
-@pytest.fixture
 def web(emu: Emulator) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=emu.url, headers=AUTH) as client:
         yield client

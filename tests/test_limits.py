@@ -11,19 +11,15 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import fast_client_options, run_cli
 
 from bpsync.bigpanda import facts
-from bpsync.bigpanda.client import RateLimiter
-from bpsync.cli import run
-from bpsync.console import Console
 from bpsync.emulator import Emulator
 from bpsync.manifest import load_manifest
 from bpsync.table import ProblemSink, TableLayout, scan_table
@@ -53,30 +49,12 @@ def make_repo(root: Path, manifests: dict[str, str], tables: dict[str, str]) -> 
     return root
 
 
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(port=0, job_seconds=0.02, rate_limit=False) as e:
-        yield e
+EMULATOR_OPTIONS = {"job_seconds": 0.02}
 
 
 def bp(repo: Path, *argv: str, emu: Emulator | None = None) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
     env = {"BIGPANDA_API_URL": emu.url, "BIGPANDA_TOKEN": TOKEN} if emu else {}
-    code = run(
-        list(argv),
-        env=env,
-        cwd=repo,
-        console=Console(out=out, err=err),
-        stdin_isatty=False,
-        client_options={
-            "poll_initial": 0.02,
-            "poll_max": 0.05,
-            "backoff_base": 0.01,
-            "backoff_cap": 0.05,
-            "rate_limiter": RateLimiter(1000),
-        },
-    )
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(argv, repo, env, client_options=fast_client_options(poll_max=0.05))
 
 
 # ------------------------------------------------------------------------------- sizes

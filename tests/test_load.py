@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
-from bpsync.cli import run
-from bpsync.console import Console
 from bpsync.emulator import Emulator
 
 TOKEN = "tok-load-77e0"
@@ -50,15 +48,7 @@ def make_repo(root: Path) -> Path:
 
 def bp(repo: Path, emu: Emulator, *argv: str) -> tuple[int, str, str]:
     """In-process, with the client's real defaults (no client_options)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = run(
-        list(argv),
-        env={"BIGPANDA_API_URL": emu.url, "BIGPANDA_TOKEN": TOKEN},
-        cwd=repo,
-        console=Console(out=out, err=err),
-        stdin_isatty=False,
-    )
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(argv, repo, {"BIGPANDA_API_URL": emu.url, "BIGPANDA_TOKEN": TOKEN})
 
 
 @pytest.mark.slow

@@ -26,13 +26,11 @@ import pytest
 import s3_util
 from test_state import CSV, CSV_SHA, csv_file, sample_state
 
-from bpsync import commands
 from bpsync.cli import run
 from bpsync.config import StateConfig, load_config
 from bpsync.console import Console
 from bpsync.errors import ConfigError, LockHeld, StateCorrupt, StateError
 from bpsync.state import LocalBackend, LockInfo, State, StateBackend, dumps_state, open_backend
-from bpsync.state import migrate as migrate_mod
 from bpsync.state.migrate import migrate_state
 from bpsync.state.s3 import S3Backend
 
@@ -618,22 +616,7 @@ class Run:
         return self.out + self.err
 
 
-@pytest.fixture
-def with_state_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`bpsync state` until commands.add_extra_commands registers it itself."""
-    original = commands.add_extra_commands
-
-    def add_extra_commands(sub: Any) -> None:
-        original(sub)
-        if "state" not in sub.choices:
-            migrate_mod.register(sub)
-
-    monkeypatch.setattr(commands, "add_extra_commands", add_extra_commands)
-
-
-def test_migrate_command_without_local_state(
-    url: str, bucket: str, tmp_path: Path, with_state_command: None
-) -> None:
+def test_migrate_command_without_local_state(url: str, bucket: str, tmp_path: Path) -> None:
     (tmp_path / "bpsync.yaml").write_text(
         f"state:\n  backend: local\n  bucket: {bucket}\n  endpoint_url: {url}\n"
     )
@@ -650,9 +633,7 @@ def test_migrate_command_without_local_state(
     assert objects(url, bucket) == {}
 
 
-def test_migrate_then_plan_and_apply_against_s3(
-    url: str, bucket: str, tmp_path: Path, with_state_command: None
-) -> None:
+def test_migrate_then_plan_and_apply_against_s3(url: str, bucket: str, tmp_path: Path) -> None:
     from bpsync.bigpanda.client import RateLimiter
     from bpsync.emulator import Emulator
 

@@ -34,8 +34,9 @@ from bpsync.render import (
     row_cells,
     table_notes,
 )
+from bpsync.review import PLAN_MARKER
 
-MARKER = "<!-- bpsync:plan -->"
+MARKER = PLAN_MARKER  # how `bpsync ci comment` finds the plan comment again
 DEFAULT_LIMIT = 60_000
 MIN_LIMIT = 2_000
 # Longer values are cut in the comment; the JSON rendering has them whole (up to 32 KiB).

@@ -1,4 +1,5 @@
-"""One function per command: each takes the CLI context and returns an exit code."""
+"""The core commands (validate, fmt, plan, apply, show, import, force-unlock): each takes the
+CLI context and returns an exit code."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bpsync.cli import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
+from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
 from bpsync.console import LiveLines
 from bpsync.errors import ApplyRefused, ConfigError, InvalidInput, StalePlan, UsageError
 from bpsync.manifest import Manifest, load_manifests
@@ -68,15 +69,6 @@ def fmt(ctx: Context) -> int:
     return EXIT_OK
 
 
-def add_extra_commands(sub: Any) -> None:
-    """Commands that live in their own modules (ci, state) register here."""
-    from bpsync import ci
-    from bpsync.state import migrate
-
-    ci.register(sub)
-    migrate.register(sub)
-
-
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -110,7 +102,7 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     state = backend.read()
     remote = None
     if refresh:
-        from bpsync.applier import refresh_remote
+        from bpsync.refresh import refresh_remote
 
         with _client(ctx) as client:
             remote = refresh_remote(client, state, manifests, ctx.args.table, ctx.console.note)
@@ -149,7 +141,7 @@ def _wants_refresh(ctx: Context) -> bool:
     if refresh is None:
         return ctx.config.has_token(ctx.env)
     if refresh:
-        ctx.config.token(ctx.env)  # --refresh without a token is an error (SPEC §2)
+        ctx.config.token(ctx.env)  # --refresh without a token is an error
     return bool(refresh)
 
 
@@ -289,7 +281,7 @@ def _confirm(ctx: Context, the_plan: Plan) -> None:
 
 
 def _check_saved(ctx: Context, saved: Plan) -> None:
-    from bpsync.applier import describe_moved
+    from bpsync.guards import describe_moved
 
     names = [t.name for t in saved.tables]
     ctx.args.table = names
@@ -303,8 +295,10 @@ def _check_saved(ctx: Context, saved: Plan) -> None:
 
 
 def apply(ctx: Context) -> int:
-    from bpsync.applier import Applier, StateStore, check_mass_delete, refresh_remote
+    from bpsync.applier import Applier, StateStore
+    from bpsync.guards import check_mass_delete
     from bpsync.planner import make_plan
+    from bpsync.refresh import refresh_remote
     from bpsync.state import open_backend
 
     config = ctx.config
@@ -375,7 +369,7 @@ def apply(ctx: Context) -> int:
 
 def _offline_plan(ctx: Context) -> Plan:
     """The plan checked before any request: saved plan digests, fingerprint, mass delete."""
-    from bpsync.applier import check_mass_delete
+    from bpsync.guards import check_mass_delete
     from bpsync.planfile import load_plan
 
     if ctx.args.planfile:

@@ -1,0 +1,100 @@
+"""The command line: parses options, runs one command, turns errors into exit codes.
+
+    context.py  Context, exit codes, option value types (the bottom; imports nothing above)
+    parser.py   the whole argparse parser; registers every command as `module:function`
+    core.py     validate, fmt, plan, apply, show, import, force-unlock
+    ci.py       `bpsync ci ...` (GitHub review helpers)
+    state.py    `bpsync state ...`
+
+Nothing here computes a plan or talks to BigPanda; it only calls the modules that do, and no
+module outside this package imports from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bpsync.cli.context import EXIT_ERROR, EXIT_INTERRUPTED, Context
+from bpsync.cli.parser import build_parser, parse, resolve
+from bpsync.console import Console, wants_color
+from bpsync.errors import BpsyncError, InvalidInput
+
+__all__ = ["build_parser", "main", "run"]
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    console: Console | None = None,
+    stdin_isatty: bool | None = None,
+    client_options: Mapping[str, Any] | None = None,
+) -> int:
+    """Run one command; returns the exit code. Every error becomes a code here, and only here."""
+    env = dict(os.environ) if env is None else env
+    console = console or Console()
+    debug = "--debug" in argv
+    try:
+        args = parse(build_parser(), argv)
+        ctx = _context(args, console, env, cwd, stdin_isatty, client_options)
+        code: int = resolve(args.command_target)(ctx)
+        return code
+    except InvalidInput as e:
+        console.problems(e.problems)
+        console.error(e.render())
+        return e.exit_code
+    except BpsyncError as e:
+        if debug:
+            console.note(_traceback())
+        console.error(e.render())
+        return e.exit_code
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: say so plainly, traceback only with --debug
+        if debug:
+            console.note(_traceback())
+        console.error(
+            f"unexpected {type(e).__name__}: {e}"
+            + ("" if debug else " (run with --debug for the traceback)")
+        )
+        return EXIT_ERROR
+    except SystemExit as e:  # --help and --version
+        return int(e.code or 0) if isinstance(e.code, int) else 0
+
+
+def _context(
+    args: argparse.Namespace,
+    console: Console,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    stdin_isatty: bool | None,
+    client_options: Mapping[str, Any] | None,
+) -> Context:
+    no_color = bool(args.no_color)
+    console.color_out = wants_color(console.out, env, no_color)
+    console.color_err = wants_color(console.err, env, no_color)
+    return Context(
+        args,
+        console,
+        env,
+        cwd or Path.cwd(),
+        sys.stdin.isatty() if stdin_isatty is None else stdin_isatty,
+        dict(client_options or {}),
+    )
+
+
+def _traceback() -> str:
+    import traceback  # only with --debug: it costs start-up time otherwise
+
+    return traceback.format_exc()
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

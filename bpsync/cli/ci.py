@@ -1,0 +1,124 @@
+"""`bpsync ci comment | fingerprint | issue`: GitHub review helpers for CI workflows.
+
+    bpsync ci comment --body-file plan.md            # upsert the one sticky plan comment of a PR
+    bpsync ci fingerprint --from-comment-of-commit SHA   # the fingerprint reviewers approved
+    bpsync ci fingerprint --from-file plan.md|plan.json|plan.out
+    bpsync ci issue --title T --body-file F [--close]    # one drift issue, found by its marker
+
+How approval by fingerprint works is told in bpsync.review; the HTTP calls are bpsync.github,
+imported only when a command needs GitHub.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bpsync.cli.context import EXIT_OK, Context
+from bpsync.errors import ApplyRefused, ConfigError, UsageError
+from bpsync.review import (
+    ACTIONS_BOT,
+    DRIFT_MARKER,
+    PLAN_MARKER,
+    REVIEW_HINT,
+    fingerprint_from_file,
+    fingerprint_from_text,
+    fit_comment,
+    with_marker,
+)
+
+if TYPE_CHECKING:
+    from bpsync.github import GitHub
+
+_SHA = re.compile(r"[0-9a-fA-F]{7,40}")
+
+
+def _github(ctx: Context) -> GitHub:
+    from bpsync.github import GitHub
+
+    return GitHub.from_env(ctx.env)
+
+
+def comment(ctx: Context) -> int:
+    from bpsync.github import pr_from_event
+
+    args = ctx.args
+    marker = args.marker or PLAN_MARKER
+    body = fit_comment(with_marker(_read_text(ctx.path(args.body_file)), marker))
+    with _github(ctx) as gh:
+        number = args.pr or pr_from_event(ctx.env)
+        author = args.author or gh.own_login()
+        result = gh.upsert_comment(number, body, marker=marker, author=author)
+    verb = "Updated" if result.updated else "Created"
+    ctx.console.note(f"{verb} the plan comment of pull request #{number}: {result.url}")
+    ctx.console.print(result.url)
+    return EXIT_OK
+
+
+def fingerprint(ctx: Context) -> int:
+    args = ctx.args
+    if args.from_file is not None:
+        ctx.console.print(fingerprint_from_file(ctx.path(args.from_file)))
+        return EXIT_OK
+    marker = args.marker or PLAN_MARKER
+    author = args.author or ACTIONS_BOT
+    with _github(ctx) as gh:
+        if args.from_pr is not None:
+            number = args.from_pr
+            where = f"pull request #{number}"
+        else:
+            sha = args.from_comment_of_commit.strip()
+            if not _SHA.fullmatch(sha):
+                raise ConfigError(f"not a commit SHA: {sha!r}")
+            number = gh.merged_pr_of_commit(sha)
+            where = f"pull request #{number} (merged as {sha[:12]})"
+        found = gh.find_comment(number, marker=marker, author=author)
+    if found is None:
+        raise ApplyRefused(
+            f"no plan comment by {author} on {where}, so no reviewed plan approves this change",
+            hint=REVIEW_HINT,
+        )
+    approved = fingerprint_from_text(str(found.get("body") or ""))
+    if approved is None:
+        raise ApplyRefused(
+            f"the plan comment on {where} shows no fingerprint (its last plan failed?)",
+            hint=REVIEW_HINT,
+        )
+    ctx.console.note(f"Approved fingerprint from the plan comment on {where}: {approved}")
+    ctx.console.print(approved)
+    return EXIT_OK
+
+
+def issue(ctx: Context) -> int:
+    args = ctx.args
+    marker = args.marker or DRIFT_MARKER
+    body = None
+    if args.body_file is not None:
+        body = fit_comment(with_marker(_read_text(ctx.path(args.body_file)), marker))
+    elif not args.close:
+        raise UsageError("bpsync ci issue: give --body-file FILE, or --close")
+    with _github(ctx) as gh:
+        author = args.author or gh.own_login()
+        if args.close:
+            closed = gh.close_issue(marker=marker, author=author, comment_body=body)
+            if closed is None:
+                ctx.console.note("No open issue holds the marker; nothing to close.")
+            else:
+                ctx.console.note(f"Closed issue #{closed['number']}: {closed.get('html_url', '')}")
+            return EXIT_OK
+        assert body is not None
+        result = gh.upsert_issue(args.title, body, marker=marker, author=author)
+    verb = "Updated" if result.updated else "Opened"
+    ctx.console.note(f"{verb} issue #{result.number}: {result.url}")
+    ctx.console.print(result.url)
+    return EXIT_OK
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None

@@ -1,0 +1,387 @@
+"""The whole `bpsync` argument parser, and the only place commands are registered.
+
+Options shared by several commands are declared once, as argparse parent parsers. A command
+is named by `module:function` inside `bpsync.cli` and imported only when it runs, so that
+`bpsync --help` loads none of the planner, renderers or HTTP code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from bpsync import __version__
+from bpsync.cli.context import (
+    Command,
+    non_negative_int,
+    parse_duration,
+    positive_int,
+    pr_number,
+)
+from bpsync.errors import UsageError
+from bpsync.review import ACTIONS_BOT, DEFAULT_API_URL, DRIFT_MARKER, PLAN_MARKER
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '?([^'\s]*)'? \(choose from (.*)\)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 64, not argparse's 2 (2 means "changes" for `plan
+    --detailed-exitcode`), and name the closest command when one is mistyped."""
+
+    def error(self, message: str) -> NoReturn:
+        m = _INVALID_CHOICE.search(message)
+        if m:
+            choices = [c.strip(" '\"") for c in m.group(2).split(",")]
+            message += did_you_mean(m.group(1), choices)
+        raise UsageError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+
+
+def did_you_mean(word: str, known: Sequence[str]) -> str:
+    """`; did you mean X?` for the closest of `known`, or nothing."""
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _parent() -> _Parser:
+    return _Parser(add_help=False)
+
+
+def _table() -> _Parser:
+    p = _parent()
+    p.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="limit to this table (repeatable)",
+    )
+    return p
+
+
+def _plan_format() -> _Parser:
+    p = _parent()
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    return p
+
+
+def _max_rows() -> _Parser:
+    p = _parent()
+    p.add_argument(
+        "--max-rows",
+        type=non_negative_int,
+        default=20,
+        metavar="N",
+        help="rows shown per table in text (0 = all)",
+    )
+    return p
+
+
+def _lock_timeout() -> _Parser:
+    p = _parent()
+    p.add_argument(
+        "--lock-timeout",
+        type=parse_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="wait this long for the state lock (default 0s)",
+    )
+    return p
+
+
+class _Groups:
+    """The shared option groups, built once per parser."""
+
+    def __init__(self) -> None:
+        self.table = _table()
+        self.plan_format = _plan_format()
+        self.max_rows = _max_rows()
+        self.lock_timeout = _lock_timeout()
+
+
+def _command(p: argparse.ArgumentParser, target: str) -> None:
+    """Name the function that runs the command: `module:function` in bpsync.cli."""
+    p.set_defaults(command_target=target)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bpsync", description="Keep BigPanda mapping enrichment tables in git.")
+    p.add_argument("--version", action="version", version=f"bpsync {__version__}")
+    p.add_argument("-C", dest="directory", metavar="DIR", help="run as if started in DIR")
+    p.add_argument("--no-color", action="store_true", help="never colour the output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    groups = _Groups()
+    _core_commands(sub, groups)
+    _ci_commands(sub)
+    _state_commands(sub, groups)
+    return p
+
+
+def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None:
+    v = sub.add_parser("validate", help="check manifests and tables offline", parents=[g.table])
+    v.add_argument(
+        "--format",
+        choices=("text", "github"),
+        default="text",
+        help="github: one ::error annotation per problem on stdout",
+    )
+    _command(v, "core:validate")
+
+    f = sub.add_parser("fmt", help="rewrite tables in canonical form", parents=[g.table])
+    f.add_argument("--check", action="store_true", help="only report files that would change")
+    _command(f, "core:fmt")
+
+    pl = sub.add_parser(
+        "plan",
+        help="show what apply would change, row by row",
+        parents=[g.table, g.plan_format, g.max_rows, g.lock_timeout],
+    )
+    pl.add_argument("--out", type=Path, metavar="FILE", help="save the plan for `apply FILE`")
+    pl.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 when nothing changes, 2 when something does",
+    )
+    refresh = pl.add_mutually_exclusive_group()
+    refresh.add_argument(
+        "--refresh",
+        dest="refresh",
+        action="store_true",
+        default=None,
+        help="read the enrichments from BigPanda (needs the token)",
+    )
+    refresh.add_argument(
+        "--no-refresh",
+        dest="refresh",
+        action="store_false",
+        help="stay offline even when a token is set",
+    )
+    _command(pl, "core:plan")
+
+    a = sub.add_parser(
+        "apply",
+        help="make BigPanda match the manifests",
+        parents=[g.table, g.max_rows, g.lock_timeout],
+    )
+    a.add_argument("planfile", nargs="?", type=Path, metavar="PLANFILE")
+    a.add_argument("--auto-approve", action="store_true", help="do not ask for `yes`")
+    a.add_argument(
+        "--expect-fingerprint", metavar="FP", help="refuse unless a fresh plan has this fingerprint"
+    )
+    a.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="allow removing more than max_delete_fraction of a table's rows",
+    )
+    a.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=parse_duration("30m"),
+        metavar="DURATION",
+        help="bound the wait on jobs (default 30m)",
+    )
+    a.add_argument(
+        "--parallelism",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="tables applied at once (default 4)",
+    )
+    _command(a, "core:apply")
+
+    s = sub.add_parser("show", help="render a saved plan", parents=[g.plan_format, g.max_rows])
+    s.add_argument("planfile", type=Path, metavar="PLANFILE")
+    _command(s, "core:show")
+
+    i = sub.add_parser(
+        "import", help="adopt an existing enrichment into state", parents=[g.lock_timeout]
+    )
+    i.add_argument("name", metavar="NAME")
+    i.add_argument("enrichment_id", metavar="ENRICHMENT_ID")
+    _command(i, "core:import_")
+
+    u = sub.add_parser("force-unlock", help="clear a stale state lock")
+    u.add_argument("lock_id", metavar="LOCK_ID")
+    _command(u, "core:force_unlock")
+
+
+def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    ci = sub.add_parser(
+        "ci",
+        help="GitHub helpers for pull-request review and CI",
+        description="GitHub helpers: the sticky plan comment, the approved fingerprint, "
+        "the drift issue. Read GITHUB_TOKEN (or GH_TOKEN), GITHUB_REPOSITORY and "
+        f"GITHUB_API_URL (default {DEFAULT_API_URL}).",
+    )
+    cisub = ci.add_subparsers(dest="ci_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    cisub.required = True
+
+    c = cisub.add_parser(
+        "comment",
+        help="create or update the one plan comment of a pull request",
+        description="Upsert the pull request's sticky comment: update the comment by --author "
+        "that holds the marker, else create one. Other comments are left alone.",
+    )
+    c.add_argument(
+        "--body-file",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the comment (e.g. `bpsync show plan.out --format markdown`)",
+    )
+    c.add_argument(
+        "--pr",
+        type=pr_number,
+        metavar="N",
+        help="pull request number (default: from GITHUB_EVENT_PATH)",
+    )
+    _marker_author(
+        c,
+        "comment",
+        f"the plan comment's marker {PLAN_MARKER}",
+        f"the token's own login, or {ACTIONS_BOT} for a workflow token",
+    )
+    _command(c, "ci:comment")
+
+    f = cisub.add_parser(
+        "fingerprint",
+        help="print the approved plan fingerprint",
+        description="Print the fingerprint (sha256:…) of the plan reviewers saw, or exit 1.",
+    )
+    source = f.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--from-comment-of-commit",
+        metavar="SHA",
+        help="the plan comment of the merged pull request of commit SHA",
+    )
+    source.add_argument(
+        "--from-pr", type=pr_number, metavar="N", help="the plan comment of pull request N"
+    )
+    source.add_argument(
+        "--from-file",
+        type=Path,
+        metavar="FILE",
+        help="a rendering (markdown or json) or a saved plan file",
+    )
+    _marker_author(f, "comment", f"the plan comment's marker {PLAN_MARKER}", ACTIONS_BOT)
+    _command(f, "ci:fingerprint")
+
+    i = cisub.add_parser(
+        "issue",
+        help="open, update or close the one issue found by a marker (drift)",
+        description="Upsert the open issue by --author that holds the marker (its title and "
+        "body are replaced), or with --close close it if open.",
+    )
+    i.add_argument("--title", required=True, metavar="TITLE")
+    i.add_argument("--body-file", type=Path, metavar="FILE", help="the issue body")
+    i.add_argument(
+        "--close",
+        action="store_true",
+        help="close the issue if open (with --body-file: post that text on it first)",
+    )
+    _marker_author(i, "issue", DRIFT_MARKER, f"the token's own login, or {ACTIONS_BOT}")
+    _command(i, "ci:issue")
+
+
+def _marker_author(
+    p: argparse.ArgumentParser, what: str, marker_default: str, author_default: str
+) -> None:
+    p.add_argument(
+        "--marker",
+        metavar="TEXT",
+        help=f"hidden text that identifies the {what} (default: {marker_default})",
+    )
+    p.add_argument(
+        "--author",
+        metavar="LOGIN",
+        help=f"only this author's {what} counts (default: {author_default})",
+    )
+
+
+def _state_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None:
+    st = sub.add_parser(
+        "state",
+        help="manage where the state lives",
+        description="Manage the state backend: where the state and its snapshots live "
+        "(the local state directory or an S3 bucket, per bpsync.yaml's `state:`).",
+    )
+    stsub = st.add_subparsers(dest="state_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    stsub.required = True
+
+    m = stsub.add_parser(
+        "migrate",
+        help="copy the state and its snapshots to another backend",
+        description="Copy the state and every snapshot it references from the local state "
+        "directory to the S3 bucket of bpsync.yaml (--to s3), or back (--to local), holding "
+        "both locks. Refuses when the destination already has state, unless --force.",
+        parents=[g.lock_timeout],
+    )
+    m.add_argument(
+        "--to", required=True, choices=("s3", "local"), help="the backend to copy the state to"
+    )
+    m.add_argument(
+        "--force",
+        action="store_true",
+        help="replace state the destination already has",
+    )
+    m.add_argument("--bucket", metavar="NAME", help="S3 bucket (default: state.bucket)")
+    m.add_argument("--prefix", help="key prefix in the bucket (default: state.prefix)")
+    m.add_argument("--region", help="AWS region (default: state.region, else the AWS config)")
+    m.add_argument(
+        "--endpoint-url",
+        dest="endpoint_url",
+        metavar="URL",
+        help="S3-compatible endpoint (default: state.endpoint_url)",
+    )
+    m.add_argument(
+        "--path",
+        type=Path,
+        metavar="DIR",
+        help="the local state directory (default: state.path, .bpsync)",
+    )
+    _command(m, "state:migrate")
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse `argv`; an unknown option fails naming the closest option of its command."""
+    args, extra = parser.parse_known_args(list(argv))
+    if extra:
+        known = [o for p in _chain(parser, args) for o in _options_of(p)]
+        unknown = extra[0]
+        hint = did_you_mean(unknown.split("=", 1)[0], known) if unknown.startswith("-") else ""
+        raise UsageError(
+            f"{parser.prog}: unrecognized arguments: {' '.join(extra)}{hint}",
+            hint=f"see `{parser.prog} --help`",
+        )
+    return args
+
+
+def _chain(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> list[argparse.ArgumentParser]:
+    """The parsers `args` went through: the top one, then each chosen subcommand's."""
+    chain = [parser]
+    while True:
+        subs = [a for a in chain[-1]._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return chain
+        chain.append(subs[0].choices[name])
+
+
+def _options_of(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+
+
+def resolve(target: str) -> Command:
+    """The command function named `module:function` inside bpsync.cli (imported now)."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    func: Command = getattr(importlib.import_module(f"bpsync.cli.{module}"), name)
+    return func
