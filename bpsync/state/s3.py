@@ -19,6 +19,9 @@ them too), never on timing:
   gzip trailer reaches the uploader: a table that does not hash to its id never completes an
   upload (a multipart upload is aborted).
 
+The serial check, snapshot verification and the lock's wait loop are the base's
+(:mod:`bpsync.state.base`); this module is only how S3 stores, lists and conditionally writes.
+
 boto3 is optional (``pip install 'bpsync[s3]'``) and imported only when this backend is used,
 through :mod:`importlib` so that its untyped API stays behind ``Any``. Credentials come from
 the standard AWS chain only (environment, shared files, SSO, instance or task role); nothing
