@@ -1,14 +1,12 @@
-"""The state package: model, JSON form, and the backend contract run against the local backend.
+"""The state package: the model and its JSON form, and what only the local backend has (its
+directory layout, backup and .gitignore, crash safety, taking over a dead process's lock).
 
-Tests taking the ``backend`` fixture are the contract every backend must pass; a later S3
-backend adds itself to that fixture's params. Tests taking ``local`` check the directory layout.
+The contract every backend keeps, local included, is tests/test_state_contract.py.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
 import json
 import os
 import signal
@@ -16,92 +14,40 @@ import socket
 import subprocess
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from state_util import (
+    CSV,
+    CSV_SHA,
+    REPO,
+    Holder,
+    csv_file,
+    holders,
+    local_holder,
+    pending_job,
+    sample_state,
+    schema,
+)
 
-from bpsync.errors import LockHeld, StateCorrupt, StateError
+from bpsync.errors import LockHeld, StateError
 from bpsync.state import (
     LocalBackend,
     LockInfo,
     PendingJob,
     State,
-    StateBackend,
     TableState,
     dumps_state,
-    format_duration,
     lock_held,
     referenced_snapshots,
     state_digest,
 )
+from bpsync.units import format_duration
 
-REPO = Path(__file__).resolve().parents[1]
-CSV = b"application,owner\ncrm,ana\nbilling,bo\n"
-CSV_SHA = hashlib.sha256(CSV).hexdigest()
-
-
-def schema(**extra: object) -> dict[str, object]:
-    return {
-        "map_name": "Service owners",
-        "description": "Owners per application",
-        "active": True,
-        "when": None,
-        "fields": [
-            {"title": "application", "type": "query_tag"},
-            {"title": "owner", "type": "result_tag", "override_existing": False},
-        ],
-        **extra,
-    }
-
-
-def pending_job(sha: str = "b" * 64) -> PendingJob:
-    return PendingJob(
-        job_id="job-42",
-        job_url="https://api.bigpanda.io/resources/v1.0/enrichment-jobs/job-42",
-        enrichment_id="enr-2",
-        sha256=sha,
-        rows=3,
-        kind="replace",
-        started_at="2024-05-01T12:00:00Z",
-        replaces="enr-1",
-        schema=schema(map_name="Service owners v2"),
-    )
-
-
-def sample_state() -> State:
-    owners = TableState(
-        name="service-owners",
-        enrichment_id="enr-1",
-        api_version="v1",
-        schema=schema(),
-        remote_version=4,
-        sha256=CSV_SHA,
-        rows=2,
-        applied_at="2024-05-01T11:00:00Z",
-        pending=pending_job(),
-    )
-    hosts = TableState(name="hosts", enrichment_id=None, api_version="v2.1", schema=schema())
-    return State.empty().with_table(owners).with_table(hosts)
-
-
-@pytest.fixture(params=["local", "s3"])
-def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> StateBackend:
-    if request.param == "local":
-        return LocalBackend(tmp_path / ".bpsync")
-    if request.param == "s3":
-        # A fresh bucket on a moto S3 server on 127.0.0.1 (skipped without boto3/moto).
-        import s3_util
-
-        if s3_util.SKIP_REASON:
-            pytest.skip(s3_util.SKIP_REASON)
-        backend: StateBackend = s3_util.make_backend(monkeypatch)
-        return backend
-    raise AssertionError(request.param)
+# Re-exported: a subprocess in test_state_digest_... and older imports find them here.
+__all__ = ["CSV", "CSV_SHA", "csv_file", "pending_job", "sample_state", "schema"]
 
 
 @pytest.fixture
@@ -109,17 +55,7 @@ def local(tmp_path: Path) -> LocalBackend:
     return LocalBackend(tmp_path / ".bpsync")
 
 
-def csv_file(tmp_path: Path, data: bytes = CSV, name: str = "t.csv") -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
-
-
 # --- model ------------------------------------------------------------------------------------
-
-
-def test_local_backend_implements_the_protocol(local: LocalBackend) -> None:
-    assert isinstance(local, StateBackend)
 
 
 def test_state_is_an_immutable_value() -> None:
@@ -215,24 +151,6 @@ def test_no_state_yet_reads_as_empty_and_creates_nothing(tmp_path: Path) -> None
     assert LocalBackend(tmp_path / "empty").read() == State(serial=0, lineage="", tables={})
 
 
-def test_round_trip_with_pending_job(backend: StateBackend) -> None:
-    state = sample_state()
-    written = backend.write(state)
-    assert written.serial == 1 and written.lineage
-    assert written.tables == state.tables
-    read = backend.read()
-    assert read == written
-    assert read.tables["service-owners"].pending == pending_job()
-
-
-def test_serial_and_lineage_over_successive_writes(backend: StateBackend) -> None:
-    first = backend.write(State.empty())
-    second = backend.write(first.with_table(sample_state().tables["hosts"]))
-    assert (first.serial, second.serial) == (1, 2)
-    assert second.lineage == first.lineage
-    assert backend.read() == second
-
-
 def test_state_file_format(local: LocalBackend) -> None:
     written = local.write(sample_state())
     text = local.state_path.read_text("utf-8")
@@ -269,22 +187,6 @@ def test_backup_holds_the_previous_state_and_gitignore_is_written(local: LocalBa
     ]
 
 
-def test_lost_update_is_refused(backend: StateBackend) -> None:
-    base = backend.write(State.empty())
-    writer_a = base.with_table(sample_state().tables["hosts"])
-    writer_b = base.with_table(sample_state().tables["service-owners"])
-    stored = backend.write(writer_a)
-    with pytest.raises(StateError, match=r"serial 2.*serial 1"):
-        backend.write(writer_b)
-    assert backend.read() == stored
-
-
-def test_other_lineage_is_refused(backend: StateBackend) -> None:
-    stored = backend.write(State.empty())
-    with pytest.raises(StateError, match="lineage"):
-        backend.write(State(stored.serial, "someone-else", {}))
-
-
 def test_writes_stay_inside_the_state_directory(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "repo" / ".bpsync")
     backend.write(sample_state())
@@ -293,55 +195,6 @@ def test_writes_stay_inside_the_state_directory(tmp_path: Path) -> None:
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "t.csv"]
     assert [p.name for p in (tmp_path / "repo").iterdir()] == [".bpsync"]
-
-
-# --- damaged state ------------------------------------------------------------------------------
-
-
-def _valid_text() -> str:
-    return dumps_state(State(3, "lin", sample_state().tables))
-
-
-@pytest.mark.parametrize(
-    ("content", "detail"),
-    [
-        (b"", "empty"),
-        (b"\n  \n", "empty"),
-        (_valid_text().encode()[:-40], "not valid JSON"),
-        (b"\x00\x17garbage\xff", "not UTF-8"),
-        (b"<<<<<<< HEAD\n{}\n=======\n", "not valid JSON"),
-        (b"[1, 2]", "should be an object"),
-        (b"{}", "format_version"),
-        (_valid_text().replace('"format_version": 1', '"format_version": 2').encode(), "reads"),
-        (_valid_text().replace('"format_version": 1', '"format_version": "1"').encode(), "1"),
-        (_valid_text().replace('"serial": 3', '"serial": "3"').encode(), "serial"),
-        (_valid_text().replace('"rows": 2', '"rows": true').encode(), "rows"),
-        (_valid_text().replace(CSV_SHA, "nothex").encode(), "sha256"),
-        (_valid_text().replace('"kind": "replace"', '"kind": "upsert"').encode(), "kind"),
-        (_valid_text().replace('"tables": {', '"tables": {"x": 1, ').encode(), "'x'"),
-    ],
-)
-def test_damaged_state_is_never_read_as_empty(
-    local: LocalBackend, content: bytes, detail: str
-) -> None:
-    local.path.mkdir()
-    local.state_path.write_bytes(content)
-    for action in (local.read, lambda: local.write(State(3, "lin", {}))):
-        with pytest.raises(StateCorrupt) as excinfo:
-            action()
-        message = str(excinfo.value)
-        assert str(local.state_path) in message
-        assert detail in message
-        assert "state.json.bak" in message and "git" in message
-    assert local.state_path.read_bytes() == content  # left untouched
-
-
-def test_missing_state_beside_a_backup_is_corrupt(local: LocalBackend) -> None:
-    local.write(State.empty())
-    local.write(local.read())
-    local.state_path.unlink()
-    with pytest.raises(StateCorrupt, match="missing"):
-        local.read()
 
 
 # --- crashes mid-write (in-process; tests/test_state_crash.py kills real processes) -------------
@@ -390,46 +243,6 @@ def test_fsync_failure_is_a_state_error(
 # --- snapshots ----------------------------------------------------------------------------------
 
 
-def test_snapshot_round_trip(backend: StateBackend, tmp_path: Path) -> None:
-    assert not backend.has_snapshot(CSV_SHA)
-    backend.put_snapshot(CSV_SHA, csv_file(tmp_path))
-    assert backend.has_snapshot(CSV_SHA)
-    with backend.open_snapshot(CSV_SHA) as f:
-        assert f.read() == CSV
-    with backend.open_snapshot(CSV_SHA) as f:  # line by line, as the differ reads it
-        assert list(io.TextIOWrapper(f, encoding="utf-8", newline="")) == [
-            "application,owner\n",
-            "crm,ana\n",
-            "billing,bo\n",
-        ]
-    backend.put_snapshot(CSV_SHA, csv_file(tmp_path))  # again: a no-op
-
-
-def test_snapshot_digest_mismatch_is_refused(backend: StateBackend, tmp_path: Path) -> None:
-    wrong = "c" * 64
-    with pytest.raises(StateError, match="hash"):
-        backend.put_snapshot(wrong, csv_file(tmp_path))
-    assert not backend.has_snapshot(wrong)
-    backend.put_snapshot(CSV_SHA, csv_file(tmp_path))
-    with pytest.raises(StateError, match="hash"):  # an existing id is still checked
-        backend.put_snapshot(CSV_SHA, csv_file(tmp_path, b"other\n"))
-
-
-def test_snapshot_ids_are_validated(backend: StateBackend, tmp_path: Path) -> None:
-    for bad in ("../../etc/passwd", "A" * 64, "a" * 63, ""):
-        with pytest.raises(StateError, match="snapshot id"):
-            backend.put_snapshot(bad, csv_file(tmp_path))
-        with pytest.raises(StateError):
-            backend.open_snapshot(bad)
-
-
-def test_missing_snapshot_says_how_to_recover(backend: StateBackend) -> None:
-    with pytest.raises(StateError) as excinfo:
-        backend.open_snapshot(CSV_SHA, table="service-owners")
-    message = str(excinfo.value)
-    assert "service-owners" in message and CSV_SHA in message and "bpsync apply" in message
-
-
 def test_snapshot_file_is_deterministic_gzip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -447,30 +260,6 @@ def test_snapshot_file_is_deterministic_gzip(
     assert gzip.decompress(blob) == CSV
 
 
-def test_damaged_snapshot_is_reported(local: LocalBackend, tmp_path: Path) -> None:
-    local.put_snapshot(CSV_SHA, csv_file(tmp_path))
-    path = local.snapshot_path(CSV_SHA)
-    good = path.read_bytes()
-    for damaged in (good[:-12], gzip.compress(b"application,owner\ncrm,eve\n", mtime=0), b"junk"):
-        path.write_bytes(damaged)
-        with (
-            pytest.raises(StateCorrupt, match="snapshot is damaged"),
-            local.open_snapshot(CSV_SHA) as f,
-        ):
-            f.read()
-
-
-def test_prune_keeps_referenced_snapshots(backend: StateBackend, tmp_path: Path) -> None:
-    contents = [b"a\n1\n", b"a\n2\n", b"a\n3\n"]
-    ids = [hashlib.sha256(c).hexdigest() for c in contents]
-    for i, c in enumerate(contents):
-        backend.put_snapshot(ids[i], csv_file(tmp_path, c, name=f"{i}.csv"))
-    assert backend.prune_snapshots([ids[1]]) == sorted([ids[0], ids[2]])
-    assert [backend.has_snapshot(i) for i in ids] == [False, True, False]
-    assert backend.prune_snapshots([ids[1]]) == []
-    assert backend.prune_snapshots(set()) == [ids[1]]
-
-
 def test_prune_ignores_foreign_files(local: LocalBackend, tmp_path: Path) -> None:
     assert local.prune_snapshots([]) == []  # no snapshots directory yet
     local.put_snapshot(CSV_SHA, csv_file(tmp_path))
@@ -479,160 +268,14 @@ def test_prune_ignores_foreign_files(local: LocalBackend, tmp_path: Path) -> Non
     assert (local.snapshots_dir / "README").exists()
 
 
-def test_snapshots_stream_in_constant_memory(local: LocalBackend, tmp_path: Path) -> None:
-    size = 50 * 1024 * 1024
-    line = b"app-%08d,owner-of-the-application-%08d,https://runbooks.example.com/%08d\n"
-    big = tmp_path / "big.csv"
-    digest = hashlib.sha256()
-    with open(big, "wb") as f:
-        written, i = 0, 0
-        while written < size:
-            block = b"".join(line % (n, n, n) for n in range(i, i + 10000))
-            f.write(block)
-            digest.update(block)
-            written += len(block)
-            i += 10000
-    sha = digest.hexdigest()
-
-    tracemalloc.start()
-    try:
-        local.put_snapshot(sha, big)
-        _, put_peak = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        total = 0
-        with local.open_snapshot(sha) as f:
-            while chunk := f.read(256 * 1024):
-                total += len(chunk)
-        _, read_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert total == written
-    assert put_peak < 8 * 1024 * 1024, put_peak
-    assert read_peak < 8 * 1024 * 1024, read_peak
-
-
-# --- lock ---------------------------------------------------------------------------------------
-
-HOLDER = """
-import sys, time
-from pathlib import Path
-from bpsync.state import LocalBackend
-
-backend = LocalBackend(Path(sys.argv[1]))
-with backend.lock("bpsync apply") as info:
-    print(info.id, flush=True)
-    if sys.argv[2] == "stdin":
-        sys.stdin.readline()
-    else:
-        time.sleep(float(sys.argv[2]))
-"""
-
-
-Holder = Callable[..., tuple["subprocess.Popen[str]", str]]
+# --- lock (local only; the shared lock contract is in tests/test_state_contract.py) ------------
 
 
 @pytest.fixture
 def holder(local: LocalBackend) -> Iterator[Holder]:
     """Starts a process that holds the lock; returns a function (hold) -> (Popen, lock id)."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(hold: str = "stdin") -> tuple[subprocess.Popen[str], str]:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(local.path), hold],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        procs.append(proc)
-        assert proc.stdout is not None
-        lock_id = proc.stdout.readline().strip()
-        assert lock_id, "holder process failed to take the lock"
-        return proc, lock_id
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
-def test_lock_file_content_and_release(local: LocalBackend) -> None:
-    assert local.current_lock() is None
-    with local.lock("bpsync apply") as info:
-        data = json.loads((local.path / "lock.json").read_text())
-        assert data == {
-            "id": info.id,
-            "holder": info.holder,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "command": "bpsync apply",
-            "created_at": info.created_at,
-        }
-        assert info.holder.endswith("@" + socket.gethostname())
-        assert datetime.fromisoformat(info.created_at).tzinfo is not None
-        assert local.current_lock() == info
-        assert info.taken_over_from is None
-    assert local.current_lock() is None
-    assert not (local.path / "lock.json").exists()
-
-
-def test_lock_is_released_when_the_command_fails(backend: StateBackend) -> None:
-    with pytest.raises(RuntimeError), backend.lock("bpsync apply"):
-        raise RuntimeError("boom")
-    assert backend.current_lock() is None
-
-
-def test_lock_contention_between_processes(local: LocalBackend, holder: Holder) -> None:
-    proc, lock_id = holder()
-    with pytest.raises(LockHeld) as excinfo, local.lock("bpsync plan"):
-        pass
-    message = str(excinfo.value)
-    assert "lock" in message
-    for part in (lock_id, f"pid {proc.pid}", socket.gethostname(), "`bpsync apply`", "held for"):
-        assert part in message
-    assert f"bpsync force-unlock {lock_id}" in message
-    # the refused command did not touch the holder's lock
-    current = local.current_lock()
-    assert current is not None and current.id == lock_id
-
-    assert proc.stdin is not None
-    proc.stdin.write("release\n")
-    proc.stdin.flush()
-    assert proc.wait(timeout=10) == 0
-    assert local.current_lock() is None
-    with local.lock("bpsync plan") as info:
-        assert info.id != lock_id
-
-
-def test_lock_timeout_waits_for_the_holder(local: LocalBackend, holder: Holder) -> None:
-    proc, lock_id = holder("0.6")
-    started = time.monotonic()
-    with local.lock("bpsync apply", timeout=10, poll_interval=0.05) as info:
-        assert 0.2 < time.monotonic() - started < 8
-        assert info.id != lock_id and info.taken_over_from is None
-    assert proc.wait(timeout=10) == 0
-
-
-def test_lock_timeout_gives_up_at_the_deadline(local: LocalBackend, holder: Holder) -> None:
-    holder()
-    now = [100.0]
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        now[0] += seconds
-
-    with (
-        pytest.raises(LockHeld, match="after waiting 5s"),
-        local.lock("bpsync apply", timeout=5, clock=lambda: now[0], sleep=sleep, poll_interval=2),
-    ):
-        pass
-    assert sleeps == [2, 2, 1]
+    with holders(local_holder(local.path)) as start:
+        yield start
 
 
 def test_lock_left_by_a_dead_process_is_taken_over(local: LocalBackend, holder: Holder) -> None:
@@ -694,46 +337,6 @@ def test_lock_held_message_shows_age() -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
-
-
-def test_force_unlock(local: LocalBackend, holder: Holder) -> None:
-    with pytest.raises(StateError, match="not locked"):
-        local.force_unlock("whatever")
-    proc, lock_id = holder()
-    with pytest.raises(StateError, match="does not match") as excinfo:
-        local.force_unlock("wrong-id")
-    assert lock_id in str(excinfo.value)
-    assert local.current_lock() is not None
-    removed = local.force_unlock(lock_id)
-    assert removed.id == lock_id and removed.pid == proc.pid
-    assert local.current_lock() is None
-
-
-def test_lock_is_never_released_by_a_non_owner(local: LocalBackend) -> None:
-    notes: list[str] = []
-    with local.lock("bpsync apply", notify=notes.append) as first:
-        local.force_unlock(first.id)  # an operator cleared it while we ran...
-        second_cm = local.lock("bpsync apply")
-        second = second_cm.__enter__()  # ...and another command took it
-    # leaving the first block must not remove the second command's lock
-    current = local.current_lock()
-    assert current is not None and current.id == second.id
-    assert notes and first.id in notes[0]
-    second_cm.__exit__(None, None, None)
-    assert local.current_lock() is None
-
-
-def test_damaged_lock_file_is_reported_not_deleted(local: LocalBackend) -> None:
-    local.path.mkdir()
-    lock_path = local.path / "lock.json"
-    lock_path.write_text("{not json")
-    old = time.time() - 3600
-    os.utime(lock_path, (old, old))
-    for action in (local.current_lock, lambda: local.lock("bpsync apply").__enter__()):
-        with pytest.raises(StateCorrupt) as excinfo:
-            action()
-        assert str(lock_path) in str(excinfo.value) and "by hand" in str(excinfo.value)
-    assert lock_path.read_text() == "{not json"
 
 
 def test_lock_file_being_created_counts_as_held(local: LocalBackend) -> None:

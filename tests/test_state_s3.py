@@ -1,9 +1,10 @@
 """The S3 state backend against a real S3-compatible server: moto's server mode on 127.0.0.1.
 
-The contract shared with the local backend runs in tests/test_state.py (its ``backend`` fixture
-has an ``s3`` param); this file checks what only S3 has: the objects in the bucket, conditional
-writes against lost updates, the lock raced by real processes over HTTP, streaming snapshots,
-errors mapped to StateError, and `bpsync state migrate`.
+The contract shared with the local backend (lost updates, damaged state, snapshots streamed and
+verified, the lock raced by real processes over HTTP, force-unlock) runs on both backends in
+tests/test_state_contract.py; this file checks what only S3 has: the objects in the bucket,
+conditional writes, a dead holder's lock left alone, multipart uploads, errors mapped to
+StateError, and `bpsync state migrate`.
 """
 
 from __future__ import annotations
@@ -16,28 +17,34 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import s3_util
-from test_state import CSV, CSV_SHA, csv_file, sample_state
+from state_util import (
+    CSV,
+    CSV_SHA,
+    REPO,
+    Holder,
+    csv_file,
+    holders,
+    random_table,
+    s3_holder,
+    sample_state,
+)
 
 from bpsync.cli import run
 from bpsync.config import StateConfig, load_config
 from bpsync.console import Console
-from bpsync.errors import ConfigError, LockHeld, StateCorrupt, StateError
+from bpsync.errors import ConfigError, LockHeld, StateError
 from bpsync.state import LocalBackend, LockInfo, State, StateBackend, dumps_state, open_backend
 from bpsync.state.migrate import migrate_state
 from bpsync.state.s3 import S3Backend
 
 if s3_util.SKIP_REASON:  # pragma: no cover - depends on the environment
     pytest.skip(s3_util.SKIP_REASON, allow_module_level=True)
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -136,16 +143,6 @@ def test_objects_in_the_bucket(s3: S3Backend, url: str, bucket: str, tmp_path: P
 # --- lost updates -------------------------------------------------------------------------------
 
 
-def test_two_writers_from_the_same_read(url: str, bucket: str) -> None:
-    backend_for(url, bucket).write(State.empty())
-    a, b = backend_for(url, bucket), backend_for(url, bucket)
-    base_a, base_b = a.read(), b.read()
-    stored = a.write(base_a.with_table(sample_state().tables["hosts"]))
-    with pytest.raises(StateError, match=r"serial 2 but this state was read at serial 1"):
-        b.write(base_b.with_table(sample_state().tables["service-owners"]))
-    assert backend_for(url, bucket).read() == stored
-
-
 class _RacingClient:
     """A boto3 client that lets another writer in just before our conditional write."""
 
@@ -207,133 +204,14 @@ def test_state_replaced_at_the_same_serial_is_refused(url: str, bucket: str) -> 
     assert backend_for(url, bucket).read().tables.keys() == {"hosts"}
 
 
-@pytest.mark.parametrize(
-    ("content", "detail"),
-    [
-        (b"", "empty"),
-        (dumps_state(sample_state()).encode()[:-30], "not valid JSON"),
-        (b"\xff\xfe", "not UTF-8"),
-        (b"{}", "format_version"),
-    ],
-)
-def test_damaged_state_is_never_read_as_empty(
-    s3: S3Backend, url: str, bucket: str, content: bytes, detail: str
-) -> None:
-    put_raw(url, bucket, "team/state/state.json", content)
-    for action in (s3.read, lambda: s3.write(State(0, "", {}))):
-        with pytest.raises(StateCorrupt) as excinfo:
-            action()
-        message = str(excinfo.value)
-        assert f"s3://{bucket}/team/state/state.json" in message and detail in message
-        assert "state.json.bak" in message and "never treats damaged state as empty" in message
-    assert objects(url, bucket)["team/state/state.json"] == content
-
-
-def test_missing_state_beside_a_backup_is_corrupt(s3: S3Backend, url: str, bucket: str) -> None:
-    s3.write(s3.write(State.empty()))
-    s3_util.client(url).delete_object(Bucket=bucket, Key="team/state/state.json")
-    with pytest.raises(StateCorrupt, match="missing"):
-        s3.read()
-
-
 # --- lock ---------------------------------------------------------------------------------------
-
-HOLDER = """
-import sys, time
-from bpsync.config import StateConfig
-from bpsync.state.s3 import S3Backend
-
-url, bucket, hold = sys.argv[1:4]
-config = StateConfig(backend="s3", bucket=bucket, prefix="team/state", region="us-east-1",
-                     endpoint_url=url)
-with S3Backend.from_config(config).lock("bpsync apply") as info:
-    print(info.id, flush=True)
-    if hold == "stdin":
-        sys.stdin.readline()
-    else:
-        time.sleep(float(hold))
-"""
-
-Holder = Callable[..., tuple["subprocess.Popen[str]", str]]
 
 
 @pytest.fixture
 def holder(url: str, bucket: str) -> Iterator[Holder]:
     """Starts a process holding the S3 lock; returns a function (hold) -> (Popen, lock id)."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(hold: str = "stdin") -> tuple[subprocess.Popen[str], str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, url, bucket, hold],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        procs.append(proc)
-        assert proc.stdout is not None
-        lock_id = proc.stdout.readline().strip()
-        assert lock_id, "holder process failed to take the lock"
-        return proc, lock_id
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
-def test_lock_contention_between_processes(s3: S3Backend, holder: Holder) -> None:
-    proc, lock_id = holder()
-    with pytest.raises(LockHeld) as excinfo, s3.lock("bpsync plan"):
-        pass
-    message = str(excinfo.value)
-    assert f"state {s3.location} is locked" in message
-    for part in (lock_id, f"pid {proc.pid}", socket.gethostname(), "`bpsync apply`", "held for"):
-        assert part in message
-    assert f"bpsync force-unlock {lock_id}" in message
-    current = s3.current_lock()
-    assert current is not None and current.id == lock_id and current.pid == proc.pid
-
-    assert proc.stdin is not None
-    proc.stdin.write("release\n")
-    proc.stdin.flush()
-    assert proc.wait(timeout=10) == 0
-    assert s3.current_lock() is None
-    with s3.lock("bpsync plan") as info:
-        assert info.id != lock_id
-
-
-def test_lock_timeout_waits_for_the_holder_process(s3: S3Backend, holder: Holder) -> None:
-    proc, lock_id = holder("0.8")
-    started = time.monotonic()
-    with s3.lock("bpsync apply", timeout=20, poll_interval=0.05) as info:
-        assert 0.2 < time.monotonic() - started < 15
-        assert info.id != lock_id
-    assert proc.wait(timeout=10) == 0
-
-
-def test_lock_timeout_gives_up_at_the_deadline(url: str, bucket: str) -> None:
-    now = [100.0]
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        now[0] += seconds
-
-    with backend_for(url, bucket).lock("bpsync apply") as held:
-        with (
-            pytest.raises(LockHeld, match="after waiting 5s") as excinfo,
-            backend_for(url, bucket).lock(
-                "bpsync plan", timeout=5, clock=lambda: now[0], sleep=sleep, poll_interval=2
-            ),
-        ):
-            pass
-        assert held.id in str(excinfo.value)
-    assert sleeps == [2, 2, 1]
+    with holders(s3_holder(url, bucket, "team/state")) as start:
+        yield start
 
 
 def test_lock_of_a_dead_process_is_not_taken_over(s3: S3Backend, url: str, bucket: str) -> None:
@@ -351,116 +229,20 @@ def test_lock_of_a_dead_process_is_not_taken_over(s3: S3Backend, url: str, bucke
     assert s3.force_unlock("dead-1") == dead
 
 
-def test_force_unlock(s3: S3Backend, holder: Holder) -> None:
-    with pytest.raises(StateError, match="not locked"):
-        s3.force_unlock("whatever")
-    proc, lock_id = holder()
-    with pytest.raises(StateError, match="does not match") as excinfo:
-        s3.force_unlock("wrong-id")
-    assert lock_id in str(excinfo.value)
-    assert s3.current_lock() is not None
-    removed = s3.force_unlock(lock_id)
-    assert removed.id == lock_id and removed.pid == proc.pid
-    assert s3.current_lock() is None
-
-
-def test_lock_is_never_released_by_a_non_owner(s3: S3Backend) -> None:
-    notes: list[str] = []
-    with s3.lock("bpsync apply", notify=notes.append) as first:
-        s3.force_unlock(first.id)  # an operator cleared it while we ran...
-        second_cm = s3.lock("bpsync apply")
-        second = second_cm.__enter__()  # ...and another command took it
-    current = s3.current_lock()
-    assert current is not None and current.id == second.id
-    assert notes and first.id in notes[0]
-    second_cm.__exit__(None, None, None)
-    assert s3.current_lock() is None
-
-
-def test_damaged_lock_is_reported_not_deleted(s3: S3Backend, url: str, bucket: str) -> None:
-    put_raw(url, bucket, "team/state/lock.json", b"{not json")
-    for action in (s3.current_lock, lambda: s3.lock("bpsync apply").__enter__()):
-        with pytest.raises(StateCorrupt) as excinfo:
-            action()
-        message = str(excinfo.value)
-        assert f"s3://{bucket}/team/state/lock.json" in message and "by hand" in message
-    assert objects(url, bucket)["team/state/lock.json"] == b"{not json"
-
-
 # --- snapshots ----------------------------------------------------------------------------------
-
-
-def _random_table(path: Path, size: int) -> tuple[str, int]:
-    """A CSV of ``size`` bytes that compresses only ~2:1, so buffering would show."""
-    digest = hashlib.sha256()
-    written = 0
-    with open(path, "wb") as f:
-        n = 0
-        while written < size:
-            block = b"".join(
-                b"app-%08d,%s\n" % (i, os.urandom(24).hex().encode()) for i in range(n, n + 10000)
-            )
-            f.write(block)
-            digest.update(block)
-            written += len(block)
-            n += 10000
-    return digest.hexdigest(), written
-
-
-def test_snapshots_stream_in_constant_memory(s3: S3Backend, tmp_path: Path) -> None:
-    big = tmp_path / "big.csv"
-    sha, size = _random_table(big, 50 * 1024 * 1024)
-    tracemalloc.start()
-    try:
-        s3.put_snapshot(sha, big)
-        _, put_peak = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        total, digest = 0, hashlib.sha256()
-        with s3.open_snapshot(sha) as f:
-            while chunk := f.read(256 * 1024):
-                total += len(chunk)
-                digest.update(chunk)
-        _, read_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert total == size and digest.hexdigest() == sha
-    # Multipart parts of 5 MiB, two in memory at most; the compressed object is ~27 MB.
-    assert put_peak < 20 * 1024 * 1024, put_peak
-    assert read_peak < 8 * 1024 * 1024, read_peak
 
 
 def test_wrong_digest_aborts_a_multipart_upload(
     s3: S3Backend, url: str, bucket: str, tmp_path: Path
 ) -> None:
     big = tmp_path / "big.csv"
-    sha, _ = _random_table(big, 12 * 1024 * 1024)  # several parts
+    sha, _ = random_table(big, 12 * 1024 * 1024)  # several parts
     wrong = "c" * 64
     with pytest.raises(StateError, match=f"hash to {sha}"):
         s3.put_snapshot(wrong, big)
     assert not s3.has_snapshot(wrong)
     assert objects(url, bucket) == {}
     assert not s3_util.client(url).list_multipart_uploads(Bucket=bucket).get("Uploads")
-
-
-def test_damaged_snapshot_is_reported(s3: S3Backend, url: str, bucket: str, tmp_path: Path) -> None:
-    import gzip
-
-    s3.put_snapshot(CSV_SHA, csv_file(tmp_path))
-    key = f"team/state/snapshots/{CSV_SHA}.csv.gz"
-    good = objects(url, bucket)[key]
-    for damaged, detail in (
-        (good[:-12], "ends too early"),
-        (gzip.compress(b"application,owner\ncrm,eve\n", mtime=0), "hashes to"),
-        (b"junk", "snapshot is damaged"),
-        (good + b"x", "after the gzip stream"),
-    ):
-        put_raw(url, bucket, key, damaged)
-        with (
-            pytest.raises(StateCorrupt, match=detail) as excinfo,
-            s3.open_snapshot(CSV_SHA) as f,
-        ):
-            f.read()
-        assert f"s3://{bucket}/{key}" in str(excinfo.value)
 
 
 def test_prune_stays_inside_the_prefix(url: str, bucket: str, tmp_path: Path) -> None:

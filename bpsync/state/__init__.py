@@ -1,5 +1,8 @@
-"""What bpsync remembers between runs: the state model, the backend contract, and the local
-backend (``.bpsync/``). Standard library only, so importing it costs nothing at start-up."""
+"""What bpsync remembers between runs: the state model (``model``), the backend contract and
+the logic every backend shares (``base``), the snapshot format (``snapshot``), the lock
+(``lock``), and the backends: a local directory (``local``, ``.bpsync/``) and an S3 bucket
+(``s3``, imported only when configured). Standard library only, so importing it costs nothing
+at start-up."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from bpsync.state.backend import StateBackend
 from bpsync.state.local import LocalBackend
-from bpsync.state.lock import LockInfo, format_duration, lock_held
+from bpsync.state.lock import LockInfo, lock_held
 from bpsync.state.model import (
     FORMAT_VERSION,
     PendingJob,
@@ -33,7 +36,6 @@ __all__ = [
     "StateBackend",
     "TableState",
     "dumps_state",
-    "format_duration",
     "lock_held",
     "open_backend",
     "referenced_snapshots",

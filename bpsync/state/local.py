@@ -6,42 +6,49 @@ Layout::
       .gitignore             ignores lock.json, lock.guard and *.tmp, so CI can commit the rest
       state.json             the state (indent 2, sorted keys, trailing newline)
       state.json.bak         the state before the last write
-      snapshots/<sha256>.csv.gz   applied tables, gzip level 1, mtime 0 (bytes are reproducible)
+      snapshots/<sha256>.csv.gz   applied tables (see bpsync.state.snapshot)
       lock.json              the lock while a command holds it
 
 Every write is atomic (temp file in the same directory, fsync, rename, fsync of the directory)
-and goes only under this directory.
+and goes only under this directory. The lock is ``lock.json`` created with ``O_CREAT|O_EXCL``;
+removals (release, takeover, force-unlock) compare ids under an ``flock`` on ``lock.guard`` so
+that none can remove a lock it did not just inspect. ``flock`` dies with its process, so the
+guard itself can never go stale.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
-import io
+import json
 import os
-import re
+import shutil
+import socket
 import sys
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, cast
+from typing import BinaryIO
 
-from bpsync.errors import StateCorrupt, StateError
-from bpsync.state.lock import LockFile, LockInfo, Notify, notify_stderr
-from bpsync.state.model import State, dumps_state, is_sha256_hex, parse_state
-from bpsync.table import sha256_file
+from bpsync.errors import StateError
+from bpsync.state.base import StateBackend, Wording
+from bpsync.state.lock import (
+    LOCK_BEING_CREATED,
+    LockBeingCreated,
+    LockInfo,
+    encode_lock,
+    parse_lock,
+    pid_alive,
+)
+from bpsync.state.snapshot import CHUNK, SNAPSHOT_DIR, snapshot_id, snapshot_name
 
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+if sys.platform != "win32":
+    import fcntl
 
 STATE_FILE = "state.json"
 BACKUP_FILE = "state.json.bak"
 LOCK_FILE = "lock.json"
-SNAPSHOT_DIR = "snapshots"
-SNAPSHOT_SUFFIX = ".csv.gz"
+GUARD_FILE = "lock.guard"
 
 GITIGNORE = """\
 # Written by bpsync. Commit this directory (state.json, snapshots/) so every run plans against
@@ -50,12 +57,6 @@ lock.json
 lock.guard
 *.tmp
 """
-
-# 1 MiB reads: large enough that hashing and zlib dominate, small enough that memory stays flat
-# for 500 MB tables.
-_CHUNK = 1 << 20
-
-_SNAPSHOT_NAME = re.compile(r"([0-9a-f]{64})\.csv\.gz")
 
 # Fault points, in the order write() reaches them; tests crash the process at each one.
 FAULT_POINTS = (
@@ -67,6 +68,10 @@ FAULT_POINTS = (
     "snapshot:temp-written",
     "snapshot:before-rename",
 )
+
+# An empty or half-written lock file younger than this is taken to be a lock being created
+# right now (O_EXCL creates the file before its content is written), not a damaged one.
+_CREATING_GRACE_S = 5.0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,61 +89,40 @@ def _temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
-class _VerifiedSnapshot(io.RawIOBase):
-    """Decompresses a snapshot and, on reaching its end, checks the bytes against the id, so a
-    damaged snapshot can never be diffed against silently."""
-
-    def __init__(self, raw: IO[bytes], sha256: str, path: Path) -> None:
-        super().__init__()
-        self._raw = raw
-        self._gz = gzip.GzipFile(fileobj=raw, mode="rb")
-        self._expected = sha256
-        self._digest = hashlib.sha256()
-        self._path = path
-        self._verified = False
-
-    def readable(self) -> bool:
-        return True
-
-    def _corrupt(self, detail: str) -> StateCorrupt:
-        return StateCorrupt(
-            f"{self._path}: snapshot is damaged ({detail})",
-            hint="restore it from git, or run `bpsync apply` to upload the table again and "
-            "record a fresh snapshot",
-        )
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        try:
-            n = self._gz.readinto(buffer)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise self._corrupt(str(exc) or type(exc).__name__) from exc
-        if n:
-            with memoryview(buffer) as view:
-                self._digest.update(view[:n])
-        elif not self._verified:
-            self._verified = True
-            actual = self._digest.hexdigest()
-            if actual != self._expected:
-                raise self._corrupt(f"its content hashes to {actual}")
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._gz.close()
-            finally:
-                self._raw.close()
-        super().close()
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
 
 
-class LocalBackend:
+class LocalBackend(StateBackend):
     """State in a local directory. ``fault`` is a test seam: it is called with each of
     :data:`FAULT_POINTS` as a write reaches it, so tests can crash a write half-way."""
 
     def __init__(self, path: Path, *, fault: Callable[[str], None] | None = None) -> None:
+        super().__init__()
         self.path = Path(path)
         self._fault = fault or (lambda point: None)
-        self._lock = LockFile(self.path / LOCK_FILE, where=str(self.path))
+        self._wording = Wording(
+            state_noun="state file",
+            restore_state=(
+                f"Restore {self.state_path} from git (git checkout -- {self.state_path}) or "
+                f"from the backup of the state before the last write ({self.backup_path}), "
+                "then retry"
+            ),
+            lineage_hint="these are different state histories; check the state path",
+            snapshot_missing=(
+                f"restore {self.snapshots_dir} from git, or run `bpsync apply` to upload the "
+                "table again and record a new snapshot"
+            ),
+            snapshot_damaged="restore it from git, or run `bpsync apply` to upload the table "
+            "again and record a fresh snapshot",
+            lock_noun="lock file",
+            lock_damaged=f"delete {self.lock_path} by hand",
+            no_lock=f"check what else creates and deletes {self.lock_path}",
+        )
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.path)!r})"
@@ -146,6 +130,10 @@ class LocalBackend:
     @property
     def location(self) -> str:
         return str(self.path)
+
+    @property
+    def wording(self) -> Wording:
+        return self._wording
 
     @property
     def state_path(self) -> Path:
@@ -156,13 +144,30 @@ class LocalBackend:
         return self.path / BACKUP_FILE
 
     @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
     def snapshots_dir(self) -> Path:
         return self.path / SNAPSHOT_DIR
 
     def snapshot_path(self, sha256: str) -> Path:
-        if not is_sha256_hex(sha256):
-            raise StateError(f"not a snapshot id (64 lowercase hex digits): {sha256!r}")
-        return self.snapshots_dir / f"{sha256}{SNAPSHOT_SUFFIX}"
+        return self.snapshots_dir / snapshot_name(sha256)
+
+    @property
+    def state_where(self) -> str:
+        return str(self.state_path)
+
+    @property
+    def backup_where(self) -> str:
+        return str(self.backup_path)
+
+    @property
+    def lock_where(self) -> str:
+        return str(self.lock_path)
+
+    def snapshot_where(self, sha256: str) -> str:
+        return str(self.snapshot_path(sha256))
 
     # -- directory ------------------------------------------------------------------------
 
@@ -191,64 +196,27 @@ class LocalBackend:
 
     # -- state ----------------------------------------------------------------------------
 
-    def _corrupt(self, detail: str, hint: str = "") -> StateCorrupt:
-        recover = (
-            f"bpsync never treats damaged state as empty. Restore {self.state_path} from git "
-            f"(git checkout -- {self.state_path}) or from the backup of the state before the "
-            f"last write ({self.backup_path}), then retry"
-        )
-        return StateCorrupt(
-            f"{self.state_path}: state file is damaged: {detail}",
-            hint=f"{hint}; {recover}" if hint else recover,
-        )
-
-    def _read_raw(self) -> bytes | None:
+    def _load_state(self) -> tuple[bytes, str | None] | None:
         try:
-            return self.state_path.read_bytes()
+            return self.state_path.read_bytes(), None
         except FileNotFoundError:
-            if self.backup_path.exists():
-                raise self._corrupt(f"it is missing but {self.backup_path} exists") from None
             return None
         except OSError as exc:
             raise StateError(f"cannot read {self.state_path}: {exc}") from exc
 
-    def _parse(self, raw: bytes) -> State:
-        return parse_state(raw, self._corrupt)
+    def _backup_exists(self) -> bool:
+        return self.backup_path.exists()
 
-    def read(self) -> State:
-        raw = self._read_raw()
-        return State.empty() if raw is None else self._parse(raw)
-
-    def write(self, state: State) -> State:
+    def _store_state(self, data: bytes, *, previous: bytes | None, version: str | None) -> None:
+        # No versions to compare: the serial check under the lock is what keeps updates.
         self._ensure_dir()
-        raw = self._read_raw()
-        current = State.empty() if raw is None else self._parse(raw)
-        if current.serial != state.serial:
-            raise StateError(
-                f"refusing to overwrite {self.state_path}: it is at serial {current.serial} "
-                f"but this state was read at serial {state.serial} (another command wrote "
-                "state meanwhile)",
-                hint="run the command again so it starts from the current state",
-            )
-        if raw is not None and state.lineage != current.lineage:
-            raise StateError(
-                f"refusing to overwrite {self.state_path}: it belongs to lineage "
-                f"{current.lineage}, this state to lineage {state.lineage or '(new)'}",
-                hint="these are different state histories; check the state path",
-            )
-        new = State(
-            serial=state.serial + 1,
-            lineage=state.lineage or str(uuid.uuid4()),
-            tables=state.tables,
-        )
         try:
-            self._write_state(dumps_state(new).encode("utf-8"), previous=raw)
+            self._write_state(data, previous=previous)
         except OSError as exc:
             raise StateError(
                 f"cannot write {self.state_path}: {exc}",
                 hint="the previous state is intact",
             ) from exc
-        return new
 
     def _write_state(self, data: bytes, *, previous: bytes | None) -> None:
         tmp = _temp_path(self.state_path)
@@ -278,126 +246,132 @@ class LocalBackend:
 
     # -- snapshots ------------------------------------------------------------------------
 
-    def has_snapshot(self, sha256: str) -> bool:
+    def _snapshot_exists(self, sha256: str) -> bool:
         return self.snapshot_path(sha256).is_file()
 
-    def put_snapshot(self, sha256: str, source: Path) -> None:
+    def _store_snapshot(self, sha256: str, stream: BinaryIO) -> None:
+        self._ensure_dir()
+        self.snapshots_dir.mkdir(exist_ok=True)
         dest = self.snapshot_path(sha256)
-        try:
-            if dest.is_file():
-                # Content-addressed: nothing to store, but still refuse a caller's wrong digest.
-                actual = sha256_file(source)
-            else:
-                self._ensure_dir()
-                self.snapshots_dir.mkdir(exist_ok=True)
-                actual = self._store_snapshot(source, dest, sha256)
-        except OSError as exc:
-            raise StateError(f"cannot record snapshot of {source} in {dest}: {exc}") from exc
-        if actual != sha256:
-            raise StateError(
-                f"refusing to record {source} as snapshot {sha256}: its bytes hash to {actual}",
-                hint="the table changed while bpsync read it; run the command again",
-            )
-
-    def _store_snapshot(self, source: Path, dest: Path, sha256: str) -> str:
         tmp = _temp_path(dest)
-        digest = hashlib.sha256()
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
         try:
-            with open(source, "rb", buffering=0) as src, open(tmp, "xb") as out:
-                # filename="" and mtime=0 keep the gzip header free of names and times, so the
-                # same table always gives the same bytes and git sees no change.
-                with gzip.GzipFile(
-                    filename="", mode="wb", fileobj=out, compresslevel=1, mtime=0
-                ) as gz:
-                    while n := src.readinto(buf):
-                        digest.update(view[:n])
-                        gz.write(view[:n])
+            with open(tmp, "xb") as out:
+                shutil.copyfileobj(stream, out, CHUNK)
                 self._fault("snapshot:temp-written")
                 out.flush()
                 os.fsync(out.fileno())
-            actual = digest.hexdigest()
-            if actual == sha256:
-                self._fault("snapshot:before-rename")
-                os.replace(tmp, dest)
-                _fsync_dir(dest.parent)
-            return actual
+            self._fault("snapshot:before-rename")
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
-    def open_snapshot(self, sha256: str, *, table: str | None = None) -> BinaryIO:
+    def _open_snapshot_bytes(self, sha256: str) -> BinaryIO | None:
         path = self.snapshot_path(sha256)
         try:
-            raw = open(path, "rb")  # noqa: SIM115 - closed by the returned stream
+            return open(path, "rb")  # closed by the stream open_snapshot returns
         except FileNotFoundError:
-            of_table = f" of table {table}" if table else ""
-            raise StateError(
-                f"the applied snapshot{of_table} ({sha256}) is missing: {path} does not exist",
-                hint=(
-                    f"restore {self.snapshots_dir} from git, or run `bpsync apply` to upload "
-                    "the table again and record a new snapshot"
-                ),
-            ) from None
+            return None
         except OSError as exc:
             raise StateError(f"cannot read snapshot {path}: {exc}") from exc
-        return cast(BinaryIO, io.BufferedReader(_VerifiedSnapshot(raw, sha256, path), _CHUNK))
 
-    def prune_snapshots(self, keep: Iterable[str]) -> list[str]:
-        keep_set = set(keep)
-        deleted: list[str] = []
+    def _snapshot_ids(self) -> Iterator[str]:
         try:
             entries = list(self.snapshots_dir.iterdir())
         except FileNotFoundError:
-            return []
+            return
         for entry in entries:
-            m = _SNAPSHOT_NAME.fullmatch(entry.name)
-            if m is None or m.group(1) in keep_set:
-                continue
+            sha = snapshot_id(entry.name)
+            if sha is not None:
+                yield sha
+
+    def _delete_snapshots(self, ids: list[str]) -> list[str]:
+        deleted: list[str] = []
+        for sha in ids:
+            path = self.snapshot_path(sha)
             try:
-                entry.unlink()
+                path.unlink()
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise StateError(f"cannot delete snapshot {entry}: {exc}") from exc
-            deleted.append(m.group(1))
-        return sorted(deleted)
+                raise StateError(f"cannot delete snapshot {path}: {exc}") from exc
+            deleted.append(sha)
+        return deleted
 
     # -- lock -----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(
-        self,
-        command: str,
-        *,
-        timeout: float = 0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        notify: Notify | None = None,
-        poll_interval: float = 0.5,
-    ) -> Iterator[LockInfo]:
-        notify = notify or notify_stderr
-        self._ensure_dir()
-        info = self._lock.acquire(
-            command,
-            timeout=timeout,
-            clock=clock,
-            sleep=sleep,
-            notify=notify,
-            poll_interval=poll_interval,
-        )
+    def _read_lock(self) -> LockInfo | LockBeingCreated | None:
         try:
-            yield info
-        finally:
+            raw = self.lock_path.read_bytes()
+            mtime = self.lock_path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read lock file {self.lock_path}: {exc.strerror}") from exc
+        young = time.time() - mtime < _CREATING_GRACE_S and len(raw) < 4096
+        if young and not _is_json(raw):
+            return LOCK_BEING_CREATED
+        return parse_lock(raw, self.lock_corrupt)
+
+    def _create_lock(self, info: LockInfo) -> bool:
+        self._ensure_dir()
+        try:
+            fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StateError(f"cannot create lock file {self.lock_path}: {exc.strerror}") from exc
+        try:
             try:
-                self._lock.release(info, notify=notify)
-            except StateError as exc:
-                # Never mask the command's own error with a failure to tidy up.
-                notify(f"could not release the state lock {info.id}: {exc}")
+                # One write call: a reader sees an empty file or the whole lock, and treats an
+                # empty one as being created (see _CREATING_GRACE_S).
+                os.write(fd, encode_lock(info))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()
+            if isinstance(exc, OSError):
+                raise StateError(
+                    f"cannot write lock file {self.lock_path}: {exc.strerror}"
+                ) from exc
+            raise
+        return True
 
-    def force_unlock(self, lock_id: str) -> LockInfo:
-        return self._lock.force_unlock(lock_id)
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        if sys.platform == "win32":  # no flock: the O_EXCL create still keeps locks exclusive
+            yield
+            return
+        guard = self.path / GUARD_FILE
+        try:
+            fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"cannot open {guard}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
 
-    def current_lock(self) -> LockInfo | None:
-        return self._lock.current()
+    def _remove_lock(self, lock_id: str) -> bool:
+        with self._guard():
+            held = self._read_lock()
+            if not isinstance(held, LockInfo) or held.id != lock_id:
+                return False
+            try:
+                self.lock_path.unlink()
+            except FileNotFoundError:
+                return False
+            return True
+
+    def _take_over(self, held: LockInfo) -> bool:
+        # Only a process on this host can be checked; elsewhere a lock may be live forever.
+        stale = (
+            held.host == socket.gethostname()
+            and held.pid != os.getpid()
+            and not pid_alive(held.pid)
+        )
+        return stale and self._remove_lock(held.id)

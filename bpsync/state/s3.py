@@ -19,6 +19,9 @@ them too), never on timing:
   gzip trailer reaches the uploader: a table that does not hash to its id never completes an
   upload (a multipart upload is aborted).
 
+The serial check, snapshot verification and the lock's wait loop are the base's
+(:mod:`bpsync.state.base`); this module is only how S3 stores, lists and conditionally writes.
+
 boto3 is optional (``pip install 'bpsync[s3]'``) and imported only when this backend is used,
 through :mod:`importlib` so that its untyped API stays behind ``Any``. Credentials come from
 the standard AWS chain only (environment, shared files, SSO, instance or task role); nothing
@@ -27,51 +30,31 @@ secret is read from bpsync.yaml.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib
-import io
-import json
-import re
-import struct
-import time
-import uuid
-import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from bpsync.errors import ConfigError, StateCorrupt, StateError
-from bpsync.state.lock import LockInfo, Notify, lock_held, notify_stderr
-from bpsync.state.model import State, dumps_state, is_sha256_hex, parse_state
-from bpsync.table import sha256_file
+from bpsync.errors import ConfigError, StateError
+from bpsync.state.base import StateBackend, Wording
+from bpsync.state.lock import LockInfo, encode_lock, parse_lock
+from bpsync.state.snapshot import SNAPSHOT_DIR, snapshot_id, snapshot_name
 
 if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
-
     from bpsync.config import StateConfig
 
 STATE_KEY = "state.json"
 BACKUP_KEY = "state.json.bak"
 LOCK_KEY = "lock.json"
-SNAPSHOT_DIR = "snapshots"
-SNAPSHOT_SUFFIX = ".csv.gz"
-
 NEEDS_BOTO3 = "state.backend s3 needs boto3: pip install 'bpsync[s3]'"
 # A boto3 whose botocore knows PutObject's If-None-Match/If-Match and DeleteObject's If-Match
 # (botocore 1.36.0's S3 model has all three; older ones may lack some).
 MIN_BOTO3 = "1.36"
 
-# 1 MiB reads from disk and from the network: hashing and zlib dominate, memory stays flat.
-_CHUNK = 1 << 20
 # Multipart parts: S3's minimum size. A non-seekable upload holds each part in memory until it
 # is sent, so memory is bounded by part size x parts in flight (~16 MB measured), whatever the
 # size of the table; even an incompressible 500 MB table is 100 parts of S3's 10,000.
 _PART_SIZE = 5 << 20
 _PARTS_IN_MEMORY = 2
-
-_SNAPSHOT_NAME = re.compile(r"([0-9a-f]{64})\.csv\.gz")
 
 # Error codes S3 (and compatible stores) answer with. A HEAD has no body, so its code is the
 # bare HTTP status.
@@ -94,11 +77,6 @@ _DENIED = frozenset(
 # either lacks them, a lock is removed by read-compare-delete instead.
 _TOO_OLD = "ParamValidation"
 _NOT_IMPLEMENTED = frozenset({"NotImplemented", "501", _TOO_OLD})
-
-# The header Python's gzip module writes for compresslevel=1, mtime=0 and no file name: magic,
-# deflate, no flags, mtime 0, XFL 4 (fastest), OS 255 (unknown). With the same deflate settings
-# the S3 snapshot is byte for byte the local one.
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
 
 
 def _load_boto() -> tuple[Any, Any, Any]:
@@ -129,145 +107,25 @@ class _Refused(Exception):
         self.code = code
 
 
-class _DigestMismatch(Exception):
-    def __init__(self, actual: str) -> None:
-        super().__init__(actual)
-        self.actual = actual
+class _Body:
+    """A snapshot's body as it streams from S3, with botocore's failures as StateErrors."""
 
-
-class _CompressingReader(io.RawIOBase):
-    """Reads a table file and yields it gzip-compressed, hashing the plain bytes on the way.
-
-    When the table ends, the digest is compared with the expected id *before* the gzip trailer
-    is handed out: a mismatch raises :class:`_DigestMismatch` from ``read``, which makes the
-    uploader fail (and abort a multipart upload) instead of storing a wrong snapshot.
-    """
-
-    def __init__(self, source: IO[bytes], expected: str) -> None:
-        super().__init__()
-        self._source = source
-        self._expected = expected
-        self._digest = hashlib.sha256()
-        self._crc = 0
-        self._size = 0
-        # The settings of gzip.GzipFile(compresslevel=1): same bytes as the local backend.
-        self._deflate = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0)
-        self._pending = bytearray(_GZIP_HEADER)
-        self._done = False
-        self.actual: str | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        while not self._pending and not self._done:
-            chunk = self._source.read(_CHUNK)
-            if chunk:
-                self._digest.update(chunk)
-                self._crc = zlib.crc32(chunk, self._crc)
-                self._size += len(chunk)
-                self._pending += self._deflate.compress(chunk)
-                continue
-            self._done = True
-            self.actual = self._digest.hexdigest()
-            if self.actual != self._expected:
-                raise _DigestMismatch(self.actual)
-            self._pending += self._deflate.flush()
-            self._pending += struct.pack("<II", self._crc, self._size & 0xFFFFFFFF)
-        with memoryview(buffer) as view:
-            n = min(len(view), len(self._pending))
-            view[:n] = self._pending[:n]
-        del self._pending[:n]
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._source.close()
-        super().close()
-
-
-class _VerifiedSnapshot(io.RawIOBase):
-    """Decompresses a snapshot as it streams from S3 and, on reaching its end, checks the bytes
-    against the id, so a damaged snapshot can never be diffed against silently."""
-
-    def __init__(self, body: Any, sha256: str, url: str, backend: S3Backend) -> None:
-        super().__init__()
+    def __init__(self, body: Any, url: str, backend: S3Backend) -> None:
         self._body = body
-        self._gz = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip wrapper, checks CRC and size
-        self._expected = sha256
-        self._digest = hashlib.sha256()
         self._url = url
         self._backend = backend
-        self._pending = b""
-        self._verified = False
 
-    def readable(self) -> bool:
-        return True
-
-    def _corrupt(self, detail: str) -> StateCorrupt:
-        return StateCorrupt(
-            f"{self._url}: snapshot is damaged ({detail})",
-            hint="restore an earlier version of the object if the bucket keeps versions, or "
-            "delete it and run `bpsync apply` to upload the table again and record a fresh "
-            "snapshot",
-        )
-
-    def _fill(self) -> None:
-        """Decompress until there are bytes to hand out or the snapshot has ended."""
-        while not self._pending and not self._verified:
-            if self._gz.unconsumed_tail:
-                compressed = self._gz.unconsumed_tail
-            else:
-                try:
-                    compressed = self._body.read(_CHUNK)
-                except self._backend.botocore_errors as exc:
-                    raise self._backend.error(exc, "read snapshot", self._url) from exc
-                except OSError as exc:
-                    raise StateError(f"cannot read snapshot {self._url}: {exc}") from exc
-            if not compressed:
-                if not self._gz.eof:
-                    raise self._corrupt("it ends too early")
-                self._verified = True
-                actual = self._digest.hexdigest()
-                if actual != self._expected:
-                    raise self._corrupt(f"its content hashes to {actual}")
-                return
-            if self._gz.eof:
-                raise self._corrupt("unexpected bytes after the gzip stream")
-            try:
-                out = self._gz.decompress(compressed, _CHUNK)
-            except zlib.error as exc:
-                raise self._corrupt(str(exc)) from exc
-            if self._gz.unused_data:
-                raise self._corrupt("unexpected bytes after the gzip stream")
-            self._digest.update(out)
-            self._pending = out
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        self._fill()
-        with memoryview(buffer) as view:
-            n = min(len(view), len(self._pending))
-            view[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return bytes(self._body.read(size))
+        except self._backend.botocore_errors as exc:
+            raise self._backend.error(exc, "read snapshot", self._url) from exc
 
     def close(self) -> None:
-        if not self.closed:
-            with contextlib.suppress(Exception):
-                self._body.close()
-        super().close()
+        self._body.close()
 
 
-@dataclass(frozen=True)
-class _Seen:
-    """The state document as this backend last read or wrote it."""
-
-    serial: int
-    lineage: str
-    etag: str | None
-
-
-class S3Backend:
+class S3Backend(StateBackend):
     """State in an S3-compatible bucket under ``prefix``.
 
     ``client`` is a boto3 S3 client; :meth:`from_config` builds one from bpsync.yaml's
@@ -282,6 +140,7 @@ class S3Backend:
         *,
         transfer_config: Any = None,
     ) -> None:
+        super().__init__()
         _, _, exceptions = _load_boto()
         self._client = client
         self._exc = exceptions
@@ -296,7 +155,24 @@ class S3Backend:
             )
             transfer_config.max_in_memory_upload_chunks = _PARTS_IN_MEMORY
         self._transfer = transfer_config
-        self._seen: _Seen | None = None
+        state_url, backup_url = self.url(self.key(STATE_KEY)), self.url(self.key(BACKUP_KEY))
+        self._wording = Wording(
+            state_noun="state",
+            restore_state=(
+                f"Restore an earlier version of {state_url} (if the bucket keeps versions) or "
+                f"the state before the last write (aws s3 cp {backup_url} {state_url}), then "
+                "retry"
+            ),
+            lineage_hint="these are different state histories; check state.bucket and state.prefix",
+            snapshot_missing="restore it from the bucket's object versions, or run `bpsync "
+            "apply` to upload the table again and record a new snapshot",
+            snapshot_damaged="restore an earlier version of the object if the bucket keeps "
+            "versions, or delete it and run `bpsync apply` to upload the table again and "
+            "record a fresh snapshot",
+            lock_noun="lock",
+            lock_damaged=f"delete it by hand (aws s3 rm {self.lock_where})",
+            no_lock="the store must support conditional writes (If-None-Match)",
+        )
 
     @classmethod
     def from_config(cls, config: StateConfig) -> S3Backend:
@@ -345,9 +221,26 @@ class S3Backend:
         return f"s3://{self.bucket}/{key}"
 
     def snapshot_key(self, sha256: str) -> str:
-        if not is_sha256_hex(sha256):
-            raise StateError(f"not a snapshot id (64 lowercase hex digits): {sha256!r}")
-        return self.key(f"{SNAPSHOT_DIR}/{sha256}{SNAPSHOT_SUFFIX}")
+        return self.key(f"{SNAPSHOT_DIR}/{snapshot_name(sha256)}")
+
+    @property
+    def wording(self) -> Wording:
+        return self._wording
+
+    @property
+    def state_where(self) -> str:
+        return self.url(self.key(STATE_KEY))
+
+    @property
+    def backup_where(self) -> str:
+        return self.url(self.key(BACKUP_KEY))
+
+    @property
+    def lock_where(self) -> str:
+        return self.url(self.key(LOCK_KEY))
+
+    def snapshot_where(self, sha256: str) -> str:
+        return self.url(self.snapshot_key(sha256))
 
     # -- talking to S3 --------------------------------------------------------------------
 
@@ -479,117 +372,37 @@ class S3Backend:
 
     # -- state ----------------------------------------------------------------------------
 
-    def _corrupt(self, detail: str, hint: str = "") -> StateCorrupt:
-        state_url = self.url(self.key(STATE_KEY))
-        backup_url = self.url(self.key(BACKUP_KEY))
-        recover = (
-            "bpsync never treats damaged state as empty. Restore an earlier version of "
-            f"{state_url} (if the bucket keeps versions) or the state before the last write "
-            f"(aws s3 cp {backup_url} {state_url}), then retry"
-        )
-        return StateCorrupt(
-            f"{state_url}: state is damaged: {detail}",
-            hint=f"{hint}; {recover}" if hint else recover,
-        )
+    def _load_state(self) -> tuple[bytes, str | None] | None:
+        return self._get(self.key(STATE_KEY), "read state")
 
-    def _parse(self, raw: bytes) -> State:
-        return parse_state(raw, self._corrupt)
+    def _backup_exists(self) -> bool:
+        return self._exists(self.key(BACKUP_KEY), "read state")
 
-    def _read_current(self) -> tuple[State, bytes | None, str | None]:
-        """The stored state, its bytes and ETag (None, None when there is none)."""
-        got = self._get(self.key(STATE_KEY), "read state")
-        if got is None:
-            if self._exists(self.key(BACKUP_KEY), "read state"):
-                raise self._corrupt(f"it is missing but {self.url(self.key(BACKUP_KEY))} exists")
-            return State.empty(), None, None
-        raw, etag = got
-        return self._parse(raw), raw, etag
-
-    def read(self) -> State:
-        state, _, etag = self._read_current()
-        self._seen = _Seen(state.serial, state.lineage, etag)
-        return state
-
-    def _conflict(self, detail: str) -> StateError:
-        return StateError(
-            f"refusing to overwrite {self.url(self.key(STATE_KEY))}: {detail}",
-            hint="run the command again so it starts from the current state",
-        )
-
-    def write(self, state: State) -> State:
-        current, raw, etag = self._read_current()
-        state_url = self.url(self.key(STATE_KEY))
-        if current.serial != state.serial:
-            raise self._conflict(
-                f"it is at serial {current.serial} but this state was read at serial "
-                f"{state.serial} (another command wrote state meanwhile)"
-            )
-        if raw is not None and state.lineage != current.lineage:
-            raise StateError(
-                f"refusing to overwrite {state_url}: it belongs to lineage {current.lineage}, "
-                f"this state to lineage {state.lineage or '(new)'}",
-                hint="these are different state histories; check state.bucket and state.prefix",
-            )
-        seen = self._seen
-        if (
-            seen is not None
-            and (seen.serial, seen.lineage) == (state.serial, state.lineage)
-            and seen.etag != etag
-        ):
-            raise self._conflict(
-                f"it was replaced since this command read it at serial {state.serial} "
-                "(same serial, different content)"
-            )
-        new = State(
-            serial=state.serial + 1,
-            lineage=state.lineage or str(uuid.uuid4()),
-            tables=state.tables,
-        )
-        data = dumps_state(new).encode("utf-8")
-        if raw is not None:
-            self._put(self.key(BACKUP_KEY), raw, "back up state to")
-        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+    def _store_state(self, data: bytes, *, previous: bytes | None, version: str | None) -> str:
+        if previous is not None:
+            self._put(self.key(BACKUP_KEY), previous, "back up state to")
+        # The serial was checked on the document of this ETag; the condition makes sure
+        # nobody wrote in between (If-None-Match: * when there was none).
+        condition = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
         try:
-            new_etag = self._put(self.key(STATE_KEY), data, "write state to", **condition)
+            return self._put(self.key(STATE_KEY), data, "write state to", **condition)
         except _Refused as refused:
             # A retry of our own write whose first answer was lost also lands here.
             again = self._get(self.key(STATE_KEY), "read state")
             if again is None or again[0] != data:
-                raise self._conflict(
+                raise self.conflict(
                     "another command wrote it at the same time (conditional write refused: "
                     f"{refused.code}); nothing was overwritten"
                 ) from None
-            new_etag = again[1]
-        self._seen = _Seen(new.serial, new.lineage, new_etag)
-        return new
+            return again[1]
 
     # -- snapshots ------------------------------------------------------------------------
 
-    def has_snapshot(self, sha256: str) -> bool:
+    def _snapshot_exists(self, sha256: str) -> bool:
         return self._exists(self.snapshot_key(sha256), "look up snapshot")
 
-    def put_snapshot(self, sha256: str, source: Path) -> None:
+    def _store_snapshot(self, sha256: str, stream: BinaryIO) -> None:
         key = self.snapshot_key(sha256)
-        try:
-            if self.has_snapshot(sha256):
-                # Content-addressed: nothing to store, but still refuse a caller's wrong digest.
-                actual = sha256_file(source)
-            else:
-                actual = self._upload_snapshot(source, key, sha256)
-        except OSError as exc:
-            raise StateError(
-                f"cannot record snapshot of {source} in {self.url(key)}: {exc}"
-            ) from exc
-        if actual != sha256:
-            raise StateError(
-                f"refusing to record {source} as snapshot {sha256}: its bytes hash to {actual}",
-                hint="the table changed while bpsync read it; run the command again",
-            )
-
-    def _upload_snapshot(self, source: Path, key: str, sha256: str) -> str:
-        reader = _CompressingReader(open(source, "rb"), sha256)  # noqa: SIM115 - reader closes
-        # Whole reads: the uploader takes one read() per part and parts must be full-sized.
-        stream = io.BufferedReader(reader, _CHUNK)
         try:
             self._client.upload_fileobj(
                 stream,
@@ -598,30 +411,16 @@ class S3Backend:
                 ExtraArgs={"ContentType": "application/gzip"},
                 Config=self._transfer,
             )
-        except _DigestMismatch as exc:
-            return exc.actual
         except self.botocore_errors as exc:
             raise self.error(exc, "upload snapshot to", self.url(key)) from exc
-        finally:
-            stream.close()
-        if reader.actual is None:  # the uploader stopped reading early: never store that
-            raise StateError(f"the upload of snapshot {self.url(key)} ended before the table")
-        return reader.actual
 
-    def open_snapshot(self, sha256: str, *, table: str | None = None) -> BinaryIO:
+    def _open_snapshot_bytes(self, sha256: str) -> _Body | None:
         key = self.snapshot_key(sha256)
         try:
             response = self._request("get_object", "read snapshot", key, expect=_MISSING)
         except _Refused:
-            of_table = f" of table {table}" if table else ""
-            raise StateError(
-                f"the applied snapshot{of_table} ({sha256}) is missing: {self.url(key)} "
-                "does not exist",
-                hint="restore it from the bucket's object versions, or run `bpsync apply` to "
-                "upload the table again and record a new snapshot",
-            ) from None
-        raw = _VerifiedSnapshot(response["Body"], sha256, self.url(key), self)
-        return cast(BinaryIO, io.BufferedReader(raw, _CHUNK))
+            return None
+        return _Body(response["Body"], self.url(key), self)
 
     def _snapshot_ids(self) -> Iterator[str]:
         prefix = self.key(f"{SNAPSHOT_DIR}/")
@@ -631,17 +430,15 @@ class S3Backend:
             )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    m = _SNAPSHOT_NAME.fullmatch(str(obj["Key"])[len(prefix) :])
-                    if m is not None:
-                        yield m.group(1)
+                    sha = snapshot_id(str(obj["Key"])[len(prefix) :])
+                    if sha is not None:
+                        yield sha
         except self.botocore_errors as exc:
             raise self.error(exc, "list snapshots in", self.url(prefix)) from exc
 
-    def prune_snapshots(self, keep: Iterable[str]) -> list[str]:
-        keep_set = set(keep)
-        doomed = sorted(sha for sha in self._snapshot_ids() if sha not in keep_set)
-        for start in range(0, len(doomed), 1000):  # DeleteObjects takes at most 1,000 keys
-            batch = doomed[start : start + 1000]
+    def _delete_snapshots(self, ids: list[str]) -> list[str]:
+        for start in range(0, len(ids), 1000):  # DeleteObjects takes at most 1,000 keys
+            batch = ids[start : start + 1000]
             try:
                 response = self._client.delete_objects(
                     Bucket=self.bucket,
@@ -663,133 +460,35 @@ class S3Backend:
                     f"({len(failed)} of {len(batch)} deletions failed)",
                     hint="check that the credentials allow s3:DeleteObject",
                 )
-        return doomed
+        return ids
 
     # -- lock -----------------------------------------------------------------------------
+    # A lock left by a dead process is never taken over (the base's _take_over): hosts sharing
+    # a bucket may share a host name (CI containers), so a pid cannot be checked;
+    # ``bpsync force-unlock ID`` clears it.
 
-    def _lock_corrupt(self, detail: str) -> StateCorrupt:
-        url = self.url(self.key(LOCK_KEY))
-        return StateCorrupt(
-            f"{url}: lock is damaged ({detail})",
-            hint="bpsync does not remove a lock it cannot read: if no bpsync command is running "
-            f"against this state, delete it by hand (aws s3 rm {url})",
-        )
-
-    def _read_lock(self) -> tuple[LockInfo, str] | None:
+    def _read_lock_version(self) -> tuple[LockInfo, str] | None:
         got = self._get(self.key(LOCK_KEY), "read the state lock")
         if got is None:
             return None
         raw, etag = got
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._lock_corrupt(f"not valid JSON: {exc}") from exc
-        try:
-            return LockInfo.from_dict(data), etag
-        except StateCorrupt as exc:
-            raise self._lock_corrupt(exc.message) from exc
+        return parse_lock(raw, self.lock_corrupt), etag
 
-    def _acquire(
-        self,
-        command: str,
-        *,
-        timeout: float,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-        poll_interval: float,
-    ) -> LockInfo:
-        key = self.key(LOCK_KEY)
-        start = clock()
-        deadline = start + max(0.0, timeout)
-        mine = LockInfo.new(command)
-        data = (json.dumps(mine.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
-        vanished = 0
-        while True:
-            try:
-                self._put(key, data, "take the state lock", IfNoneMatch="*")
-                return mine
-            except _Refused:
-                pass
-            held = self._read_lock()
-            if held is None:
-                # Released between our create and our read: try again at once, but never spin
-                # forever on a store that refuses creates without showing a lock.
-                vanished += 1
-                if vanished < 20:
-                    continue
-                raise StateError(
-                    f"cannot take the state lock {self.url(key)}: the store refuses to create "
-                    "it but shows no lock",
-                    hint="the store must support conditional writes (If-None-Match)",
-                )
-            info = held[0]
-            if info.id == mine.id:
-                return mine  # our own create, retried after its answer was lost
-            now = clock()
-            if now >= deadline:
-                raise lock_held(info, where=self.location, waited=now - start)
-            sleep(min(poll_interval, deadline - now))
-
-    def _release(self, info: LockInfo, notify: Notify) -> None:
-        """Remove the lock only if it is still ours: a lock that was force-unlocked and taken
-        by another command must survive our exit."""
-        held = self._read_lock()
-        removed = (
-            held is not None
-            and held[0].id == info.id
-            and self._delete_if(self.key(LOCK_KEY), held[1], "release the state lock")
-        )
-        if not removed:
-            notify(
-                f"the state lock {info.id} was no longer ours when `{info.command}` ended "
-                "(force-unlocked?); left the current lock in place"
-            )
-
-    @contextlib.contextmanager
-    def lock(
-        self,
-        command: str,
-        *,
-        timeout: float = 0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        notify: Notify | None = None,
-        poll_interval: float = 0.5,
-    ) -> Iterator[LockInfo]:
-        """Hold the lock for the ``with`` block. A lock left by a dead process is never taken
-        over here: hosts sharing a bucket may share a host name (CI containers), so a pid
-        cannot be checked; ``bpsync force-unlock ID`` clears it."""
-        notify = notify or notify_stderr
-        info = self._acquire(
-            command, timeout=timeout, clock=clock, sleep=sleep, poll_interval=poll_interval
-        )
-        try:
-            yield info
-        finally:
-            try:
-                self._release(info, notify)
-            except StateError as exc:
-                # Never mask the command's own error with a failure to tidy up.
-                notify(f"could not release the state lock {info.id}: {exc}")
-
-    def force_unlock(self, lock_id: str) -> LockInfo:
-        held = self._read_lock()
-        if held is None:
-            raise StateError(f"state {self.location} is not locked; nothing to unlock")
-        info, etag = held
-        if info.id != lock_id:
-            raise StateError(
-                f"lock id {lock_id} does not match the current lock: "
-                f"state {self.location} is locked by {info.describe()}",
-                hint="pass the id shown in the lock error; bpsync left the lock in place",
-            )
-        if not self._delete_if(self.key(LOCK_KEY), etag, "remove the state lock"):
-            raise StateError(
-                f"the lock of state {self.location} changed while it was being removed",
-                hint="run `bpsync force-unlock` again with the id of the current lock",
-            )
-        return info
-
-    def current_lock(self) -> LockInfo | None:
-        held = self._read_lock()
+    def _read_lock(self) -> LockInfo | None:
+        held = self._read_lock_version()
         return None if held is None else held[0]
+
+    def _create_lock(self, info: LockInfo) -> bool:
+        try:
+            self._put(self.key(LOCK_KEY), encode_lock(info), "take the state lock", IfNoneMatch="*")
+        except _Refused:
+            return False
+        return True
+
+    def _remove_lock(self, lock_id: str) -> bool:
+        held = self._read_lock_version()
+        return (
+            held is not None
+            and held[0].id == lock_id
+            and self._delete_if(self.key(LOCK_KEY), held[1], "remove the state lock")
+        )
