@@ -532,4 +532,3 @@ def _same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]])
         return {f["title"]: {k: v for k, v in f.items() if v is not None} for f in fields}
 
     return by_title(a) == by_title(b)
-
