@@ -510,3 +510,39 @@ def test_drift_workflow() -> None:
     assert load_action("drift")["inputs"]["fail-on-drift"]["default"] == "true"
     fail = next(s for _, s in steps(doc) if s.get("name") == "Fail on drift")
     assert fail["if"].startswith("steps.plan.outputs.exit-code == '2'") and "exit 1" in fail["run"]
+
+
+# -- the README's example workflow ---------------------------------------------------------------
+
+
+def readme_workflow() -> str:
+    """The complete workflow the README shows a table repository."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```yaml\n(.*?)^```$", readme, re.S | re.M)
+    (block,) = [b for b in blocks if "jobs:" in b and "/.github/actions/plan@v1" in b]
+    return block
+
+
+def test_readme_workflow_passes_actionlint(actionlint: Path, tmp_path: Path) -> None:
+    example = tmp_path / "bpsync.yml"
+    example.write_text(readme_workflow(), encoding="utf-8")
+    proc = lint(actionlint, example)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_workflow_uses_the_actions_with_their_inputs() -> None:
+    doc = yaml.safe_load(readme_workflow())
+    used = set()
+    for job_name, step in steps(doc):
+        action, _, version = step.get("uses", "").partition("@")
+        if not action.startswith("OWNER/bpsync/.github/actions/"):
+            continue
+        name = action.rpartition("/")[2]
+        used.add(name)
+        assert version == "v1"
+        given = set(step.get("with", {}))
+        assert given <= set(load_action(name)["inputs"]), f"{job_name}: {given}"
+    assert used == {"plan", "apply"}
+    for job in doc["jobs"].values():
+        assert set(job["permissions"]) <= {"contents", "pull-requests", "issues"}
+    assert "pull_request_target" not in triggers(doc)
