@@ -189,6 +189,13 @@ def _where(path: JsonPath) -> str:
 def _explain(err: Any, doc: LoadedYaml, display: str) -> list[Problem]:
     path: JsonPath = tuple(err.absolute_path)
     line, col = _locate(doc, path)
+    if "propertyNames" in err.absolute_schema_path and isinstance(err.instance, str):
+        # The error is about a key (e.g. an environment name): point at the key itself.
+        kline, kcol = _locate(doc, (*path, err.instance), key=True)
+        names = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
+        return [
+            Problem(display, kline, kcol, f"invalid name {err.instance!r} in {_where(path)}", names)
+        ]
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         known = list(err.schema.get("properties", {}))
         out = []
