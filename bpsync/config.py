@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -33,6 +34,8 @@ CONFIG_NAME = "bpsync.yaml"
 API_URL_ENV = "BIGPANDA_API_URL"
 ENVIRONMENT_ENV = "BPSYNC_ENV"
 DEFAULT_REFRESH_MAX_ROWS = 20_000
+# An environment name becomes a directory name and a PR-comment marker; the schemas say so too.
+ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 # Commands that read neither state nor BigPanda, so they run without an environment (§8).
 ENVIRONMENT_FREE_COMMANDS = frozenset({"validate", "fmt"})
 
@@ -235,7 +238,9 @@ def _environment_state(top: dict[str, Any], own: dict[str, Any], name: str) -> d
     return merged
 
 
-def _environments(source: _Source, raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Config]:
+def _environments(
+    source: _Source, raw: dict[str, Any], env: Mapping[str, str]
+) -> dict[str, Config]:
     """Every environment, resolved and checked (BIGPANDA_API_URL left out: it applies to the
     selected one only, and is checked there); state locations must not overlap."""
     names = list(raw.get("environments") or {})
@@ -263,8 +268,8 @@ def _location(state: StateConfig, root: Path) -> tuple[str, ...]:
 def _shown_location(config: Config) -> str:
     state = config.state
     if state.backend == "s3":
-        return f"s3://{state.bucket}/{state.prefix}".rstrip("/")
-    return PurePosixPath(state.path).as_posix()
+        return f"s3://{state.bucket}/{state.prefix.strip('/')}".rstrip("/")
+    return Path(os.path.normpath(state.path)).as_posix()
 
 
 def _clash(source: _Source, first: str, second: str, built: Mapping[str, Config]) -> str:

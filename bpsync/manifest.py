@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bpsync.bigpanda import facts
-from bpsync.config import Config
+from bpsync.config import ENVIRONMENT_NAME, Config
 from bpsync.errors import Problem, display_path
 from bpsync.table import TableLayout
 from bpsync.yamlfile import LoadedYaml, check_schema, load_yaml
@@ -239,8 +239,8 @@ def _check_environments(display: str, doc: LoadedYaml, defined: Collection[str])
     out = []
     known = sorted(defined)
     for i, name in enumerate(listed):
-        if not isinstance(name, str) or name in defined:
-            continue  # a non-string is the schema's to report
+        if not isinstance(name, str) or not ENVIRONMENT_NAME.fullmatch(name) or name in defined:
+            continue  # a malformed name is the schema's to report
         close = difflib.get_close_matches(name, known, n=1)
         mean = f"did you mean {close[0]!r}? " if close else ""
         out.append(

@@ -192,9 +192,7 @@ def test_on_s3_an_environment_without_location_gets_prefix_slash_name(tmp_path: 
 def test_on_s3_bucket_or_prefix_set_by_the_environment_is_its_location(tmp_path: Path) -> None:
     config = TWO.replace(
         "BIGPANDA_PROD_TOKEN}", "BIGPANDA_PROD_TOKEN}\n    state: {bucket: acme-prod}"
-    ).replace(
-        "SANDBOX_TOKEN}", "SANDBOX_TOKEN}\n    state: {prefix: sandbox-state}"
-    )
+    ).replace("SANDBOX_TOKEN}", "SANDBOX_TOKEN}\n    state: {prefix: sandbox-state}")
     root = project(tmp_path, config + S3_TOP)
     prod, sandbox = load(root, "prod").state, load(root, "sandbox").state
     assert (prod.bucket, prod.prefix) == ("acme-prod", "team/bpsync")
@@ -278,8 +276,12 @@ def test_a_name_of_63_characters_with_dashes_and_underscores_is_accepted(tmp_pat
 def test_unknown_keys_in_an_environment_suggest_the_known_one(tmp_path: Path) -> None:
     root = project(tmp_path, "environments:\n  prod:\n    stat: {path: x}\n    api: {regin: eu}\n")
     found = problems(root)
-    assert any(p.startswith("bpsync.yaml:3:5: unknown key 'stat'") and "'state'" in p for p in found)
-    assert any(p.startswith("bpsync.yaml:4:11: unknown key 'regin'") and "'region'" in p for p in found)
+    assert any(
+        p.startswith("bpsync.yaml:3:5: unknown key 'stat'") and "'state'" in p for p in found
+    )
+    assert any(
+        p.startswith("bpsync.yaml:4:11: unknown key 'regin'") and "'region'" in p for p in found
+    )
 
 
 def test_an_environment_that_is_not_a_mapping(tmp_path: Path) -> None:
@@ -347,7 +349,7 @@ def test_a_table_of_another_environment_is_not_read_ahead(tmp_path: Path) -> Non
 def test_problems_of_another_environments_tables_still_count(tmp_path: Path) -> None:
     root = project(tmp_path, TWO, owners=ONLY_PROD + "active: maybe\n")
     manifests, found = load_manifests(load(root, "sandbox"))
-    assert manifests == [] and [p.location for p in found] == ["tables/owners.yaml:9:9"]
+    assert manifests == [] and [p.location for p in found] == ["tables/owners.yaml:11:9"]
 
 
 def validate(root: Path) -> str:
@@ -360,7 +362,9 @@ def validate(root: Path) -> str:
 def test_validate_names_an_unknown_environment_in_a_manifest(tmp_path: Path) -> None:
     root = project(tmp_path, TWO, owners="environments: [sandbox, prdo]\n")
     err = validate(root)
-    one_problem(err, "tables/owners.yaml:8:25", "unknown environment 'prdo'", "did you mean 'prod'")
+    one_problem(
+        err, "tables/owners.yaml:10:25", "unknown environment 'prdo'", "did you mean 'prod'"
+    )
     assert "sandbox, prod" in err
 
 
@@ -372,12 +376,12 @@ def test_validate_accepts_known_environments_without_one_selected(tmp_path: Path
 
 def test_manifest_environments_without_environments_in_the_config(tmp_path: Path) -> None:
     err = validate(project(tmp_path, "manifests: ['tables/*.yaml']\n", owners=ONLY_PROD))
-    one_problem(err, "tables/owners.yaml:8:1", "defines no environments", "remove the key")
+    one_problem(err, "tables/owners.yaml:10:1", "defines no environments", "remove the key")
 
 
 @pytest.mark.parametrize(
     ("value", "where"),
-    [("[]", "8:15"), ("[prod, prod]", "8:15"), ("prod", "8:15"), ("[prod eu]", "8:16")],
+    [("[]", "10:15"), ("[prod, prod]", "10:15"), ("prod", "10:15"), ("[prod eu]", "10:16")],
 )
 def test_manifest_environments_must_be_a_list_of_names(
     tmp_path: Path, value: str, where: str
