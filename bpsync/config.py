@@ -169,7 +169,9 @@ def load_config(
     names = tuple(_environments(source, raw, env))  # checks every one of them
     name = _select(source, names, _chosen(environment, env), need_environment)
     # The selected environment again, now with BIGPANDA_API_URL, which overrides its URL too.
-    return replace(_build(source, raw, env, name=name), environments=names)
+    # With environments, the top level alone may be incomplete (each one adds its bucket).
+    config = _build(source, raw, env, name=name, check_state=name is not None or not names)
+    return replace(config, environments=names)
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,7 @@ def _build(
     *,
     name: str | None = None,
     use_env_url: bool = True,
+    check_state: bool = True,
 ) -> Config:
     """A Config from top-level keys merged with environment `name`'s (when given)."""
     from bpsync.bigpanda.urls import check_base_url, resolve_base_url
@@ -215,7 +218,7 @@ def _build(
                 f"environment variable {API_URL_ENV}: {e.message}", hint=e.hint
             ) from None
         raise ConfigError(f"{where}: {e.message}", hint=e.hint) from None
-    if state.backend == "s3" and not state.bucket:
+    if check_state and state.backend == "s3" and not state.bucket:
         raise ConfigError(
             f"{where}: state.backend is s3 but state.bucket is not set",
             hint="add `bucket: <name>` under `state:`",
@@ -250,7 +253,10 @@ def _environments(
         location = _location(config.state, source.root)
         for other, taken in seen:
             if location[: len(taken)] == taken or taken[: len(location)] == location:
-                raise ConfigError(_clash(source, other, name, built), hint=_clash_hint(config))
+                same = location == taken
+                raise ConfigError(
+                    _clash(source, other, name, built, same=same), hint=_clash_hint(config)
+                )
         seen.append((name, location))
     return built
 
@@ -272,9 +278,11 @@ def _shown_location(config: Config) -> str:
     return Path(os.path.normpath(state.path)).as_posix()
 
 
-def _clash(source: _Source, first: str, second: str, built: Mapping[str, Config]) -> str:
+def _clash(
+    source: _Source, first: str, second: str, built: Mapping[str, Config], *, same: bool
+) -> str:
     a, b = _shown_location(built[first]), _shown_location(built[second])
-    relation = "the same state location" if a.casefold() == b.casefold() else "nested state"
+    relation = "the same state location" if same else "nested state locations"
     return (
         f"{source.at('environments', second)}: environments {first!r} "
         f"({source.at('environments', first)}) and {second!r} share {relation} "

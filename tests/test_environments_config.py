@@ -212,6 +212,15 @@ def test_s3_without_bucket_in_an_environment_names_it(tmp_path: Path) -> None:
     assert "bpsync.yaml:7:3" in text and "'prod'" in text and "state.bucket" in text
 
 
+def test_a_bucket_given_by_every_environment_need_not_be_at_the_top(tmp_path: Path) -> None:
+    config = "state: {backend: s3, prefix: bp}\nenvironments:\n" + "".join(
+        f"  {n}:\n    state: {{bucket: acme-{n}}}\n" for n in ("a", "b")
+    )
+    root = project(tmp_path, config)
+    assert load_config(root, {}).environments == ("a", "b")  # validate and fmt run
+    assert load(root, "b").state.bucket == "acme-b"
+
+
 def test_two_environments_with_one_local_path_are_refused(tmp_path: Path) -> None:
     config = TWO.replace("SANDBOX_TOKEN}", "SANDBOX_TOKEN}\n    state: {path: shared}")
     root = project(tmp_path, config + "    state: {path: ./shared/}\n")
@@ -255,6 +264,15 @@ def test_an_insecure_url_in_any_environment_is_found_at_load(tmp_path: Path) -> 
     root = project(tmp_path, TWO.replace("region: eu", "base_url: 'http://bp.example.com'"))
     text = config_error(root, "sandbox")
     assert "bpsync.yaml:7:3" in text and "'prod'" in text and "http://bp.example.com" in text
+
+
+def test_the_name_rule_is_the_same_in_code_and_both_schemas() -> None:
+    from bpsync.config import ENVIRONMENT_NAME
+    from bpsync.yamlfile import load_schema
+
+    config = load_schema("config")["properties"]["environments"]["propertyNames"]["pattern"]
+    manifest = load_schema("manifest")["properties"]["environments"]["items"]["pattern"]
+    assert config == manifest == f"^{ENVIRONMENT_NAME.pattern}$"
 
 
 # -- bad YAML, located ------------------------------------------------------------------------
@@ -388,3 +406,27 @@ def test_manifest_environments_must_be_a_list_of_names(
 ) -> None:
     err = validate(project(tmp_path, TWO, owners=f"environments: {value}\n"))
     one_problem(err, f"tables/owners.yaml:{where}", "environments")
+
+
+# -- through the command line (BPSYNC_ENV; `--env` is the CLI's to add) -------------------------
+
+
+def test_the_cli_exits_64_for_an_environment_where_none_are_defined(tmp_path: Path) -> None:
+    root = project(tmp_path, "manifests: ['tables/*.yaml']\n", owners="")
+    code, out, err = run_cli(["validate"], root, {"BPSYNC_ENV": "prod"})
+    assert (code, out) == (64, "")
+    assert "BPSYNC_ENV=prod" in err and "defines no environments" in err
+
+
+def test_the_cli_exits_64_for_an_unknown_environment_listing_them(tmp_path: Path) -> None:
+    root = project(tmp_path, TWO, owners="")
+    code, _, err = run_cli(["plan", "--no-refresh"], root, {"BPSYNC_ENV": "qa"})
+    assert code == 64 and "unknown environment 'qa'" in err and "sandbox, prod" in err
+    assert not (root / ".bpsync").exists()
+
+
+def test_the_cli_refuses_shared_state_and_writes_nothing(tmp_path: Path) -> None:
+    root = project(tmp_path, TWO + "    state: {path: .bpsync/sandbox}\n", owners="")
+    code, _, err = run_cli(["plan", "--no-refresh"], root, {"BPSYNC_ENV": "sandbox"})
+    assert code == 1 and "same state location" in err and "bpsync.yaml:7:3" in err
+    assert not (root / ".bpsync").exists()
