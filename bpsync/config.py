@@ -36,8 +36,9 @@ ENVIRONMENT_ENV = "BPSYNC_ENV"
 DEFAULT_REFRESH_MAX_ROWS = 20_000
 # An environment name becomes a directory name and a PR-comment marker; the schemas say so too.
 ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
-# Commands that read neither state nor BigPanda, so they run without an environment (§8).
-ENVIRONMENT_FREE_COMMANDS = frozenset({"validate", "fmt"})
+# Commands that read neither state nor BigPanda, so they run without an environment (§8):
+# `show` renders a saved plan, which names its own environment.
+ENVIRONMENT_FREE_COMMANDS = frozenset({"validate", "fmt", "show"})
 
 
 def requires_environment(command: str) -> bool:

@@ -24,6 +24,11 @@ def check_mass_delete(plan: Plan, allow: bool) -> None:
 def describe_moved(saved: Plan, fresh: Plan) -> list[str]:
     """What moved between a saved plan and now: manifests, tables, state."""
     moved = []
+    # A plan file written before environments records no endpoint: only its environment
+    # (None) can be compared.
+    endpoint_moved = saved.endpoint is not None and saved.endpoint != fresh.endpoint
+    if saved.environment != fresh.environment or endpoint_moved:
+        moved.append(f"the plan was made for {where(saved)}, this command runs for {where(fresh)}")
     for kind, old, new in (
         ("manifest", saved.inputs.manifests, fresh.inputs.manifests),
         ("table", saved.inputs.tables, fresh.inputs.tables),
@@ -37,3 +42,9 @@ def describe_moved(saved: Plan, fresh: Plan) -> list[str]:
     if saved.inputs.deleted != fresh.inputs.deleted:
         moved.append("the set of deleted manifests changed")
     return moved
+
+
+def where(plan: Plan) -> str:
+    """`environment 'prod' at https://api.bigpanda.io (API v2.1)`, or the endpoint alone."""
+    endpoint = plan.endpoint or "an unrecorded endpoint"
+    return f"environment {plan.environment!r} at {endpoint}" if plan.environment else endpoint

@@ -177,6 +177,10 @@ class Plan:
     refreshed: bool
     created_at: str
     warnings: tuple[str, ...] = field(default=())
+    # The environment of bpsync.yaml planned for (SPEC §8; None without environments) and
+    # the endpoint it talks to, as `str(Endpoint)`: both are covered by the fingerprint.
+    environment: str | None = None
+    endpoint: str | None = None
 
     @property
     def changed_tables(self) -> tuple[TablePlan, ...]:

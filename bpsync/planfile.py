@@ -78,6 +78,8 @@ def _section(plan: Plan) -> dict[str, Any]:
             "refreshed": plan.refreshed,
             "created_at": plan.created_at,
             "warnings": list(plan.warnings),
+            "environment": plan.environment,
+            "endpoint": plan.endpoint,
             "inputs": {
                 "manifests": dict(inputs.manifests),
                 "tables": dict(inputs.tables),
@@ -137,6 +139,9 @@ class _Reader:
                 refreshed=meta["refreshed"],
                 created_at=meta["created_at"],
                 warnings=tuple(meta["warnings"]),
+                # Plan files written before environments have neither key.
+                environment=meta.get("environment"),
+                endpoint=meta.get("endpoint"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             self._damaged(f"unexpected content ({type(e).__name__}: {e})")

@@ -118,20 +118,27 @@ def make_plan(
         tuple(sorted(ts.name for ts in deleted)),
     )
     tables.sort(key=lambda t: t.name)
+    endpoint = str(config.endpoint)
     return Plan(
-        fingerprint=fingerprint(inputs),
+        fingerprint=fingerprint(inputs, config.environment, endpoint),
         tables=tuple(tables),
         inputs=inputs,
         api_version=config.api.version,
         refreshed=remote is not None,
         created_at=now,
         warnings=tuple(str(p) for p in problems if p.severity == "warning"),
+        environment=config.environment,
+        endpoint=endpoint,
     )
 
 
-def fingerprint(inputs: Inputs) -> str:
-    """Digest of the state planned against and of every manifest and table covered."""
+def fingerprint(inputs: Inputs, environment: str | None = None, endpoint: str = "") -> str:
+    """Digest of the state planned against, of every manifest and table covered, and of
+    where it applies (environment and endpoint): a plan reviewed for sandbox never
+    approves an apply to prod (SPEC §8)."""
     doc = {
+        "environment": environment,
+        "endpoint": endpoint,
         "manifests": dict(inputs.manifests),
         "tables": dict(inputs.tables),
         "state": inputs.state,

@@ -26,8 +26,10 @@ from bpsync.errors import PlanError
 
 DEFAULT_API_URL = "https://api.github.com"
 # The plan comment's marker; the Markdown rendering starts with it (bpsync.render.markdown).
+# With environments (SPEC §8) each has its own comment and issue: `<!-- bpsync:plan:prod -->`.
 PLAN_MARKER = "<!-- bpsync:plan -->"
 DRIFT_MARKER = "<!-- bpsync:drift -->"
+_ANY_PLAN_MARKER = re.compile(r"<!-- bpsync:plan(?::([A-Za-z0-9_-]+))? -->")
 # GitHub refuses issue and comment bodies longer than this (characters).
 COMMENT_LIMIT = 65_536
 # The author of comments and issues written with a workflow's GITHUB_TOKEN, which cannot
@@ -44,6 +46,23 @@ _TRUNCATED = (
 )
 # The footer kept whole when a body is cut, if it is this close to the end.
 _FOOTER_REACH = 2_000
+
+
+def plan_marker(environment: str | None) -> str:
+    """The hidden marker of the plan comment of `environment` (None: no environments)."""
+    return f"<!-- bpsync:plan:{environment} -->" if environment else PLAN_MARKER
+
+
+def drift_marker(environment: str | None) -> str:
+    """The hidden marker of the drift issue of `environment` (None: no environments)."""
+    return f"<!-- bpsync:drift:{environment} -->" if environment else DRIFT_MARKER
+
+
+def body_environment(body: str) -> tuple[bool, str | None]:
+    """(found, environment) of the first plan marker in `body`: a Markdown rendering names
+    the environment it was planned for."""
+    m = _ANY_PLAN_MARKER.search(body)
+    return (True, m.group(1)) if m else (False, None)
 
 
 def with_marker(body: str, marker: str) -> str:

@@ -587,3 +587,80 @@ def test_rehearsal_of_the_pr_and_merge_flow() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rehearsal passed" in proc.stdout
     assert elapsed < 20, f"the rehearsal took {elapsed:.1f}s"
+
+
+# -- environments: one comment and one fingerprint per environment (SPEC §8) ---------------------
+
+ENVIRONMENTS = "environments:\n  sandbox: {}\n  prod:\n    api: {region: eu}\n"
+
+
+def env_plan_body(environment: str, fp: str) -> str:
+    return (
+        f"<!-- bpsync:plan:{environment} -->\n### bpsync plan for `{environment}`\n\n"
+        f"Fingerprint: `{fp}`\n\n**No changes.**\n"
+    )
+
+
+def test_each_environment_has_its_own_sticky_comment(github: FakeGitHub, tmp_path: Path) -> None:
+    root = make_repo(tmp_path, config=ENVIRONMENTS)
+    for environment, fp in (("sandbox", FP), ("prod", OTHER_FP), ("sandbox", FP)):
+        (root / "plan.md").write_text(env_plan_body(environment, fp), encoding="utf-8")
+        argv = ["--env", environment, "ci", "comment", "--body-file", "plan.md", "--pr", "7"]
+        code, _, err = run_cli(argv, root, gh_env(github))
+        assert code == 0, err
+    bodies = [c["body"] for c in github.comments[7]]
+    assert bodies == [env_plan_body("sandbox", FP), env_plan_body("prod", OTHER_FP)]
+    assert [w.method for w in github.writes()] == ["POST", "POST", "PATCH"]
+
+
+def test_a_plan_of_one_environment_is_not_posted_as_another(
+    github: FakeGitHub, tmp_path: Path
+) -> None:
+    root = make_repo(tmp_path, config=ENVIRONMENTS)
+    (root / "plan.md").write_text(env_plan_body("sandbox", FP), encoding="utf-8")
+    argv = ["--env", "prod", "ci", "comment", "--body-file", "plan.md", "--pr", "7"]
+    code, _, err = run_cli(argv, root, gh_env(github))
+    assert code == 64
+    assert "plan of environment 'sandbox'" in err and "--env sandbox" in err
+    assert not github.calls
+
+
+def test_ci_comment_needs_the_environment_when_there_are_environments(
+    github: FakeGitHub, tmp_path: Path
+) -> None:
+    root = make_repo(tmp_path, config=ENVIRONMENTS)
+    (root / "plan.md").write_text(env_plan_body("sandbox", FP), encoding="utf-8")
+    code, _, err = run_cli(["ci", "comment", "--body-file", "plan.md"], root, gh_env(github))
+    assert code == 64 and "sandbox, prod" in err
+    assert not github.calls
+
+
+def test_the_fingerprint_comes_from_the_environments_own_comment(
+    github: FakeGitHub, tmp_path: Path
+) -> None:
+    root = make_repo(tmp_path, config=ENVIRONMENTS)
+    github.pulls[SHA] = [merged_pr(9)]
+    github.add_comment(9, env_plan_body("sandbox", FP))
+    github.add_comment(9, env_plan_body("prod", OTHER_FP))
+    for environment, fp in (("sandbox", FP), ("prod", OTHER_FP)):
+        argv = ["--env", environment, "ci", "fingerprint", "--from-comment-of-commit", SHA]
+        code, out, err = run_cli(argv, root, gh_env(github))
+        assert code == 0, err
+        assert out == fp + "\n"
+        assert f"{environment} plan comment" in err
+    # An environment that was never planned on this pull request approves nothing.
+    root2 = make_repo(tmp_path / "other", config=ENVIRONMENTS + "  eu: {}\n")
+    argv = ["--env", "eu", "ci", "fingerprint", "--from-comment-of-commit", SHA]
+    code, out, err = run_cli(argv, root2, gh_env(github))
+    assert code == 1 and out == ""
+    assert "no eu plan comment" in err
+
+
+def test_ci_environments_prints_a_job_matrix(tmp_path: Path) -> None:
+    root = make_repo(tmp_path, config=ENVIRONMENTS)
+    code, out, err = run_cli(["ci", "environments"], root)
+    assert code == 0, err
+    assert json.loads(out) == ["sandbox", "prod"]
+    plain = make_repo(tmp_path / "plain")
+    code, out, _ = run_cli(["ci", "environments"], plain)
+    assert code == 0 and json.loads(out) == [""]

@@ -4,6 +4,10 @@
     bpsync ci fingerprint --from-comment-of-commit SHA   # the fingerprint reviewers approved
     bpsync ci fingerprint --from-file plan.md|plan.json|plan.out
     bpsync ci issue --title T --body-file F [--close]    # one drift issue, found by its marker
+    bpsync ci environments                               # ["sandbox", "prod"]: a job matrix
+
+With environments (SPEC §8), `bpsync --env NAME ci ...` works on that environment's own plan
+comment and drift issue (markers `<!-- bpsync:plan:NAME -->`, `<!-- bpsync:drift:NAME -->`).
 
 How approval by fingerprint works is told in bpsync.review; the HTTP calls are bpsync.github,
 imported only when a command needs GitHub.
@@ -19,12 +23,13 @@ from bpsync.cli.context import EXIT_OK, Context
 from bpsync.errors import ApplyRefused, ConfigError, UsageError
 from bpsync.review import (
     ACTIONS_BOT,
-    DRIFT_MARKER,
-    PLAN_MARKER,
     REVIEW_HINT,
+    body_environment,
+    drift_marker,
     fingerprint_from_file,
     fingerprint_from_text,
     fit_comment,
+    plan_marker,
     with_marker,
 )
 
@@ -44,14 +49,26 @@ def comment(ctx: Context) -> int:
     from bpsync.github import pr_from_event
 
     args = ctx.args
-    marker = args.marker or PLAN_MARKER
-    body = fit_comment(with_marker(_read_text(ctx.path(args.body_file)), marker))
+    text = _read_text(ctx.path(args.body_file))
+    environment = ctx.config.environment
+    found, planned_for = body_environment(text)
+    if found and planned_for != environment and not args.marker:
+        raise UsageError(
+            f"{args.body_file} is the plan of {_named(planned_for)}, not of "
+            f"{_named(environment)}: it would be posted as the other environment's comment",
+            hint=f"run `bpsync --env {planned_for} ci comment ...`"
+            if planned_for
+            else "run `bpsync ci comment ...` without --env (and BPSYNC_ENV unset)",
+        )
+    marker = args.marker or plan_marker(environment)
+    body = fit_comment(with_marker(text, marker))
     with _github(ctx) as gh:
         number = args.pr or pr_from_event(ctx.env)
         author = args.author or gh.own_login()
         result = gh.upsert_comment(number, body, marker=marker, author=author)
     verb = "Updated" if result.updated else "Created"
-    ctx.console.note(f"{verb} the plan comment of pull request #{number}: {result.url}")
+    what = f"the {environment} plan comment" if environment else "the plan comment"
+    ctx.console.note(f"{verb} {what} of pull request #{number}: {result.url}")
     ctx.console.print(result.url)
     return EXIT_OK
 
@@ -61,7 +78,8 @@ def fingerprint(ctx: Context) -> int:
     if args.from_file is not None:
         ctx.console.print(fingerprint_from_file(ctx.path(args.from_file)))
         return EXIT_OK
-    marker = args.marker or PLAN_MARKER
+    environment = ctx.config.environment
+    marker = args.marker or plan_marker(environment)
     author = args.author or ACTIONS_BOT
     with _github(ctx) as gh:
         if args.from_pr is not None:
@@ -74,25 +92,27 @@ def fingerprint(ctx: Context) -> int:
             number = gh.merged_pr_of_commit(sha)
             where = f"pull request #{number} (merged as {sha[:12]})"
         found = gh.find_comment(number, marker=marker, author=author)
+    comment = f"{environment} plan comment" if environment else "plan comment"
     if found is None:
         raise ApplyRefused(
-            f"no plan comment by {author} on {where}, so no reviewed plan approves this change",
+            f"no {comment} by {author} on {where}, so no reviewed plan approves this change"
+            + (f" in environment {environment!r}" if environment else ""),
             hint=REVIEW_HINT,
         )
     approved = fingerprint_from_text(str(found.get("body") or ""))
     if approved is None:
         raise ApplyRefused(
-            f"the plan comment on {where} shows no fingerprint (its last plan failed?)",
+            f"the {comment} on {where} shows no fingerprint (its last plan failed?)",
             hint=REVIEW_HINT,
         )
-    ctx.console.note(f"Approved fingerprint from the plan comment on {where}: {approved}")
+    ctx.console.note(f"Approved fingerprint from the {comment} on {where}: {approved}")
     ctx.console.print(approved)
     return EXIT_OK
 
 
 def issue(ctx: Context) -> int:
     args = ctx.args
-    marker = args.marker or DRIFT_MARKER
+    marker = args.marker or drift_marker(ctx.config.environment)
     body = None
     if args.body_file is not None:
         body = fit_comment(with_marker(_read_text(ctx.path(args.body_file)), marker))
@@ -113,6 +133,20 @@ def issue(ctx: Context) -> int:
     ctx.console.note(f"{verb} issue #{result.number}: {result.url}")
     ctx.console.print(result.url)
     return EXIT_OK
+
+
+def environments(ctx: Context) -> int:
+    """The environments of bpsync.yaml in order, as a JSON array for a job matrix; `[""]`
+    without environments, so one job runs, with no `--env`."""
+    import json
+
+    names = ctx.load_config(need_environment=False).environments
+    ctx.console.print(json.dumps(list(names) or [""]))
+    return EXIT_OK
+
+
+def _named(environment: str | None) -> str:
+    return f"environment {environment!r}" if environment else "no environment"
 
 
 def _read_text(path: Path) -> str:

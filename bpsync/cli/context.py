@@ -47,12 +47,25 @@ class Context:
         return given if given.is_absolute() else self.start_dir / given
 
     @property
-    def config(self) -> Config:
-        if self._config is None:
-            from bpsync.config import load_config
+    def command(self) -> str:
+        """The command as typed ("plan", "ci", "state"), for the environment rule of §8."""
+        return str(getattr(self.args, "command", "") or "")
 
-            self._config = load_config(self.start_dir, self.env)
+    @property
+    def config(self) -> Config:
+        """bpsync.yaml, in the environment of `--env` (or BPSYNC_ENV); with `environments:`
+        defined, a command that reads state or talks to BigPanda must have one (SPEC §8)."""
+        if self._config is None:
+            from bpsync.config import requires_environment
+
+            self._config = self.load_config(need_environment=requires_environment(self.command))
         return self._config
+
+    def load_config(self, *, need_environment: bool) -> Config:
+        from bpsync.config import load_config
+
+        environment = getattr(self.args, "environment", None)
+        return load_config(self.start_dir, self.env, environment, need_environment=need_environment)
 
 
 Command = Callable[[Context], int]

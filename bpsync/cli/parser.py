@@ -25,6 +25,7 @@ from bpsync.cli.context import (
 from bpsync.errors import UsageError
 from bpsync.review import ACTIONS_BOT, DEFAULT_API_URL, DRIFT_MARKER, PLAN_MARKER
 
+_ENV_PLAN_MARKER = "<!-- bpsync:plan:NAME -->"
 _INVALID_CHOICE = re.compile(r"invalid choice: '?([^'\s]*)'? \(choose from (.*)\)")
 
 
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bpsync", description="Keep BigPanda mapping enrichment tables in git.")
     p.add_argument("--version", action="version", version=f"bpsync {__version__}")
     p.add_argument("-C", dest="directory", metavar="DIR", help="run as if started in DIR")
+    p.add_argument(
+        "--env",
+        dest="environment",
+        metavar="NAME",
+        help="the environment of bpsync.yaml to use (default: $BPSYNC_ENV)",
+    )
     p.add_argument("--no-color", action="store_true", help="never colour the output")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -243,7 +250,7 @@ def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     _marker_author(
         c,
         "comment",
-        f"the plan comment's marker {PLAN_MARKER}",
+        f"the plan comment's marker {PLAN_MARKER}, {_ENV_PLAN_MARKER} with --env NAME",
         f"the token's own login, or {ACTIONS_BOT} for a workflow token",
     )
     _command(c, "ci:comment")
@@ -268,7 +275,12 @@ def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="FILE",
         help="a rendering (markdown or json) or a saved plan file",
     )
-    _marker_author(f, "comment", f"the plan comment's marker {PLAN_MARKER}", ACTIONS_BOT)
+    _marker_author(
+        f,
+        "comment",
+        f"the plan comment's marker {PLAN_MARKER}, {_ENV_PLAN_MARKER} with --env NAME",
+        ACTIONS_BOT,
+    )
     _command(f, "ci:fingerprint")
 
     i = cisub.add_parser(
@@ -284,8 +296,21 @@ def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="close the issue if open (with --body-file: post that text on it first)",
     )
-    _marker_author(i, "issue", DRIFT_MARKER, f"the token's own login, or {ACTIONS_BOT}")
+    _marker_author(
+        i,
+        "issue",
+        f"{DRIFT_MARKER}, <!-- bpsync:drift:NAME --> with --env NAME",
+        f"the token's own login, or {ACTIONS_BOT}",
+    )
     _command(i, "ci:issue")
+
+    e = cisub.add_parser(
+        "environments",
+        help="print the environments of bpsync.yaml as JSON (a job matrix)",
+        description='Print the environments of bpsync.yaml, in order, as a JSON array (["sandbox", '
+        '"prod"]) for a workflow\'s job matrix; [""] when bpsync.yaml defines none.',
+    )
+    _command(e, "ci:environments")
 
 
 def _marker_author(

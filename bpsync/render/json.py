@@ -69,6 +69,7 @@ def header(plan: Plan) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "fingerprint": plan.fingerprint,
+        "environment": plan.environment,
         "summary": plan.summary(),
         "api_version": plan.api_version,
         "refreshed": plan.refreshed,

@@ -34,7 +34,7 @@ from bpsync.render import (
     row_cells,
     table_notes,
 )
-from bpsync.review import PLAN_MARKER
+from bpsync.review import PLAN_MARKER, plan_marker
 
 MARKER = PLAN_MARKER  # how `bpsync ci comment` finds the plan comment again
 DEFAULT_LIMIT = 60_000
@@ -115,7 +115,7 @@ class _Page:
 
 
 def _head(plan: Plan) -> Iterable[str]:
-    yield f"{MARKER}\n### bpsync plan\n\n"
+    yield f"{plan_marker(plan.environment)}\n### bpsync plan{_environment(plan)}\n\n"
     changed = plan.changed_tables
     if changed:
         yield "| table | action | + | ~ | − |\n|:--|:--|--:|--:|--:|\n"
@@ -128,6 +128,11 @@ def _head(plan: Plan) -> Iterable[str]:
     unchanged = len(plan.tables) - len(changed)
     if unchanged:
         yield f"{plural(unchanged, 'table')} unchanged.\n\n"
+
+
+def _environment(plan: Plan) -> str:
+    """The heading's suffix naming the environment (SPEC §8); nothing without one."""
+    return f" for `{plan.environment}`" if plan.environment else ""
 
 
 def _alerts(plan: Plan) -> Iterable[str]:

@@ -38,6 +38,9 @@ def render_text(plan: Plan, *, paint: Paint = no_paint, max_rows: int = 20) -> s
 
 
 def _lines(plan: Plan, paint: Paint, max_rows: int) -> Iterable[str]:
+    if plan.environment:  # SPEC §8: say where this plan applies before anything else
+        yield paint(f"Environment: {plan.environment} at {plan.endpoint}", "bold")
+        yield ""
     yield from _drift(plan, paint)
     for warning in plan.warnings:
         yield paint("Warning:", "yellow bold") + " " + clean(warning)
