@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bpsync.bigpanda import facts
+from bpsync.endpoint import Endpoint
 from bpsync.errors import ConfigError, InvalidInput, UsageError
 from bpsync.yamlfile import LoadedYaml, check_schema, load_yaml
 
@@ -34,6 +35,7 @@ CONFIG_NAME = "bpsync.yaml"
 API_URL_ENV = "BIGPANDA_API_URL"
 ENVIRONMENT_ENV = "BPSYNC_ENV"
 DEFAULT_REFRESH_MAX_ROWS = 20_000
+__all__ = ["Config", "Endpoint", "load_config", "requires_environment"]
 # An environment name becomes a directory name and a PR-comment marker; the schemas say so too.
 ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 # Commands that read neither state nor BigPanda, so they run without an environment (§8):
@@ -68,19 +70,6 @@ class StateConfig:
 @dataclass(frozen=True)
 class RefreshConfig:
     max_rows: int = DEFAULT_REFRESH_MAX_ROWS
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """The BigPanda endpoint a configuration talks to: what state is bound to (SPEC §5).
-
-    Organisations on one base URL share an Endpoint; only the token tells them apart."""
-
-    base_url: str  # resolved: BIGPANDA_API_URL > api.base_url > api.region, normalised
-    api_version: str
-
-    def __str__(self) -> str:
-        return f"{self.base_url} (API {self.api_version})"
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@
     ├── InvalidInput                 manifests/CSVs break rules; carries Problems
     ├── StateError                   the state backend cannot be read or written
     │   ├── StateCorrupt             a state file is damaged (never treated as empty)
-    │   └── LockHeld                 another command holds the state lock
+    │   ├── LockHeld                 another command holds the state lock
+    │   └── EndpointMismatch         the state belongs to another BigPanda endpoint
     ├── PlanError                    a plan cannot be made, saved, or applied
     │   ├── StalePlan                a saved plan no longer matches its inputs
-    │   └── ApplyRefused             guard refused (mass delete, fingerprint, no approval)
+    │   ├── ApplyRefused             guard refused (mass delete, fingerprint, no approval)
+    │   └── EnrichmentsMissing       a refresh found none of the enrichments state records
     ├── ApiError                     BigPanda said no, or could not be reached
     │   ├── AuthError                401/403
     │   ├── NotFoundError            404
@@ -110,6 +112,10 @@ class LockHeld(StateError):
     pass
 
 
+class EndpointMismatch(StateError):
+    """The state records another BigPanda endpoint than the one this command talks to."""
+
+
 class PlanError(BpsyncError):
     pass
 
@@ -120,6 +126,10 @@ class StalePlan(PlanError):
 
 class ApplyRefused(PlanError):
     pass
+
+
+class EnrichmentsMissing(PlanError):
+    """Not one enrichment that state records exists: most likely another organisation."""
 
 
 class ApiError(BpsyncError):

@@ -5,11 +5,11 @@ Runs before the planner, which only compares; nothing here writes to BigPanda or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
 from bpsync.bigpanda.models import Enrichment
-from bpsync.errors import NotFoundError
+from bpsync.errors import EnrichmentsMissing, NotFoundError
 from bpsync.manifest import Manifest
 from bpsync.remote import Remote
 from bpsync.state import State
@@ -53,3 +53,26 @@ def refresh_remote(
     if ids:
         note(f"Refreshed {len(ids)} enrichment(s) from BigPanda.")
     return out
+
+
+def check_found(
+    state: State,
+    remote: Mapping[str, Remote],
+    *,
+    where: str,
+    token_env: str,
+    allow_missing: bool,
+) -> None:
+    """Stop before planning when not one enrichment that state records (at least one) was
+    found: the token most likely belongs to another organisation or region, and planning
+    on would create every table there again (SPEC §5). `allow_missing`: they really were
+    all deleted."""
+    recorded = [n for n, ts in state.tables.items() if ts.enrichment_id and n in remote]
+    if allow_missing or not recorded or any(remote[n].exists for n in recorded):
+        return
+    raise EnrichmentsMissing(
+        f"none of the {len(recorded)} enrichment(s) that the state records exist at {where}: "
+        "the token probably belongs to another organisation or region",
+        hint=f"check {token_env} (and --env); if they really were all deleted in BigPanda, "
+        "run again with --allow-missing to create them again",
+    )

@@ -36,6 +36,7 @@ from state_util import (
     sample_state,
 )
 
+from bpsync.endpoint import Endpoint
 from bpsync.errors import LockHeld, StateCorrupt, StateError
 from bpsync.state import LockInfo, State, StateBackend, dumps_state
 
@@ -80,6 +81,16 @@ def test_round_trip_with_pending_job(backend: StateBackend) -> None:
     read = backend.read()
     assert read == written
     assert read.tables["service-owners"].pending == pending_job()
+
+
+def test_the_endpoint_is_recorded_and_kept(backend: StateBackend) -> None:
+    # SPEC §5: state is bound to its endpoint; every later write keeps the binding.
+    endpoint = Endpoint("https://eu-api.bigpanda.io", "v2.1")
+    written = backend.write(sample_state().bound_to(endpoint))
+    assert backend.read().endpoint == endpoint
+    name = next(iter(written.tables))
+    backend.write(written.without_table(name))
+    assert backend.read().endpoint == endpoint
 
 
 def test_serial_and_lineage_over_successive_writes(backend: StateBackend) -> None:

@@ -18,7 +18,10 @@ from bpsync.table import FileDigests
 from bpsync.validate import select, validate_project
 
 if TYPE_CHECKING:
+    from bpsync.binding import Binding
     from bpsync.plan import Plan
+    from bpsync.remote import Remote
+    from bpsync.state import State, StateBackend
 
 # Heavy modules (planner, renderers, applier, httpx) are imported inside the commands that
 # need them, so `bpsync validate` and `--help` start fast.
@@ -99,13 +102,20 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     digests = FileDigests()  # tables are hashed on another core while manifests load
     manifests = _load_selected(ctx, digests)
     backend = open_backend(config)
-    state = backend.read()
+    binding = _bound(ctx, backend, backend.read())  # refuses another endpoint's state
+    state = binding.state
     remote = None
     if refresh:
         from bpsync.refresh import refresh_remote
 
         with _client(ctx) as client:
             remote = refresh_remote(client, state, manifests, ctx.args.table, ctx.console.note)
+        _check_found(ctx, state, remote)
+        if binding.adopted:
+            with backend.lock(
+                "bpsync plan", timeout=ctx.args.lock_timeout, notify=ctx.console.warn
+            ):
+                _record_adoption(ctx, backend, _bound(ctx, backend, backend.read()))
     plan = make_plan(
         config,
         manifests,
@@ -119,6 +129,50 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     for w in plan.warnings:
         ctx.console.warn(w)
     return plan
+
+
+def _bound(ctx: Context, backend: StateBackend, state: State) -> Binding:
+    """`state` bound to the configured endpoint; refuses (before any request) state that
+    belongs to another one (SPEC §5)."""
+    from bpsync.binding import bind
+
+    config = ctx.config
+    return bind(
+        state,
+        config.endpoint,
+        location=backend.location,
+        environment=config.environment,
+        environments=config.environments,
+        env=ctx.env,
+    )
+
+
+def _record_adoption(ctx: Context, backend: StateBackend, binding: Binding) -> State:
+    """Write the endpoint into state that recorded none, and say so (once: then it is
+    recorded). Called holding the lock, after a refresh found the state's enrichments."""
+    if not binding.adopted:
+        return binding.state
+    from bpsync.binding import adopted_note
+
+    written = backend.write(binding.state)
+    ctx.console.note(adopted_note(backend.location, ctx.config.endpoint))
+    return written
+
+
+def _check_found(ctx: Context, state: State, remote: Mapping[str, Remote]) -> None:
+    from bpsync.refresh import check_found
+
+    config = ctx.config
+    where = str(config.endpoint)
+    if config.environment:
+        where += f" (environment {config.environment!r})"
+    check_found(
+        state,
+        remote,
+        where=where,
+        token_env=config.api.token_env,
+        allow_missing=bool(getattr(ctx.args, "allow_missing", False)),
+    )
 
 
 def _client(ctx: Context, fault: Callable[[str], None] | None = None) -> Any:
@@ -309,6 +363,7 @@ def apply(ctx: Context) -> int:
         "bpsync apply", timeout=ctx.args.lock_timeout, notify=ctx.console.warn
     ) as _lock:
         fault("locked")
+        binding = _bound(ctx, backend, backend.read())  # before any request
         the_plan = _offline_plan(ctx)
         needs_approval = not (ctx.args.planfile or ctx.args.auto_approve or ctx.stdin_isatty)
         if needs_approval and the_plan.has_changes:
@@ -319,7 +374,7 @@ def apply(ctx: Context) -> int:
                 "saved plan file (`bpsync plan --out FILE`, then `bpsync apply FILE`)",
             )
         with _client(ctx, fault=fault) as client:
-            store = StateStore(backend, backend.read(), fault)
+            store = StateStore(backend, _bound(ctx, backend, backend.read()).state, fault)
             live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
             applier = Applier(
                 client,
@@ -344,6 +399,8 @@ def apply(ctx: Context) -> int:
                 remote = refresh_remote(
                     client, store.state, manifests, ctx.args.table, ctx.console.note
                 )
+                _check_found(ctx, store.state, remote)
+                store.state = _record_adoption(ctx, backend, _adoption(binding, store.state))
                 the_plan = make_plan(
                     config,
                     manifests,
@@ -358,6 +415,8 @@ def apply(ctx: Context) -> int:
                 if not the_plan.has_changes:
                     return EXIT_OK
                 _confirm(ctx, the_plan)
+            else:
+                store.state = _record_adoption(ctx, backend, _adoption(binding, store.state))
             result = applier.apply(the_plan)
     for r in result.failed:
         ctx.console.error(f"{r.name}: {r.message}")
@@ -365,6 +424,14 @@ def apply(ctx: Context) -> int:
     if result.failed:
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _adoption(first: Binding, state: State) -> Binding:
+    """`state` (as the store now holds it), adopting the endpoint if it was unbound when
+    apply started."""
+    from bpsync.binding import Binding
+
+    return Binding(state, adopted=first.adopted)
 
 
 def _offline_plan(ctx: Context) -> Plan:
@@ -404,7 +471,8 @@ def import_(ctx: Context) -> int:
     config.token(ctx.env)
     backend = open_backend(config)
     with backend.lock("bpsync import", timeout=ctx.args.lock_timeout, notify=ctx.console.warn):
-        state = backend.read()
+        binding = _bound(ctx, backend, backend.read())  # before any request
+        state = binding.state
         current = state.table(name)
         if current is not None and current.enrichment_id:
             raise ConfigError(
@@ -425,6 +493,10 @@ def import_(ctx: Context) -> int:
                 TableState(name, eid, config.api.version, schema, remote_version=e.version)
             )
         )
+        if binding.adopted:
+            from bpsync.binding import adopted_note
+
+            ctx.console.note(adopted_note(backend.location, config.endpoint))
     ctx.console.note(
         f"Imported enrichment {eid} as table {name}. Its current rows are unknown "
         "to bpsync, so the next plan shows every row as to be uploaded."

@@ -81,6 +81,17 @@ def _max_rows() -> _Parser:
     return p
 
 
+def _allow_missing() -> _Parser:
+    p = _parent()
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="go on when BigPanda has none of the enrichments the state records (they were "
+        "all deleted): plan to create them again",
+    )
+    return p
+
+
 def _lock_timeout() -> _Parser:
     p = _parent()
     p.add_argument(
@@ -101,6 +112,7 @@ class _Groups:
         self.plan_format = _plan_format()
         self.max_rows = _max_rows()
         self.lock_timeout = _lock_timeout()
+        self.allow_missing = _allow_missing()
 
 
 def _command(p: argparse.ArgumentParser, target: str) -> None:
@@ -146,7 +158,7 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     pl = sub.add_parser(
         "plan",
         help="show what apply would change, row by row",
-        parents=[g.table, g.plan_format, g.max_rows, g.lock_timeout],
+        parents=[g.table, g.plan_format, g.max_rows, g.lock_timeout, g.allow_missing],
     )
     pl.add_argument("--out", type=Path, metavar="FILE", help="save the plan for `apply FILE`")
     pl.add_argument(
@@ -173,7 +185,7 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     a = sub.add_parser(
         "apply",
         help="make BigPanda match the manifests",
-        parents=[g.table, g.max_rows, g.lock_timeout],
+        parents=[g.table, g.max_rows, g.lock_timeout, g.allow_missing],
     )
     a.add_argument("planfile", nargs="?", type=Path, metavar="PLANFILE")
     a.add_argument("--auto-approve", action="store_true", help="do not ask for `yes`")
@@ -370,6 +382,23 @@ def _state_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> Non
         help="the local state directory (default: state.path, .bpsync)",
     )
     _command(m, "state:migrate")
+
+    r = stsub.add_parser(
+        "rebind",
+        help="bind the state to the configured BigPanda endpoint, after checking",
+        description="State records the BigPanda endpoint (base URL and API version) it was "
+        "applied to, and commands refuse to use it against another one. When the "
+        "enrichments really moved (a new base URL, a region moved), rebind re-records the "
+        "endpoint: it first reads every enrichment the state records from the configured "
+        "endpoint, and refuses if any is missing there, unless --allow-missing.",
+        parents=[g.lock_timeout],
+    )
+    r.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="rebind even when some recorded enrichments are not found at the new endpoint",
+    )
+    _command(r, "state:rebind")
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:

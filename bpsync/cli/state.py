@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bpsync.cli.context import EXIT_OK, Context
-from bpsync.errors import ConfigError, StateError
+from bpsync.errors import ConfigError, EndpointMismatch, StateError
 
 
 def migrate(ctx: Context) -> int:
@@ -73,3 +73,47 @@ def migrate(ctx: Context) -> int:
     elif config.state.backend != "local":
         ctx.console.note("Next: set `state.backend: local` in bpsync.yaml.")
     return EXIT_OK
+
+
+def rebind(ctx: Context) -> int:
+    """Re-record the endpoint of the state, after finding its enrichments there (SPEC §5)."""
+    from bpsync.bigpanda.client import BigPandaClient
+    from bpsync.refresh import refresh_remote
+    from bpsync.state import open_backend
+
+    config = ctx.config
+    endpoint = config.endpoint
+    token = config.token(ctx.env)
+    backend = open_backend(config)
+    with backend.lock(
+        "bpsync state rebind", timeout=ctx.args.lock_timeout, notify=ctx.console.warn
+    ):
+        state = backend.read()
+        if state.endpoint == endpoint:
+            ctx.console.note(f"The state in {backend.location} is already bound to {endpoint}.")
+            return EXIT_OK
+        with BigPandaClient(
+            endpoint.base_url, token, endpoint.api_version, **ctx.client_options
+        ) as client:
+            remote = refresh_remote(client, state, [], (), ctx.console.note)
+        missing = sorted(name for name, r in remote.items() if not r.exists)
+        if missing and not ctx.args.allow_missing:
+            raise EndpointMismatch(
+                f"not rebinding the state in {backend.location} to {endpoint}: "
+                f"{len(missing)} of {len(remote)} enrichment(s) it records are not there "
+                f"({', '.join(missing)})",
+                hint=f"check {config.api.token_env}, --env and {_url_settings()}; if those "
+                "enrichments really are gone, rebind with --allow-missing (the next plan "
+                "creates them again)",
+            )
+        backend.write(state.bound_to(endpoint))
+    before = state.endpoint or "no recorded endpoint"
+    ctx.console.note(
+        f"Rebound the state in {backend.location} from {before} to {endpoint}; "
+        f"{len(remote) - len(missing)} of {len(remote)} enrichment(s) found there."
+    )
+    return EXIT_OK
+
+
+def _url_settings() -> str:
+    return "BIGPANDA_API_URL / api.base_url / api.region"

@@ -223,6 +223,7 @@ class StateBackend(ABC):
             serial=state.serial + 1,
             lineage=state.lineage or str(uuid.uuid4()),
             tables=state.tables,
+            endpoint=state.endpoint,
         )
         data = dumps_state(new).encode("utf-8")
         new_version = self._store_state(data, previous=raw, version=version)

@@ -72,7 +72,7 @@ def migrate_state(
             )
         copied, present, missing = _copy_snapshots(source, dest, state, say, notify)
         base = existing if existing.serial > 0 else State(0, state.lineage, {})
-        written = dest.write(State(base.serial, base.lineage, state.tables))
+        written = dest.write(State(base.serial, base.lineage, state.tables, state.endpoint))
     return MigrateResult(written, tuple(copied), tuple(present), tuple(missing))
 
 

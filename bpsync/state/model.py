@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bpsync.endpoint import Endpoint
 from bpsync.errors import StateCorrupt
 
 FORMAT_VERSION = 1
@@ -102,11 +103,14 @@ class State:
 
     ``serial`` grows by one on every write; ``lineage`` (a uuid4 given on the first write) tells
     one state history from another. ``tables`` is a read-only mapping sorted by name.
+    ``endpoint`` is the BigPanda endpoint the state belongs to (SPEC §5); None in state
+    written before bpsync recorded it, or never applied.
     """
 
     serial: int = 0
     lineage: str = ""
     tables: Mapping[str, TableState] = field(default_factory=dict)
+    endpoint: Endpoint | None = None
 
     def __post_init__(self) -> None:
         if self.serial < 0:
@@ -128,10 +132,15 @@ class State:
 
     def with_table(self, ts: TableState) -> State:
         """This state with ``ts`` added or replacing the table of the same name."""
-        return State(self.serial, self.lineage, {**self.tables, ts.name: ts})
+        return State(self.serial, self.lineage, {**self.tables, ts.name: ts}, self.endpoint)
 
     def without_table(self, name: str) -> State:
-        return State(self.serial, self.lineage, {k: v for k, v in self.tables.items() if k != name})
+        kept = {k: v for k, v in self.tables.items() if k != name}
+        return State(self.serial, self.lineage, kept, self.endpoint)
+
+    def bound_to(self, endpoint: Endpoint) -> State:
+        """This state, recorded as belonging to ``endpoint``."""
+        return State(self.serial, self.lineage, self.tables, endpoint)
 
 
 # --- JSON form ------------------------------------------------------------------------------
@@ -166,12 +175,20 @@ def _table_to_dict(ts: TableState) -> dict[str, Any]:
 
 
 def state_to_dict(state: State) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "serial": state.serial,
         "lineage": state.lineage,
         "tables": {name: _table_to_dict(ts) for name, ts in state.tables.items()},
     }
+    # Written only once known, so unbound state keeps the bytes (and digest) it always had;
+    # a reader that predates the key ignores it.
+    if state.endpoint is not None:
+        out["endpoint"] = {
+            "base_url": state.endpoint.base_url,
+            "api_version": state.endpoint.api_version,
+        }
+    return out
 
 
 def dumps_state(state: State) -> str:
@@ -316,7 +333,16 @@ def state_from_dict(data: object) -> State:
             applied_at=r.opt_str("applied_at"),
             pending=_pending_from_dict(r.data.get("pending"), f"{where}.pending"),
         )
-    return State(serial=serial, lineage=lineage, tables=tables)
+    return State(serial=serial, lineage=lineage, tables=tables, endpoint=_endpoint_from(top.data))
+
+
+def _endpoint_from(data: dict[str, Any]) -> Endpoint | None:
+    """The recorded endpoint; absent (or null) in state written before it was recorded."""
+    raw = data.get("endpoint")
+    if raw is None:
+        return None
+    r = _Reader(raw, "state.endpoint")
+    return Endpoint(r.str_("base_url"), r.str_("api_version"))
 
 
 def referenced_snapshots(state: State) -> set[str]:
