@@ -664,3 +664,12 @@ def test_ci_environments_prints_a_job_matrix(tmp_path: Path) -> None:
     plain = make_repo(tmp_path / "plain")
     code, out, _ = run_cli(["ci", "environments"], plain)
     assert code == 0 and json.loads(out) == [""]
+
+
+def test_ci_environments_leaves_out_a_rehearsal_emulator(tmp_path: Path) -> None:
+    config = ENVIRONMENTS + "  emulator:\n    api: {base_url: 'http://127.0.0.1:8471'}\n"
+    root = make_repo(tmp_path, config=config)
+    env = {"BIGPANDA_API_URL": "http://127.0.0.1:9"}  # a job's override changes nothing
+    assert json.loads(run_cli(["ci", "environments"], root, env)[1]) == ["sandbox", "prod"]
+    code, out, _ = run_cli(["ci", "environments", "--all"], root)
+    assert json.loads(out) == ["sandbox", "prod", "emulator"]

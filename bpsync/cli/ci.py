@@ -137,12 +137,27 @@ def issue(ctx: Context) -> int:
 
 def environments(ctx: Context) -> int:
     """The environments of bpsync.yaml in order, as a JSON array for a job matrix; `[""]`
-    without environments, so one job runs, with no `--env`."""
+    without environments, so one job runs, with no `--env`. Environments whose bpsync.yaml
+    base URL is a loopback host (an emulator for rehearsals, which no CI runner reaches)
+    are left out unless `--all`."""
     import json
 
     names = ctx.load_config(need_environment=False).environments
+    if not ctx.args.all:
+        names = tuple(n for n in names if not _is_local(ctx, n))
     ctx.console.print(json.dumps(list(names) or [""]))
     return EXIT_OK
+
+
+def _is_local(ctx: Context, name: str) -> bool:
+    from urllib.parse import urlsplit
+
+    from bpsync.bigpanda.urls import is_loopback_host
+    from bpsync.config import API_URL_ENV, load_config
+
+    own = {k: v for k, v in ctx.env.items() if k != API_URL_ENV}  # bpsync.yaml's URL only
+    config = load_config(ctx.start_dir, own, name, need_environment=True)
+    return is_loopback_host(urlsplit(config.resolved_base_url).hostname or "")
 
 
 def _named(environment: str | None) -> str:

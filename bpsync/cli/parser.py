@@ -320,7 +320,12 @@ def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         "environments",
         help="print the environments of bpsync.yaml as JSON (a job matrix)",
         description='Print the environments of bpsync.yaml, in order, as a JSON array (["sandbox", '
-        '"prod"]) for a workflow\'s job matrix; [""] when bpsync.yaml defines none.',
+        '"prod"]) for a workflow\'s job matrix; [""] when bpsync.yaml defines none. '
+        "Environments whose base URL is a loopback host (an emulator to rehearse with) are "
+        "left out, unless --all.",
+    )
+    e.add_argument(
+        "--all", action="store_true", help="also list environments on a loopback base URL"
     )
     _command(e, "ci:environments")
 
