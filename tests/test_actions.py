@@ -106,8 +106,10 @@ def test_plan_action_fails_on_invalid_tables(workspace: Path, git_env: dict[str,
 def test_apply_action_applies_the_reviewed_plan_and_pushes_the_state(
     workspace: Path, git_env: dict[str, str], emu: Emulator
 ) -> None:
+    # The plan names the apply's endpoint: the fingerprint covers it (SPEC §8).
     plan = run_action("plan", workspace=workspace, env=git_env,
-                      inputs={"working-directory": "project", "artifact-name": ""})  # fmt: skip
+                      inputs={"working-directory": "project", "artifact-name": "",
+                              "api-url": emu.url})  # fmt: skip
     fingerprint = plan.outputs["fingerprint"]
     for name in ("plan.out", "plan.json", "plan.md"):
         (workspace / "project" / name).unlink()
@@ -133,7 +135,7 @@ def test_apply_action_applies_the_reviewed_plan_and_pushes_the_state(
     assert TOKEN not in (workspace / "project" / "apply.log").read_text(encoding="utf-8")
 
     # The same plan again: nothing to do, said so in the outputs.
-    current = plan_fingerprint(workspace, git_env)
+    current = plan_fingerprint(workspace, {**git_env, "BIGPANDA_API_URL": emu.url})
     again = run_action("apply", workspace=workspace, env=git_env,
                        inputs={**apply_inputs, "fingerprint": current})  # fmt: skip
     assert not again.failed, again.log

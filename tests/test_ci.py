@@ -625,14 +625,31 @@ def test_a_plan_of_one_environment_is_not_posted_as_another(
     assert not github.calls
 
 
-def test_ci_comment_needs_the_environment_when_there_are_environments(
+def test_ci_comment_takes_the_environment_from_the_rendering(
+    github: FakeGitHub, tmp_path: Path
+) -> None:
+    # The workflow's comment job runs the base branch, whose bpsync.yaml may not know an
+    # environment the pull request adds: the rendering's marker names it.
+    root = make_repo(tmp_path, config="manifests: ['tables/*.yaml']\n")
+    (root / "plan.md").write_text(env_plan_body("eu", FP), encoding="utf-8")
+    argv = ["ci", "comment", "--body-file", "plan.md", "--pr", "7"]
+    code, _, err = run_cli(argv, root, gh_env(github))
+    assert code == 0, err
+    assert github.comments[7][0]["body"].startswith("<!-- bpsync:plan:eu -->")
+
+
+def test_ci_comment_needs_the_environment_for_a_body_without_marker(
     github: FakeGitHub, tmp_path: Path
 ) -> None:
     root = make_repo(tmp_path, config=ENVIRONMENTS)
-    (root / "plan.md").write_text(env_plan_body("sandbox", FP), encoding="utf-8")
+    (root / "plan.md").write_text("### bpsync plan\n\n:x: No plan\n", encoding="utf-8")
     code, _, err = run_cli(["ci", "comment", "--body-file", "plan.md"], root, gh_env(github))
     assert code == 64 and "sandbox, prod" in err
     assert not github.calls
+    argv = ["--env", "prod", "ci", "comment", "--body-file", "plan.md", "--pr", "7"]
+    code, _, err = run_cli(argv, root, gh_env(github))
+    assert code == 0, err
+    assert github.comments[7][0]["body"].startswith("<!-- bpsync:plan:prod -->\n### bpsync")
 
 
 def test_the_fingerprint_comes_from_the_environments_own_comment(
@@ -672,4 +689,4 @@ def test_ci_environments_leaves_out_a_rehearsal_emulator(tmp_path: Path) -> None
     env = {"BIGPANDA_API_URL": "http://127.0.0.1:9"}  # a job's override changes nothing
     assert json.loads(run_cli(["ci", "environments"], root, env)[1]) == ["sandbox", "prod"]
     code, out, _ = run_cli(["ci", "environments", "--all"], root)
-    assert json.loads(out) == ["sandbox", "prod", "emulator"]
+    assert code == 0 and json.loads(out) == ["sandbox", "prod", "emulator"]

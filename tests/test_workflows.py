@@ -432,7 +432,14 @@ def test_plan_workflow() -> None:
     plan, comment = doc["jobs"]["plan"], doc["jobs"]["comment"]
     assert plan["permissions"] == {"contents": "read"}
     assert comment["permissions"] == {"contents": "read", "pull-requests": "write"}
-    assert comment["needs"] == "plan"
+    # One plan and one comment per environment, listed by bpsync itself (SPEC §8).
+    assert comment["needs"] == ["environments", "plan"]
+    matrix = "${{ fromJSON(needs.environments.outputs.list) }}"
+    for job in (plan, comment):
+        assert job["strategy"] == {"fail-fast": False, "matrix": {"environment": matrix}}
+    listing = run_text({"jobs": {"environments": doc["jobs"]["environments"]}})
+    assert "bpsync --no-color ci environments" in listing
+    assert doc["jobs"]["environments"]["permissions"] == {"contents": "read"}
     assert "github.event.pull_request.head.repo.full_name == github.repository" in comment["if"]
     # The job holding a write token runs the base branch's code, not the pull request's.
     checkout = next(s for s in comment["steps"] if s.get("uses", "").startswith("actions/checkout"))
@@ -440,7 +447,11 @@ def test_plan_workflow() -> None:
     # The plan job runs the plan action, offline and without a token: it cannot comment.
     used = action_step({"jobs": {"plan": plan}}, "plan")
     assert "github-token" not in used.get("with", {})
-    assert used["with"]["artifact-name"] == "bpsync-plan"
+    artifact = "bpsync-plan${{ matrix.environment && '-' || '' }}${{ matrix.environment }}"
+    assert used["with"]["artifact-name"] == artifact
+    assert used["with"]["environment"] == "${{ matrix.environment }}"
+    download = next(s for s in comment["steps"] if s.get("id") == "download")
+    assert download["with"]["name"] == artifact
     scripts = run_text({"jobs": {"plan": plan}})
     assert "bpsync validate --format github" in scripts
     assert "plan --no-refresh --detailed-exitcode --format markdown --out plan.out > plan.md" in (
@@ -472,9 +483,20 @@ def test_apply_workflow() -> None:
     assert "fingerprint" in on["workflow_dispatch"]["inputs"]
     assert doc["concurrency"] == {"group": "bpsync-apply", "cancel-in-progress": False}
     assert doc["permissions"] == {"contents": "write", "pull-requests": "read"}
-    (job,) = doc["jobs"].values()
-    assert job["environment"] == "bigpanda"
+    assert set(doc["jobs"]) == {"environments", "apply"}
+    job = doc["jobs"]["apply"]
+    # Environments one at a time, in bpsync.yaml's order; the first failure stops the rest.
+    assert job["strategy"] == {
+        "max-parallel": 1,
+        "fail-fast": True,
+        "matrix": {"environment": "${{ fromJSON(needs.environments.outputs.list) }}"},
+    }
+    assert job["needs"] == "environments"
+    assert job["environment"] == "${{ matrix.environment || 'bigpanda' }}"
+    assert "ci environments" in run_text({"jobs": {"e": doc["jobs"]["environments"]}})
+    assert "environment" in on["workflow_dispatch"]["inputs"]
     given = action_step(doc, "apply")["with"]
+    assert given["environment"] == "${{ matrix.environment }}"
     assert given["bigpanda-token"] == "${{ secrets.BIGPANDA_TOKEN }}"
     assert given["api-url"] == "${{ vars.BIGPANDA_API_URL }}"
     assert given["fingerprint"] == "${{ inputs.fingerprint }}"
@@ -503,7 +525,12 @@ def test_drift_workflow() -> None:
     assert 'ci issue --title "$ISSUE_TITLE" --body-file drift.md' in scripts
     assert 'ci issue --title "$ISSUE_TITLE" --close' in scripts
     given = action_step(doc, "drift")["with"]
-    assert given["issue-title"] == "bpsync: drift detected"
+    assert given["issue-title"] == (
+        "${{ matrix.environment && format('bpsync: drift detected in {0}', matrix.environment)"
+        " || 'bpsync: drift detected' }}"
+    )
+    assert given["environment"] == "${{ matrix.environment }}"
+    assert doc["jobs"]["drift"]["environment"] == "${{ matrix.environment || 'bigpanda' }}"
     assert given["bigpanda-token"] == "${{ secrets.BIGPANDA_TOKEN }}"
     assert given["github-token"] == "${{ github.token }}"
     assert "fail-on-drift" not in given, "the default fails the run on drift"

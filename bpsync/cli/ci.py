@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bpsync.cli.context import EXIT_OK, Context
+from bpsync.config import ENVIRONMENT_ENV
 from bpsync.errors import ApplyRefused, ConfigError, UsageError
 from bpsync.review import (
     ACTIONS_BOT,
@@ -50,8 +51,12 @@ def comment(ctx: Context) -> int:
 
     args = ctx.args
     text = _read_text(ctx.path(args.body_file))
-    environment = ctx.config.environment
     found, planned_for = body_environment(text)
+    chosen = args.environment is not None or bool(ctx.env.get(ENVIRONMENT_ENV, "").strip())
+    # Without --env, a rendering's marker names its environment: no bpsync.yaml needed (the
+    # workflow's comment job runs the base branch, which may not know a new one yet).
+    from_body = args.marker or (found and not chosen)
+    environment = planned_for if from_body else ctx.config.environment
     if found and planned_for != environment and not args.marker:
         raise UsageError(
             f"{args.body_file} is the plan of {_named(planned_for)}, not of "
