@@ -2,22 +2,28 @@
 
     python scripts/rehearse_ci.py [--keep] [--print-comment]
 
-In a temporary git repository holding a copy of this repository's tables, against the
-BigPanda emulator (in this process, on 127.0.0.1), it runs what the workflows run, as real
-`bpsync` processes:
+In a temporary git repository holding a copy of this repository's tables, with two
+environments, `sandbox` and `prod`, each on its own BigPanda emulator (in this process, on
+127.0.0.1), it runs what the workflows run, as real `bpsync` processes:
 
-  bootstrap   apply the shipped tables; commit .bpsync/ like the apply workflow
+  setup       bpsync.yaml with two environments; `ci environments` lists them in order;
+              two tables are kept in sandbox only (`environments: [sandbox]`)
+  bootstrap   apply the shipped tables to each environment; commit .bpsync/ like the apply
+              workflow (one state per environment, each bound to its own emulator)
   PR          branch, edit a CSV; `validate --format github`; a broken CSV is annotated
-              and fails; `plan --no-refresh --format markdown --out plan.out`;
-              `show plan.out --format json`; both carry one fingerprint
-  merge       merge; `ci fingerprint --from-file plan.md`;
-              `apply --auto-approve --expect-fingerprint FP`; the emulator holds the new
-              rows; commit .bpsync/ with the bot identity and [skip ci];
-              `plan` says `No changes.` (and --detailed-exitcode exits 0)
+              and fails; per environment `plan --no-refresh --format markdown --out`,
+              `show --format json`: one sticky-comment marker and one fingerprint each
+  merge       merge; per environment, in order (sandbox first), like the apply matrix:
+              `ci fingerprint --from-file` of its own comment, then
+              `apply --auto-approve --expect-fingerprint FP`; prod is untouched until
+              sandbox is done; a fingerprint reviewed for sandbox is refused for prod;
+              commit .bpsync/ with the bot identity and [skip ci]; `plan` says
+              `No changes.` (and --detailed-exitcode exits 0)
+  mixing      prod's state pointed at sandbox's emulator refuses before any request
   guard       main moves after review: apply with the old fingerprint refuses, applies nothing
 
 Exits 0 printing `rehearsal passed`, else 1 naming the step that misbehaved.
-`--print-comment` prints the PR's plan comment (the Markdown the bot would post).
+`--print-comment` prints the PR's plan comments (the Markdown the bot would post).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,27 +50,38 @@ BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
 TOKEN = "rehearsal-token"
 NEW_OWNER = "Ana Souza"
 NEW_APP = "payments-gateway"
-NEW_ROW = {"owner": NEW_OWNER, "team": "payments",
-           "Runbook URL": "https://wiki.example.com/runbooks/payments-gateway"}
+NEW_ROW = {
+    "owner": NEW_OWNER,
+    "team": "payments",
+    "Runbook URL": "https://wiki.example.com/runbooks/payments-gateway",
+}
 
 
 class Misbehaved(Exception):
     pass
 
 
+ENVIRONMENTS = ("sandbox", "prod")
+SANDBOX_ONLY = ("host-cmdb.yaml", "check-routing.yaml")
+
+
 class Rehearsal:
-    def __init__(self, work: Path, emu: Emulator) -> None:
+    def __init__(self, work: Path, emus: dict[str, Emulator]) -> None:
         self.repo = work / "tables-repo"
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("BIGPANDA_", "GITHUB_"))},
-            "BIGPANDA_API_URL": emu.url,
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("BIGPANDA_", "BPSYNC_", "GITHUB_"))
+            },
             "BIGPANDA_TOKEN": TOKEN,
             "NO_COLOR": "1",
             "GIT_CONFIG_GLOBAL": os.devnull,
             "GIT_CONFIG_NOSYSTEM": "1",
         }
-        self.emu = emu
+        self.emus = emus
         self.step = "setup"
+        self.comments: dict[str, str] = {}
 
     # -- helpers --
 
@@ -85,8 +103,43 @@ class Rehearsal:
             )
         return proc
 
-    def bpsync(self, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
-        return self.run([sys.executable, "-m", "bpsync", *args], expect=expect)
+    def bpsync(
+        self, *args: str, expect: int | None = 0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run([sys.executable, "-m", "bpsync", *args], expect=expect, env=env)
+
+    def in_env(
+        self, environment: str, *args: str, expect: int | None = 0
+    ) -> subprocess.CompletedProcess[str]:
+        """`bpsync --env ENV ...`, as the actions' wrapper runs it."""
+        return self.bpsync("--env", environment, *args, expect=expect)
+
+    def each_env(self, *args: str, expect: int = 0) -> dict[str, str]:
+        """`bpsync --env ENV ...` for every environment at once, where order does not matter
+        (the bootstrap, the plans of a pull request, the checks after the apply); `{env}` in
+        an argument becomes the environment's name. Their stdout by environment."""
+        procs = {
+            name: subprocess.Popen(
+                [sys.executable, "-m", "bpsync", "--env", name]
+                + [a.replace("{env}", name) for a in args],
+                cwd=self.repo,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name in ENVIRONMENTS
+        }
+        outs = {}
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=60)
+            if proc.returncode != expect:
+                raise Misbehaved(
+                    f"`bpsync --env {name} {' '.join(args)}` exited {proc.returncode}, "
+                    f"expected {expect}\nstdout:\n{out}\nstderr:\n{err}"
+                )
+            outs[name] = out
+        return outs
 
     def git(self, *args: str) -> str:
         return self.run(["git", *args]).stdout
@@ -107,26 +160,55 @@ class Rehearsal:
             "commit", "-q", "-m", message,
         )  # fmt: skip
 
+    def state(self, environment: str) -> dict[str, Any]:
+        path = self.repo / ".bpsync" / environment / "state.json"
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
+
+    def rows(self, environment: str) -> list[dict[str, str]]:
+        eid = self.state(environment)["tables"]["service-owners"]["enrichment_id"]
+        return self.emus[environment].table_rows(eid) or []
+
+    def uploads(self, environment: str, since: int = 0) -> list[Any]:
+        return [r for r in self.emus[environment].requests[since:] if r.path.endswith("/map")]
+
     # -- the flows --
 
     def setup(self) -> None:
-        self.begin("setup: a table repository with the shipped tables")
+        self.begin("setup: a table repository with the shipped tables and two environments")
         self.repo.mkdir()
-        shutil.copy2(ROOT / "bpsync.yaml", self.repo / "bpsync.yaml")
+        config = (ROOT / "bpsync.yaml").read_text(encoding="utf-8")
+        # Each environment's endpoint lives in bpsync.yaml; here, one emulator each.
+        config += "environments:\n" + "".join(
+            f"  {name}:\n    api: {{base_url: '{self.emus[name].url}'}}\n" for name in ENVIRONMENTS
+        )
+        (self.repo / "bpsync.yaml").write_text(config, encoding="utf-8")
         shutil.copytree(ROOT / "tables", self.repo / "tables")
+        # A table may exist in some environments only: prod gets service-owners alone.
+        for other in SANDBOX_ONLY:
+            with (self.repo / "tables" / other).open("a", encoding="utf-8") as f:
+                f.write("environments: [sandbox]\n")
         self.git("init", "-q", "-b", "main")
         self.git("config", "user.name", "Rehearsal")
         self.git("config", "user.email", "rehearsal@example.invalid")
         self.git("add", "-A")
         self.git("commit", "-q", "-m", "tables")
+        # The workflows' matrix; --all because these environments are loopback emulators.
+        listed = json.loads(self.bpsync("ci", "environments", "--all").stdout)
+        self.check(listed == list(ENVIRONMENTS), f"ci environments listed {listed}")
 
     def bootstrap(self) -> None:
-        self.begin("bootstrap: first apply of the shipped tables")
-        self.bpsync("apply", "--auto-approve")
+        self.begin("bootstrap: first apply of the shipped tables, per environment")
+        self.each_env("apply", "--auto-approve")
+        prod_tables = sorted(self.state("prod")["tables"])
+        self.check(prod_tables == ["service-owners"], f"prod has tables {prod_tables}")
+        for name in ENVIRONMENTS:
+            bound = self.state(name)["endpoint"]["base_url"]
+            self.check(bound == self.emus[name].url, f"{name}'s state is bound to {bound}")
         self.commit_state("bpsync: state after first apply [skip ci]")
         self.check(not self.git("status", "--porcelain"), "state left uncommitted")
 
-    def pull_request(self) -> tuple[str, str]:
+    def pull_request(self) -> dict[str, str]:
         self.begin("PR: edit a table on a branch")
         self.git("checkout", "-q", "-b", "change-owners")
         csv = self.repo / "tables" / "service-owners.csv"
@@ -155,58 +237,96 @@ class Rehearsal:
         ok = self.bpsync("validate", "--format", "github")
         self.check(ok.stdout == "", f"annotations on a valid repository:\n{ok.stdout}")
 
-        self.begin("PR: plan --out, rendered as markdown and json")
-        out = self.repo.parent / "plan.out"
-        md = self.bpsync("plan", "--no-refresh", "--format", "markdown", "--out", str(out)).stdout
-        js = self.bpsync("show", str(out), "--format", "json").stdout
-        (self.repo.parent / "plan.md").write_text(md, encoding="utf-8")
-        fp = json.loads(js)["fingerprint"]
-        self.check(md.startswith("<!-- bpsync:plan -->"), "the comment lacks its marker")
-        self.check(f"Fingerprint: `{fp}`" in md, "markdown and json disagree on the fingerprint")
-        self.check("**Plan: 1 tables to change; 1 rows to add, 1 to change, 1 to remove.**" in md,
-                   f"unexpected plan:\n{md}")  # fmt: skip
-        shown = self.bpsync("ci", "fingerprint", "--from-file", str(out)).stdout.strip()
-        self.check(shown == fp, "ci fingerprint of plan.out differs")
-        return md, fp
+        self.begin("PR: plan --out per environment, rendered as markdown and json")
+        out = str(self.repo.parent / "plan-{env}.out")
+        mds = self.each_env("plan", "--no-refresh", "--format", "markdown", "--out", out)
+        jss = self.each_env("show", out, "--format", "json")
+        shown = self.each_env("ci", "fingerprint", "--from-file", out)
+        fps: dict[str, str] = {}
+        for name in ENVIRONMENTS:
+            md, js = mds[name], json.loads(jss[name])
+            (self.repo.parent / f"plan-{name}.md").write_text(md, encoding="utf-8")
+            self.comments[name] = md
+            fp = js["fingerprint"]
+            self.check(js["environment"] == name, "the json names no environment")
+            self.check(
+                md.startswith(f"<!-- bpsync:plan:{name} -->\n### bpsync plan for `{name}`"),
+                f"the {name} comment lacks its marker or heading:\n{md[:200]}",
+            )
+            self.check(
+                f"Fingerprint: `{fp}`" in md, "markdown and json disagree on the fingerprint"
+            )
+            closing = "**Plan: 1 tables to change; 1 rows to add, 1 to change, 1 to remove.**"
+            self.check(closing in md, f"unexpected plan:\n{md}")
+            self.check(shown[name].strip() == fp, "ci fingerprint of the plan file differs")
+            fps[name] = fp
+        self.check(fps["sandbox"] != fps["prod"], "both environments have one fingerprint")
+        return fps
 
-    def merge(self, md: str, fp: str) -> None:
-        self.begin("merge: ci fingerprint --from-file plan.md")
+    def merge(self, fps: dict[str, str]) -> None:
+        self.begin("merge: a fingerprint reviewed for sandbox is refused for prod")
         self.git("checkout", "-q", "main")
         self.git("merge", "-q", "--no-ff", "-m", "Merge pull request #1", "change-owners")
-        plan_md = str(self.repo.parent / "plan.md")
-        approved = self.bpsync("ci", "fingerprint", "--from-file", plan_md)
-        self.check(approved.stdout.strip() == fp, "the approved fingerprint is not the plan's")
+        before = len(self.emus["prod"].requests)
+        refused = self.in_env(
+            "prod", "apply", "--auto-approve", "--expect-fingerprint", fps["sandbox"], expect=1
+        )
+        self.check("fingerprint mismatch" in refused.stderr, f"no refusal:\n{refused.stderr}")
+        self.check(not self.uploads("prod", before), "prod was changed with sandbox's approval")
 
-        self.begin("merge: apply --auto-approve --expect-fingerprint")
-        self.bpsync("apply", "--auto-approve", "--expect-fingerprint", fp)
-        state = json.loads((self.repo / ".bpsync" / "state.json").read_text(encoding="utf-8"))
-        eid = state["tables"]["service-owners"]["enrichment_id"]
-        rows = self.emu.table_rows(eid) or []
-        apps = {r.get("application") for r in rows}
-        self.check(NEW_APP in apps, "the emulator lacks the added row")
-        self.check(any(r.get("owner") == NEW_OWNER for r in rows), "the change is missing")
+        # The apply matrix: one environment at a time, in bpsync.yaml's order.
+        for name in ENVIRONMENTS:
+            self.begin(f"merge: {name}: ci fingerprint of its own comment, then apply")
+            plan_md = str(self.repo.parent / f"plan-{name}.md")
+            approved = self.in_env(name, "ci", "fingerprint", "--from-file", plan_md)
+            self.check(
+                approved.stdout.strip() == fps[name], "the approved fingerprint is not the plan's"
+            )
+            later = [n for n in ENVIRONMENTS[ENVIRONMENTS.index(name) + 1 :]]
+            self.check(
+                all(NEW_APP not in {r.get("application") for r in self.rows(n)} for n in later),
+                f"an environment after {name} was applied first",
+            )
+            self.in_env(name, "apply", "--auto-approve", "--expect-fingerprint", fps[name])
+            rows = self.rows(name)
+            self.check(
+                NEW_APP in {r.get("application") for r in rows}, f"{name} lacks the added row"
+            )
+            self.check(
+                any(r.get("owner") == NEW_OWNER for r in rows), f"{name}: the change is missing"
+            )
 
-        self.begin("merge: commit .bpsync/ with the bot identity and [skip ci]")
-        self.commit_state("bpsync: state after apply [skip ci]")
-        log = self.git("log", "-1", "--format=%an|%s")
-        self.check(log.startswith(f"{BOT_NAME}|") and "[skip ci]" in log, f"bad commit: {log}")
-        self.check(not self.git("status", "--porcelain"), "files left uncommitted after apply")
+            self.commit_state(f"bpsync: state after apply to {name} [skip ci]")
+            log = self.git("log", "-1", "--format=%an|%s")
+            self.check(log.startswith(f"{BOT_NAME}|") and "[skip ci]" in log, f"bad commit: {log}")
+            self.check(not self.git("status", "--porcelain"), "files left uncommitted after apply")
 
-        self.begin("merge: plan says No changes.")
-        again = self.bpsync("plan", "--no-refresh")
-        self.check("No changes." in again.stdout, f"plan after apply:\n{again.stdout}")
-        self.bpsync("plan", "--refresh", "--detailed-exitcode", expect=0)
+        self.begin("merge: plan says No changes. in every environment")
+        # Refreshed: BigPanda (each emulator) agrees too; --detailed-exitcode exits 0.
+        for name, out in self.each_env("plan", "--refresh", "--detailed-exitcode").items():
+            self.check("No changes." in out, f"plan of {name} after apply:\n{out}")
 
-    def guard(self, fp: str) -> None:
+    def mixing(self) -> None:
+        self.begin("mixing: prod's state against sandbox's emulator refuses before any request")
+        sandbox = self.emus["sandbox"]
+        before = len(sandbox.requests)
+        refused = self.bpsync(
+            "--env", "prod", "plan", env={"BIGPANDA_API_URL": sandbox.url}, expect=1
+        )
+        self.check("belongs to" in refused.stderr, f"no refusal:\n{refused.stderr}")
+        self.check(len(sandbox.requests) == before, "a request reached the wrong emulator")
+
+    def guard(self, fps: dict[str, str]) -> None:
         self.begin("guard: main moved after review, so the old fingerprint refuses")
         csv = self.repo / "tables" / "service-owners.csv"
         with csv.open("a", encoding="utf-8") as f:
             f.write("unreviewed-app," + ",".join(["x"] * (len(self.header()) - 1)) + "\n")
-        before = len(self.emu.requests)
-        refused = self.bpsync("apply", "--auto-approve", "--expect-fingerprint", fp, expect=1)
+        before = len(self.emus["sandbox"].requests)
+        refused = self.in_env(
+            "sandbox", "apply", "--auto-approve", "--expect-fingerprint", fps["sandbox"], expect=1
+        )
         self.check("fingerprint mismatch" in refused.stderr, f"no refusal:\n{refused.stderr}")
-        uploads = [r for r in self.emu.requests[before:] if r.path.endswith("/map")]
-        self.check(not uploads, "an unreviewed table was uploaded")
+        self.check(not self.uploads("sandbox", before), "an unreviewed table was uploaded")
         self.git("checkout", "-q", "--", "tables")
 
     def header(self) -> list[str]:
@@ -226,13 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bpsync-rehearsal-"))
     r: Rehearsal | None = None
     try:
-        with Emulator(port=0, job_seconds=0.05, token=TOKEN) as emu:
-            r = Rehearsal(work, emu)
+        with (
+            Emulator(port=0, job_seconds=0.05, token=TOKEN) as sandbox,
+            Emulator(port=0, job_seconds=0.05, token=TOKEN) as prod,
+        ):
+            r = Rehearsal(work, {"sandbox": sandbox, "prod": prod})
             r.setup()
             r.bootstrap()
-            md, fp = r.pull_request()
-            r.merge(md, fp)
-            r.guard(fp)
+            fps = r.pull_request()
+            r.merge(fps)
+            r.mixing()
+            r.guard(fps)
     except Misbehaved as e:
         step = r.step if r else "setup"
         print(f"FAILED at step: {step}\n{e}", file=sys.stderr)
@@ -242,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    if args.print_comment:
-        print(md)
+    if args.print_comment and r is not None:
+        for comment in r.comments.values():
+            print(comment)
     print(f"rehearsal passed in {time.monotonic() - start:.1f}s")
     return 0
 
