@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,9 +173,34 @@ def _cells(titles: list[str], row: Row) -> list[str]:
 
 @dataclass(frozen=True)
 class _Table:
-    stamp: tuple[int, ...]  # (inode, mtime, size) of the file it was parsed from
+    stamp: tuple[int, ...]  # (inode, mtime, size) of the file it was indexed from
     header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
+    offsets: array[int]  # byte offset where each row starts, then the end of the last
+
+
+def _index(path: Path, stamp: tuple[int, ...]) -> _Table:
+    offsets: array[int] = array("q")
+    consumed = 0
+
+    def lines() -> Iterator[str]:
+        # csv.reader pulls one line at a time, so `consumed` is where its last row ended.
+        nonlocal consumed
+        with path.open("rb") as fh:
+            for raw in fh:
+                consumed += len(raw)
+                yield raw.decode("utf-8")
+
+    reader = csv.reader(lines())
+    header = tuple(next(reader, ()))
+    offsets.append(consumed)
+    for _ in reader:
+        offsets.append(consumed)
+    return _Table(stamp, header, offsets)
+
+
+def _row(header: tuple[str, ...], cells: list[str]) -> dict[str, str]:
+    """A stored row keyed by title (a short row, which a stored table never has, pads)."""
+    return {title: cells[i] if i < len(cells) else "" for i, title in enumerate(header)}
 
 
 def render(api: ApiVersion, enrichment: JsonObject) -> JsonObject:
@@ -318,29 +345,41 @@ class Store:
 
     def page(self, enrichment_id: str, page: int, per_page: int) -> tuple[int, list[Row]]:
         """Rows `(page-1)*per_page …` of the current table and the table's row count."""
-        with self._lock:
-            table = self._cached_table(enrichment_id)
-        start = (page - 1) * per_page
-        rows = table.rows[start : start + per_page] if start < len(table.rows) else []
-        return len(table.rows), [dict(zip(table.header, row, strict=True)) for row in rows]
+        with self._lock:  # the file must not be replaced between indexing and reading
+            table = self._indexed(enrichment_id)
+            count = len(table.offsets) - 1
+            first, last = min((page - 1) * per_page, count), min(page * per_page, count)
+            if first >= last:
+                return max(count, 0), []
+            with self.table_path(enrichment_id).open("rb") as fh:
+                fh.seek(table.offsets[first])
+                text = fh.read(table.offsets[last] - table.offsets[first]).decode("utf-8")
+        rows = csv.reader(io.StringIO(text, newline=""))
+        return count, [_row(table.header, cells) for cells in rows]
 
-    def _cached_table(self, enrichment_id: str) -> _Table:
-        """The parsed table, re-read only when its file changed: a paged read of a
-        100,000-row table must not parse the file once per page."""
+    def _indexed(self, enrichment_id: str) -> _Table:
+        """The table's header and where each row starts, re-indexed only when the file
+        changed: a paged read of a big table neither parses it per page nor holds its rows."""
         path = self.table_path(enrichment_id)
         try:
             st = path.stat()
         except FileNotFoundError:
-            return _Table((), (), ())
+            return _Table((), (), array("q"))
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._tables.get(enrichment_id)
         if cached is None or cached.stamp != stamp:
-            with path.open(encoding="utf-8", newline="") as fh:
-                reader = csv.reader(fh)
-                header = tuple(next(reader, ()))
-                rows = tuple(tuple(r) for r in reader if len(r) == len(header))
-            cached = self._tables[enrichment_id] = _Table(stamp, header, rows)
+            cached = self._tables[enrichment_id] = _index(path, stamp)
         return cached
+
+    def _all_rows(self, enrichment_id: str) -> Iterator[Row]:
+        path = self.table_path(enrichment_id)
+        if not path.exists():
+            return
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = tuple(next(reader, ()))
+            for cells in reader:
+                yield _row(header, cells)
 
     # ------------------------------------------------------------ behind bpsync's back
     # What a person in BigPanda's UI does: no upload job, but the table (and, by default,
@@ -420,10 +459,9 @@ class Store:
         titles = self._titles(enrichment_id)
         fields = self.enrichments[enrichment_id]["fields"]
         keys = [i for i, f in enumerate(fields) if f["type"] == facts.QUERY_TAG]
-        table = self._cached_table(enrichment_id)
         current: dict[Key, list[str]] = {}
-        for row in table.rows:
-            cells = _cells(titles, dict(zip(table.header, row, strict=True)))
+        for row in self._all_rows(enrichment_id):
+            cells = _cells(titles, row)
             current[tuple(cells[i] for i in keys)] = cells
         return titles, keys, current
 
