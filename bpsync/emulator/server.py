@@ -3,7 +3,9 @@
 A stdlib `ThreadingHTTPServer` speaking HTTP/1.1 with keep-alive. Per request, in this order:
 injected latency, Bearer auth (before routing, like the real API), the 5 req/s per-token rate
 limit (§9), injected 5xx/429, then the route. Every request is recorded (Authorization value
-redacted) so tests can check what the client really sent.
+redacted) so tests can check what the client really sent. Routes under ADMIN_PREFIX are the
+emulator's own (a person in BigPanda's UI, for shell rehearsals): after auth, they skip the
+rate limit and the injected faults.
 
 When it answers before reading a request body (401, 429, injected faults, 404 on upload) it
 says `Connection: close` and then reads and discards the body for a while before closing: a

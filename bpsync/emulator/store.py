@@ -10,6 +10,10 @@ Decisions where the docs are silent (api doc §14):
   ends `done` (the v1 meaning, §4.1). PATCH does not change it.
 - v1 and v2.1 see the same enrichments.
 - Jobs of one enrichment run one at a time, in the order they were created.
+- The v2.1 read (§15.1) serves rows in file order; pages are cut at the size served (after
+  any `per_page` cap), empty cells are "" unless a fault says null.
+- Changes made "in the UI" (set_table, put_rows, delete_rows) raise `version` like an upload,
+  unless told not to.
 """
 
 from __future__ import annotations
