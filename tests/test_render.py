@@ -34,14 +34,18 @@ def test_golden(case: str, request: pytest.FixtureRequest) -> None:
 # -- text -----------------------------------------------------------------------------------
 
 
-def test_text_truncates_rows_and_says_how_to_see_all() -> None:
-    plan = pc.update_case()
-    text = render_text(plan, max_rows=2)
-    assert "… and 2 more row changes (bpsync plan --max-rows 0, or --format json)" in text
-    assert text.count("\n  ~ ") == 2 and "\n  + " not in text
+def test_text_truncates_rows_fairly_and_says_how_to_see_all() -> None:
+    plan = pc.update_case()  # 1 add, 2 changes, 1 removal
+    text = render_text(plan, max_rows=3)
+    assert (
+        "… and 1 more row change (shown: 1 of 1 added, 1 of 2 changed, 1 of 1 removed, "
+        "the first of each kind by key; all of them: bpsync plan --max-rows 0, or --format json)"
+    ) in text
+    # one of each kind, none hidden behind the first rows by key
+    assert sorted(re.findall(r"^  ([+~-]) application=", text, re.M)) == ["+", "-", "~"]
     everything = render_text(plan, max_rows=0)
     assert "more row changes" not in everything
-    assert len(re.findall(r"^  [+~-] ", everything, re.M)) == 4
+    assert len(re.findall(r"^  [+~-] application=", everything, re.M)) == 4
 
 
 def test_text_shows_first_rows_by_key_of_a_huge_lazy_plan() -> None:
@@ -105,10 +109,19 @@ def test_markdown_fits_a_huge_diff_and_says_what_was_cut(lazy: bool) -> None:
     md = render_markdown(pc.big_case(200_000, lazy=lazy), link_base=LINK_BASE)
     assert len(md) <= 60_000
     assert md.startswith(MARKER + "\n### bpsync plan\n")
-    assert "of 200,000 row changes" in md
-    assert "`bpsync show plan.out --format json`" in md
+    shown = re.search(
+        r"row changes shown: ([\d,]+) of 66,667 added, ([\d,]+) of 66,667 changed, "
+        r"([\d,]+) of 66,666 removed",
+        md,
+    )
+    assert shown, "the cut note says how many of each kind were shown"
+    counts = [int(n.replace(",", "")) for n in shown.groups()]
+    assert min(counts) > 50 and max(counts) - min(counts) <= 1  # a fair share of each kind
+    signs = re.findall(r"^\| [^|]* \| ([+~−]) \|", md, re.M)
+    assert [signs.count(s) for s in "+~−"] == counts
+    assert "`bpsync plan --format json`" in md
     assert md.rstrip().endswith(
-        "**Plan: 1 tables to change; 66667 rows to add, 66667 to change, 66666 to remove.**"
+        "**Plan: 1 table to change; 66,667 rows to add, 66,667 to change, 66,666 to remove.**"
     )
     assert f"`{pc.FP}`" in md
     assert md.count("<details>") == md.count("</details>") == 1
@@ -130,7 +143,8 @@ def test_markdown_long_values_are_cut() -> None:
         pc.table(rows_added=1, row_changes=RowChanges([pc.add("crm", "x" * 32_768, "u", 2)]))
     )
     md = render_markdown(plan)
-    assert len(md) < 3_000 and "x" * 120 + "…" in md
+    assert len(md) < 3_000 and "x…</code>" in md and "x" * 40 not in md
+    assert "x" * 32_768 in render_json(plan)  # whole in JSON
 
 
 def test_markdown_order_summary_then_warnings_then_details() -> None:
@@ -146,11 +160,9 @@ def test_markdown_order_summary_then_warnings_then_details() -> None:
 
 def test_markdown_cells_cannot_break_the_table_or_inject_html() -> None:
     md = render_markdown(pc.hostile_case())
-    rows = [
-        line for line in md.splitlines() if line.startswith("| + |") or line.startswith("| ~ |")
-    ]
+    rows = [line for line in md.splitlines() if re.match(r"\| \S* \| [+~] \|", line)]
     assert len(rows) == 2
-    for line in rows:  # op, 3 columns, line: 6 cell borders, no more
+    for line in rows:  # line, op, 3 columns: 6 cell borders, no more
         assert len(re.findall(r"(?<!\\)\|", line)) == 6
         assert "\n" not in line and "\x1b" not in line
     assert "<script>" not in md and "&lt;script&gt;" in md

@@ -151,7 +151,7 @@ def _rows(t: TablePlan, d: Digest, paint: Paint, max_rows: int) -> Iterable[str]
     if total > len(chosen):
         shown = {op: sum(1 for rc in chosen if rc.op == op) for op in _OPS_TAKE}
         yield (
-            f"  … and {total - len(chosen):,} more row changes (shown: "
+            f"  … and {plural(total - len(chosen), 'more row change')} (shown: "
             f"{op_counts_text(shown, op_totals(t))}, the first of each kind by key; "
             "all of them: bpsync plan --max-rows 0, or --format json)"
         )
