@@ -468,11 +468,11 @@ def _side(value: str | None, cap: int) -> str:
 
 
 def _value(value: str, cap: int) -> str:
-    """A cell value: <code>, escaped; long values cut (the JSON rendering has them whole)."""
+    """A cell value: <code>, escaped; long values lose their middle, since both ends tell
+    values apart (a URL's host and its last segment); the JSON rendering has them whole."""
     if value == "":
         return "<i>empty</i>"
-    cut = value[: cap - 1] + "…" if len(value) > cap else value
-    return f"<code>{_text(cut)}</code>"
+    return f"<code>{_text(_middle_cut(value, cap))}</code>"
 
 
 def _middle_cut(text: str, cap: int) -> str:
