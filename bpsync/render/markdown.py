@@ -431,8 +431,11 @@ def _change_cell(old: str | None, new: str | None, cap: int) -> str:
 def _pair(old: str | None, new: str | None, cap: int) -> tuple[str, str]:
     """Both sides of a change; when long and similar, the differing part marked in bold
     within a little context, so the difference stands out."""
-    if old is None or new is None or (len(old) <= cap and len(new) <= cap):
+    if old is None or new is None:
         return _side(old, cap), _side(new, cap)
+    old, new = _visible(old), _visible(new)
+    if len(old) <= cap and len(new) <= cap:
+        return _value(old, cap), _value(new, cap)
     p = _common_prefix(old, new)
     s = _common_prefix(old[p:][::-1], new[p:][::-1])
     if p + s < 2 * _CONTEXT:  # not similar: nothing worth marking
@@ -472,7 +475,7 @@ def _value(value: str, cap: int) -> str:
     values apart (a URL's host and its last segment); the JSON rendering has them whole."""
     if value == "":
         return "<i>empty</i>"
-    return f"<code>{_text(_middle_cut(value, cap))}</code>"
+    return f"<code>{_text(_middle_cut(_visible(value), cap))}</code>"
 
 
 def _middle_cut(text: str, cap: int) -> str:
@@ -495,17 +498,21 @@ def _attr(text: str) -> str:
 def _text(text: str) -> str:
     """Text that stays text: Markdown and HTML escaped; control characters (newlines too)
     shown as visible escapes such as `\\x1b`, so one value stays on one line of one cell."""
-    out = "".join(_escape_char(c) for c in text)
+    out = "".join("\\" + c if c in _PUNCT_ESCAPED else c for c in _visible(text))
     return html.escape(out, quote=False)
 
 
-def _escape_char(c: str) -> str:
-    if c in _PUNCT_ESCAPED:
-        return "\\" + c
-    if c.isprintable():
-        return c
-    # `\\` is Markdown for one literal backslash: renders as \x1b, \u2028, …
-    return f"\\\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\\\u{ord(c):04x}"
+def _visible(text: str) -> str:
+    """What a reader sees: each non-printable character as an escape (`\\x1b`, `\\u2028`).
+    Idempotent, so values are cut to a width on what they will show."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def _footer(plan: Plan, page: _Page, where: Where, unit: str) -> str:
