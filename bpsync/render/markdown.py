@@ -492,7 +492,7 @@ def _code(text: str) -> str:
 
 def _attr(text: str) -> str:
     """Text inside an HTML comment: nothing that could end it or start another."""
-    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in text)
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in text)
 
 
 def _text(text: str) -> str:
