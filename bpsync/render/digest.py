@@ -49,8 +49,9 @@ class Transition:
 class ColumnChange:
     column: str
     rows: int  # exact: changes that alter this column
-    top: tuple[Transition, ...]  # most frequent first
+    top: tuple[Transition, ...]  # most frequent first; only those known to be frequent
     more: bool  # other transitions exist beyond `top`
+    example: Transition  # the first change seen, for a column whose changes all differ
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class DigestBuilder:
         ]
         self.rows = [0] * len(self.slots)
         self.tops = [_TopK() for _ in self.slots]
+        self.examples: list[tuple[str | None, str | None] | None] = [None] * len(self.slots)
 
     def add(self, rc: RowChange) -> None:
         sampler = self.samplers.get(rc.op)
@@ -160,7 +162,10 @@ class DigestBuilder:
             b = None if n is None else after[n]
             if a != b:
                 self.rows[i] += 1
-                self.tops[i].add((_clip(a), _clip(b)))
+                pair = (_clip(a), _clip(b))
+                self.tops[i].add(pair)
+                if self.examples[i] is None:
+                    self.examples[i] = pair
 
     def feed(self, changes: Iterable[RowChange]) -> Digest:
         for rc in changes:
@@ -168,22 +173,27 @@ class DigestBuilder:
         return self.result()
 
     def result(self) -> Digest:
-        columns = [
-            ColumnChange(
-                column=title,
-                rows=self.rows[i],
-                top=tuple(
-                    Transition(_shown_value(k[0]), _shown_value(k[1]), c[0], c[1])
-                    for k, c in self.tops[i].top(TOP_SHOWN)
-                ),
-                more=self.tops[i].evicted or len(self.tops[i].counts) > TOP_SHOWN,
-            )
-            for i, (title, _, _) in enumerate(self.slots)
-            if self.rows[i]
-        ]
+        columns = [self._column(i) for i in range(len(self.slots)) if self.rows[i]]
         columns.sort(key=lambda c: -c.rows)  # stable: ties keep the table's column order
         samples = {op: s.first() for op, s in self.samplers.items()}
         return Digest(tuple(columns), samples)
+
+    def _column(self, i: int) -> ColumnChange:
+        counter = self.tops[i]
+        ranked = [
+            Transition(_shown_value(k[0]), _shown_value(k[1]), c[0], c[1])
+            for k, c in counter.top(TOP_SHOWN)
+        ]
+        # An estimate says little unless it is sure to repeat: at least 2 beyond its error.
+        top = tuple(tr for tr in ranked if tr.exact or tr.rows - tr.error >= 2)
+        example = self.examples[i] or (None, None)
+        return ColumnChange(
+            column=self.slots[i][0],
+            rows=self.rows[i],
+            top=top,
+            more=counter.evicted or len(counter.counts) > len(top),
+            example=Transition(_shown_value(example[0]), _shown_value(example[1]), 1, 0),
+        )
 
 
 def digest(t: TablePlan, sample: int = 0) -> Digest:

@@ -19,10 +19,11 @@ The answer at a glance, per table, after its row_changes (gathered while they ar
   risks: every destructive or risky change in words (removals, mass delete, replace,
     deactivate, `active: false`, drift);
   column_changes[]: each column some change alters, most rows first:
-    {column, rows, top: [{old, new, rows, exact}], more}. `old`/`new` null mean the row has
-    no such column on that side; values longer than 200 characters end in `…` here (whole in
-    row_changes). `rows` of a transition is exact when `exact`, else an upper bound (the
-    counter is bounded); `more`: other transitions exist.
+    {column, rows, top: [{old, new, rows, exact}], more, example: {old, new}}. `old`/`new`
+    null mean the row has no such column on that side; values longer than 200 characters
+    end in `…` here (whole in row_changes). `rows` of a transition is exact when `exact`,
+    else an upper bound (the counter is bounded); `top` holds only transitions known to
+    repeat (or exact); `more`: other transitions exist; `example`: the first change seen.
 A saved plan (`exact`) leaves these out: it is loaded, not read.
 
 The document is written piece by piece, one row change per line, so five million row
@@ -157,6 +158,7 @@ def glance_object(t: TablePlan, d: Digest) -> dict[str, Any]:
                     for tr in c.top
                 ],
                 "more": c.more,
+                "example": {"old": c.example.old, "new": c.example.new},
             }
             for c in d.columns
         ],

@@ -59,6 +59,11 @@ CELL_PAD = 4
 _LINE_WIDTH = 7  # digits of a line number (up to ten million rows)
 # Below this many characters per value, a table shows each row's cells in one column.
 _MIN_FULL_CELL = 14
+# Full layout: a key column's widest; a title's own need; the rows measured for widths.
+_KEY_CELL = 40
+_TITLE_NEED = 16
+_NARROWEST = 9  # `no column`, `empty`
+_NEED_ROWS = 100
 # Values in the one-column layout and in the at-a-glance list are cut at this length.
 _COMPACT_CELL = 36
 _GLANCE_VALUE = 30
@@ -267,12 +272,16 @@ def _glance(changed: list[TablePlan], digests: list[Digest]) -> Iterable[str]:
 
 
 def _glance_column(c: ColumnChange) -> str:
+    head = f"{_code(c.column)} in {plural(c.rows, 'row')}: "
+    if not c.top:
+        old, new = _pair(c.example.old, c.example.new, _GLANCE_VALUE)
+        return head + f"no change repeats often; e.g. {old} → {new}"
     parts = []
     for tr in c.top:
         old, new = _pair(tr.old, tr.new, _GLANCE_VALUE)
         parts.append(f"{old} → {new} {count_mark(tr.rows, tr.exact)}")
     more = " · …" if c.more else ""
-    return f"{_code(c.column)} in {plural(c.rows, 'row')}: " + " · ".join(parts) + more
+    return head + " · ".join(parts) + more
 
 
 def _details(
@@ -310,7 +319,7 @@ def _rows(
 ) -> tuple[str, dict[str, int]]:
     if not t.row_changes:
         return "", {}
-    layout = _Layout.of(t)
+    layout = _Layout.of(t, d)
     header = layout.header()
     budget -= size(header) + _NOTE_ROOM
     chosen = _take_turns(d, lambda rc: layout.row(t, rc, link_base), budget, size)
@@ -352,20 +361,31 @@ class _Layout:
 
     columns: tuple[str, ...]
     full: bool
-    cap: int
+    cap: int  # the one-column layout's cut
+    caps: tuple[int, ...] = ()  # per column, in the full layout
 
     @staticmethod
-    def of(t: TablePlan) -> _Layout:
+    def of(t: TablePlan, d: Digest) -> _Layout:
+        """Key columns get what they need first (they say which row it is), up to
+        `_KEY_CELL`; the other columns share the rest, the narrow ones taking only their
+        need (measured on the first rows of each kind of the sample)."""
         columns = all_columns(t)
-        fixed = (_LINE_WIDTH + CELL_PAD) + (1 + CELL_PAD)
-        cap = (COMMENT_WIDTH - fixed) // max(1, len(columns)) - CELL_PAD
-        if cap >= _MIN_FULL_CELL:
-            return _Layout(columns, True, cap)
+        needs = _needs(t, d, columns)
+        avail = COMMENT_WIDTH - (_LINE_WIDTH + CELL_PAD) - (1 + CELL_PAD)
+        avail -= CELL_PAD * len(columns)
+        keys = set(t.key_columns)
+        key_caps = {c: min(needs[c], _KEY_CELL) for c in columns if c in keys}
+        others = [needs[c] for c in columns if c not in keys]
+        fill = _water_fill(others, avail - sum(key_caps.values()))
+        if fill >= min(_MIN_FULL_CELL, max(others, default=0)):
+            caps = tuple(key_caps.get(c, min(needs[c], fill)) for c in columns)
+            return _Layout(columns, True, _COMPACT_CELL, caps)
         return _Layout(columns, False, _COMPACT_CELL)
 
     def header(self) -> str:
         if self.full:
-            titles = [_code(_middle_cut(c, self.cap)) for c in self.columns]
+            pairs = zip(self.columns, self.caps, strict=True)
+            titles = [_code(_middle_cut(c, cap)) for c, cap in pairs]
             return (
                 "| line | op | " + " | ".join(titles) + " |\n"
                 "|--:|:-:|" + ":--|" * len(self.columns) + "\n"
@@ -380,16 +400,15 @@ class _Layout:
         return f"| {line} | {_OP_SIGN.get(rc.op, '?')} | " + " | ".join(cells) + " |\n"
 
     def _full_cells(self, t: TablePlan, rc: RowChange) -> list[str]:
+        columns = zip(self.columns, self.caps, strict=True)
         if rc.op != CHANGE:
             values = row_cells(t, rc)
-            return [_value(values[c], self.cap) if c in values else "" for c in self.columns]
+            return [_value(values[c], cap) if c in values else "" for c, cap in columns]
         old, new = before_cells(t, rc) or {}, after_cells(t, rc) or {}
         keys = key_cells(t, rc)
         return [
-            _value(keys[c], self.cap)
-            if c in keys
-            else _change_cell(old.get(c), new.get(c), self.cap)
-            for c in self.columns
+            _value(keys[c], cap) if c in keys else _change_cell(old.get(c), new.get(c), cap)
+            for c, cap in columns
         ]
 
     def _one_cell(self, t: TablePlan, rc: RowChange) -> str:
@@ -414,10 +433,35 @@ class _Layout:
         more = len(rest) - _COMPACT_ENTRIES
         if more > 0:
             rest = [*rest[:_COMPACT_ENTRIES], f"<i>and {plural(more, 'more cell')}</i>"]
-        return "<br>".join(entries + rest)
+        # The key on its own line, then the cells run on and wrap (a tall row hides others).
+        return " · ".join(entries) + ("<br>" + " · ".join(rest) if rest else "")
 
     def _title(self, title: str) -> str:
         return f"<b>{_text(_middle_cut(title, self.cap))}</b>"
+
+
+def _needs(t: TablePlan, d: Digest, columns: tuple[str, ...]) -> dict[str, int]:
+    """How wide each column would like to be: its title (up to `_TITLE_NEED`) and the
+    longest value among the first `_NEED_ROWS` row changes of each kind."""
+    needs = {c: max(_NARROWEST, min(len(c), _TITLE_NEED)) for c in columns}
+    for op in _OP_TAKE:
+        for rc in d.samples.get(op, ())[:_NEED_ROWS]:
+            for cells in (before_cells(t, rc), after_cells(t, rc)):
+                for c, v in (cells or {}).items():
+                    if c in needs:
+                        needs[c] = max(needs[c], len(_visible(v)))
+    return needs
+
+
+def _water_fill(needs: list[int], avail: int) -> int:
+    """The largest cut `c` with sum(min(need, c)) <= avail (all needs if they fit)."""
+    left = len(needs)
+    for need in sorted(needs):
+        if need * left > avail:
+            return max(0, avail // left)
+        avail -= need
+        left -= 1
+    return max(needs, default=0)
 
 
 def _change_cell(old: str | None, new: str | None, cap: int) -> str:

@@ -105,11 +105,16 @@ def _glance(t: TablePlan, d: Digest, paint: Paint) -> Iterable[str]:
     yield f"  {symbol} {paint(clean(t.name), 'bold')} ({t.action}): {rows_summary(t)}"
     columns = d.columns[:_GLANCE_COLUMNS]
     for c in columns:
+        head = f"      {clean(c.column)} in {plural(c.rows, 'row')}: "
+        if not c.top:
+            ex = c.example
+            yield head + f"no change repeats often; e.g. {_short(ex.old)} → {_short(ex.new)}"
+            continue
         tops = [
             f"{_short(tr.old)} → {_short(tr.new)} {count_mark(tr.rows, tr.exact)}" for tr in c.top
         ]
         more = ", …" if c.more else ""
-        yield f"      {clean(c.column)} in {plural(c.rows, 'row')}: " + ", ".join(tops) + more
+        yield head + ", ".join(tops) + more
     if len(d.columns) > len(columns):
         yield f"      and {plural(len(d.columns) - len(columns), 'more column')} changed"
     for reason in destructive_reasons(t):
