@@ -12,12 +12,13 @@ transitions; per op the first `sample` row changes by key.
 
 from __future__ import annotations
 
+import operator
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bpsync.plan import ADD, CHANGE, REMOVE, RowChange, TablePlan
-from bpsync.render import all_columns, change_order
+from bpsync.render import all_columns
 
 OPS = (ADD, CHANGE, REMOVE)
 # Transitions each column's counter keeps after an eviction; twice this many between them.
@@ -115,21 +116,31 @@ def _shown_value(value: str | None) -> str | None:
     return value[: CLIP + 1]
 
 
+# Within one op, key then line orders row changes as `change_order` does (op is fixed).
+_ORDER = operator.attrgetter("key", "line")
+
+
 class _Sampler:
-    """The first `n` row changes of one op by key, held in at most 2n slots."""
+    """The first `n` row changes of one op by key, held in at most ~2n slots; once full,
+    a row past the n-th kept one is dropped with one comparison."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.rows: list[RowChange] = []
+        self.cutoff: tuple[tuple[str, ...], int] | None = None
 
     def add(self, rc: RowChange) -> None:
+        if self.cutoff is not None and (rc.key, rc.line) >= self.cutoff:
+            return
         self.rows.append(rc)
         if len(self.rows) >= 2 * self.n + 64:
-            self.rows.sort(key=change_order)
+            self.rows.sort(key=_ORDER)
             del self.rows[self.n :]
+            last = self.rows[-1]
+            self.cutoff = (last.key, last.line)
 
     def first(self) -> list[RowChange]:
-        self.rows.sort(key=change_order)
+        self.rows.sort(key=_ORDER)
         return self.rows[: self.n]
 
 
