@@ -282,3 +282,15 @@ def test_any_values_stay_text(values: list[tuple[str, str, str]]) -> None:
     )
     plan = pc.plan(t)
     check_comment(render_markdown(plan, link_base=LINK_BASE), plan)
+
+
+def test_last_resort_cut_closes_what_it_opened_and_keeps_the_footer() -> None:
+    from bpsync.render import markdown
+
+    plan = pc.update_case()
+    full = render_markdown(plan)
+    opened = full[: full.index("</details>")] + "ü" * 5_000  # a cut inside <details>
+    where = markdown.Where(plan_file="plan.out")
+    cut = markdown._hard_cut(opened, plan, 3_000, markdown.utf8_size, where)
+    assert len(cut.encode()) <= 3_000
+    check_comment(cut, plan)
