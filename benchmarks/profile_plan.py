@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import os
 import pstats
 import re
@@ -38,6 +39,8 @@ sys.path.insert(0, str(HERE))
 Func = tuple[str, int, str]
 
 KEYS = "key hashes, duplicate-key check"
+SNAPSHOT = "snapshot: read, gunzip, verify SHA-256"
+SNAP_MAIN = "snapshot: wait for its reader, decode, split lines"
 # (file pattern, function-name pattern, phase), first match wins; see attribute().
 PHASES: list[tuple[str, str, str]] = [
     (r"^<frozen importlib", r".", "start-up: imports"),
@@ -46,8 +49,8 @@ PHASES: list[tuple[str, str, str]] = [
     (r"bpsync/render/", r".", "JSON rendering"),
     (r"bpsync/table\.py$", r"^(_keys|_key_values|report_duplicates|key_hash)$", KEYS),
     (r"bpsync/rowdiff\.py$", r"^(_has_duplicate_keys|_keys_of)$", KEYS),
-    (r"bpsync/table\.py$", r"^(prefetched|split_blocks)$", "snapshot read, decompression"),
-    (r"bpsync/rowdiff\.py$", r"^_iter_snapshot$", "snapshot read, decompression"),
+    (r"bpsync/table\.py$", r"^(prefetched|split_blocks)$", SNAP_MAIN),
+    (r"bpsync/rowdiff\.py$", r"^_iter_snapshot$", SNAP_MAIN),
     (r"bpsync/table\.py$", r"^(sha256_file|get|request)$", "SHA-256 of the file"),
     (r"bpsync/table\.py$", r"^(write_canonical|emit)$", "canonical copy (apply)"),
     (r"bpsync/table\.py$", r".", "scan, validate the new table"),
@@ -55,6 +58,7 @@ PHASES: list[tuple[str, str, str]] = [
     (r"bpsync/planner\.py$", r"^(_iter_rows|collect)$", "row changes of an all-add table"),
     (r"bpsync/planner\.py$", r".", "plan assembly"),
     (r"bpsync/plan\.py$", r".", "plan assembly"),
+    (r"bpsync/state/local\.py$", r"^(readinto|read|open_snapshot)$", SNAPSHOT),
     (r"bpsync/state/", r".", "state, snapshot store"),
     (r"bpsync/bigpanda/|/httpx/|/httpcore/|/h11/", r".", "HTTP (client, upload, polls)"),
     (r"bpsync/applier\.py$", r".", "apply orchestration"),
@@ -62,15 +66,24 @@ PHASES: list[tuple[str, str, str]] = [
 ]
 
 
-def rule(func: Func) -> str | None:
+# Prepended for background threads (the snapshot's reader, the file digest): there, a lock
+# wait is a full queue, i.e. the main thread being slower.
+BACKGROUND_PHASES: list[tuple[str, str, str]] = [
+    (r"^~$", r"^<method 'acquire' of '_thread\.lock' objects>$", "idle (queue full)"),
+    (r"bpsync/table\.py$", r"^work$", SNAPSHOT),
+    (r"bpsync/state/", r".", SNAPSHOT),
+]
+
+
+def rule(func: Func, background: bool = False) -> str | None:
     file, _, name = func
-    for fpat, npat, phase in PHASES:
+    for fpat, npat, phase in (BACKGROUND_PHASES + PHASES) if background else PHASES:
         if re.search(fpat, file) and re.search(npat, name):
             return phase
     return None
 
 
-def attribute(stats: dict[Func, Any]) -> dict[str, float]:
+def attribute(stats: dict[Func, Any], background: bool = False) -> dict[str, float]:
     """Seconds of own time per phase; functions without a rule inherit their callers'."""
     memo: dict[Func, dict[str, float]] = {}
     visiting: set[Func] = set()
@@ -78,7 +91,7 @@ def attribute(stats: dict[Func, Any]) -> dict[str, float]:
     def shares(f: Func) -> dict[str, float]:
         if f in memo:
             return memo[f]
-        if (phase := rule(f)) is not None:
+        if (phase := rule(f, background)) is not None:
             memo[f] = {phase: 1.0}
             return memo[f]
         visiting.add(f)
@@ -149,10 +162,13 @@ def profile_case(bench: Any, name: str, cmd: list[str], cwd: Path, env: dict[str
     began = time.perf_counter()
     run_child(Tool(f"{name} profiled", pcmd, cwd, env), bench.logs)
     profiled = time.perf_counter() - began
-    return summarise(name, " ".join(["bpsync", *cmd[3:]]), keep, wall, rss, profiled)
+    what = " ".join(["bpsync", *cmd[3:]])
+    return summarise(name, what, keep, wall, rss, profiled)
 
 
 def summarise(name: str, what: str, keep: Path, wall: float, rss: float, profiled: float) -> str:
+    meta = {"name": name, "what": what, "wall": wall, "rss": rss, "profiled": profiled}
+    (keep / f"{name}.json").write_text(json.dumps(meta), encoding="utf-8")
     out = [f"#### {name}: `{what}` — {wall:.2f} s unprofiled ({rss:.0f} MB), "
            f"{profiled:.2f} s profiled", ""]  # fmt: skip
     files = sorted(keep.glob(f"{name}.*.prof"), key=lambda p: "" if ".MainThread." in p.name
@@ -175,7 +191,7 @@ def summarise(name: str, what: str, keep: Path, wall: float, rss: float, profile
         total = _total(st)
         if label != "MainThread" and total < 0.2 * main_total:
             continue
-        phases = attribute(st.stats)  # type: ignore[attr-defined]
+        phases = attribute(st.stats, label != "MainThread")  # type: ignore[attr-defined]
         scale = wall / main_total  # the main thread runs for the whole wall time
         out += [f"phases of {label}:", "", "| phase | profiled | share | ≈ unprofiled |",
                 "|---|---|---|---|"]  # fmt: skip
@@ -251,10 +267,19 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=parse_size, default=parse_size("100MB"))
-    ap.add_argument("--cases", default="inorder,shuffled,new,apply,imports")
+    ap.add_argument("--cases", default="inorder,shuffled,new,apply,imports",
+                    help="also changed-F: F of the rows touched, e.g. changed-0.1")  # fmt: skip
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", type=Path, help="keep the .prof files here")
+    ap.add_argument("--resummarise", type=Path, metavar="DIR",
+                    help="only summarise again the profiles kept in DIR")  # fmt: skip
     args = ap.parse_args()
+    if args.resummarise:
+        for meta in sorted(args.resummarise.glob("*.json")):
+            m = json.loads(meta.read_text(encoding="utf-8"))
+            print(summarise(m["name"], m["what"], args.resummarise, m["wall"], m["rss"],
+                            m["profiled"]))  # fmt: skip
+        return 0
     plan = [PY, "-m", "bpsync", "plan", "--format", "json", "--no-refresh"]
     report = [f"size {args.size / 1e6:.0f} MB, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
               f", load average {os.getloadavg()[0]:.1f}", ""]  # fmt: skip
@@ -269,6 +294,10 @@ def main() -> int:
             elif case in ("inorder", "shuffled"):
                 new = bench.file("table" if case == "inorder" else "shuffled")
                 root = project(Path(tmp) / case, new, bench.file("mutated"))
+                text = profile_case(bench, case, plan, root, None, keep)
+            elif case.startswith("changed-"):  # e.g. changed-0.1: 10% of rows touched
+                old = bench.file(f"mutated-{float(case.split('-')[1])}")
+                root = project(Path(tmp) / case, bench.file("table"), old)
                 text = profile_case(bench, case, plan, root, None, keep)
             elif case == "new":
                 root = project(Path(tmp) / case, bench.file("table"), None)
