@@ -8,7 +8,8 @@ each command once without a profiler (its wall time) and once under cProfile, wi
 profiled on its own (the snapshot's reader and the digest run on background threads; apply's
 tables on a pool's worker threads). Each function's own time goes to a phase: bpsync functions
 by the rules in PHASES, any other function (built-ins, the standard library) to the phases of
-its callers, in proportion to the time it spent under each. A phase's share of the profiled
+its callers, in proportion to the time it spent under each (pstats keeps one level of callers,
+so a helper shared by two phases splits by its own totals). A phase's share of the profiled
 time, times the unprofiled wall time, estimates its seconds (cProfile slows Python-heavy code
 more than C-heavy code, so read the estimates as ±20%). `imports` runs
 `python -X importtime -c 'import bpsync.cli'`. `--keep DIR` keeps the .prof files for pstats.
@@ -98,7 +99,9 @@ def attribute(stats: dict[Func, Any], background: bool = False) -> dict[str, flo
         # A recursive function's calls from itself are skipped: its time follows the
         # callers that entered the recursion.
         callers = stats[f][4] if f in stats else {}
-        weights = {c: e[2] or e[3] for c, e in callers.items() if c not in visiting}
+        # Weighted by the time spent under each caller (cumulative over that edge): what is
+        # passed up is mostly the time of callees, e.g. a lock wait under threading's wait.
+        weights = {c: e[3] or e[2] for c, e in callers.items() if c not in visiting}
         total = sum(weights.values())
         acc: dict[str, float] = defaultdict(float)
         for c, w in weights.items():
@@ -240,23 +243,26 @@ def imports_md(runs: int = 5) -> str:
         wall[label] = sorted(times)[runs // 2]
     err = subprocess.run([py, "-X", "importtime", "-c", "import bpsync.cli"], check=True,
                          capture_output=True, text=True).stderr  # fmt: skip
-    tops: list[tuple[int, str]] = []
-    total = 0
+    # importtime prints a module after what it imported, two spaces deeper per level: the
+    # direct imports of bpsync.cli are the lines one level deeper just before it.
+    parsed = []
     for line in err.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
-        if not m:
-            continue
-        cumulative, depth, mod = int(m.group(2)), len(m.group(3)), m.group(4)
-        if depth == 1:  # a module imported by the top level: its whole subtree
+        if m := re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line):
+            parsed.append((int(m.group(2)), len(m.group(3)), m.group(4)))
+    at = next(i for i, (_, _, mod) in enumerate(parsed) if mod == "bpsync.cli")
+    total, depth, _ = parsed[at]
+    tops: list[tuple[int, str]] = []
+    for cumulative, d, mod in reversed(parsed[:at]):
+        if d <= depth:
+            break
+        if d == depth + 2:
             tops.append((cumulative, mod))
-        if mod == "bpsync.cli":
-            total = cumulative
     tops.sort(reverse=True)
     out = ["#### start-up: `python -X importtime -c 'import bpsync.cli'`", "",
            f"wall, median of {runs}: `python -c pass` {wall['python -c pass'] * 1000:.0f} ms, "
            f"`python -c 'import bpsync.cli'` {wall['import bpsync.cli'] * 1000:.0f} ms; "
            f"importtime total for bpsync.cli {total / 1000:.0f} ms (importtime inflates it).",
-           "", "| module (with what it imports first) | cumulative |", "|---|---|"]  # fmt: skip
+           "", "| imported by bpsync.cli | cumulative |", "|---|---|"]  # fmt: skip
     out += [f"| {mod} | {us / 1000:.1f} ms |" for us, mod in tops[:15]]
     return "\n".join(out) + "\n"
 
