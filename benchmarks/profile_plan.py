@@ -47,7 +47,7 @@ PHASES: list[tuple[str, str, str]] = [
     (r"^<frozen importlib", r".", "start-up: imports"),
     (r".", r"^<module>$", "start-up: imports"),
     (r"^~$", r"^<built-in method time\.sleep>$", "waiting (sleep: polling the job)"),
-    (r"bpsync/render/", r".", "JSON rendering"),
+    (r"bpsync/render/", r".", "rendering (JSON, text), sorting rows"),
     (r"bpsync/table\.py$", r"^(_keys|_key_values|report_duplicates|key_hash)$", KEYS),
     (r"bpsync/rowdiff\.py$", r"^(_has_duplicate_keys|_keys_of)$", KEYS),
     (r"bpsync/table\.py$", r"^(prefetched|split_blocks)$", SNAP_MAIN),
@@ -63,6 +63,7 @@ PHASES: list[tuple[str, str, str]] = [
     (r"bpsync/state/", r".", "state, snapshot store"),
     (r"bpsync/bigpanda/|/httpx/|/httpcore/|/h11/", r".", "HTTP (client, upload, polls)"),
     (r"bpsync/applier\.py$", r".", "apply orchestration"),
+    (r"bpsync/commands\.py$", r"^(write|drain)$", "writing stdout (the batching writer)"),
     (r"bpsync/", r".", "CLI, config, manifests"),
 ]
 
