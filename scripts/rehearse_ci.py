@@ -249,14 +249,15 @@ class Rehearsal:
             self.comments[name] = md
             fp = js["fingerprint"]
             self.check(js["environment"] == name, "the json names no environment")
+            head = f"<!-- bpsync:plan:{name} -->\n### bpsync plan — <code>{name}</code>"
             self.check(
-                md.startswith(f"<!-- bpsync:plan:{name} -->\n### bpsync plan for `{name}`"),
+                md.startswith(head),
                 f"the {name} comment lacks its marker or heading:\n{md[:200]}",
             )
             self.check(
                 f"Fingerprint: `{fp}`" in md, "markdown and json disagree on the fingerprint"
             )
-            closing = "**Plan: 1 tables to change; 1 rows to add, 1 to change, 1 to remove.**"
+            closing = "**Plan: 1 table to change; 1 row to add, 1 to change, 1 to remove.**"
             self.check(closing in md, f"unexpected plan:\n{md}")
             self.check(shown[name].strip() == fp, "ci fingerprint of the plan file differs")
             fps[name] = fp

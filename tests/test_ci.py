@@ -596,7 +596,7 @@ ENVIRONMENTS = "environments:\n  sandbox: {}\n  prod:\n    api: {region: eu}\n"
 
 def env_plan_body(environment: str, fp: str) -> str:
     return (
-        f"<!-- bpsync:plan:{environment} -->\n### bpsync plan for `{environment}`\n\n"
+        f"<!-- bpsync:plan:{environment} -->\n### bpsync plan — <code>{environment}</code>\n\n"
         f"Fingerprint: `{fp}`\n\n**No changes.**\n"
     )
 

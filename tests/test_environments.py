@@ -87,7 +87,8 @@ def test_every_rendering_names_its_environment(tmp_path: Path) -> None:
     assert code == 0, err
     assert text.splitlines()[0] == "Environment: prod at https://eu-api.bigpanda.io (API v2.1)"
     _, md, _ = run_cli(["plan", "--format", "markdown"], root, env)
-    assert md.splitlines()[:2] == ["<!-- bpsync:plan:prod -->", "### bpsync plan for `prod`"]
+    head = ["<!-- bpsync:plan:prod -->", "### bpsync plan — <code>prod</code>"]
+    assert md.splitlines()[:2] == head
     _, raw, _ = run_cli(["plan", "--format", "json"], root, env)
     assert json.loads(raw)["environment"] == "prod"
 
