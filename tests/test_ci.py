@@ -690,3 +690,19 @@ def test_ci_environments_leaves_out_a_rehearsal_emulator(tmp_path: Path) -> None
     assert json.loads(run_cli(["ci", "environments"], root, env)[1]) == ["sandbox", "prod"]
     code, out, _ = run_cli(["ci", "environments", "--all"], root)
     assert code == 0 and json.loads(out) == ["sandbox", "prod", "emulator"]
+
+
+def test_each_environment_has_its_own_drift_issue(github: FakeGitHub, tmp_path: Path) -> None:
+    root = make_repo(tmp_path, config=ENVIRONMENTS)
+    (root / "drift.md").write_text("drift\n", encoding="utf-8")
+    for environment in ("sandbox", "prod", "sandbox"):
+        argv = ["--env", environment, "ci", "issue", "--title", TITLE, "--body-file", "drift.md"]
+        code, _, err = run_cli(argv, root, gh_env(github))
+        assert code == 0, err
+    assert [i["body"].splitlines()[0] for i in github.issues] == [
+        "<!-- bpsync:drift:sandbox -->",
+        "<!-- bpsync:drift:prod -->",
+    ]
+    argv = ["--env", "prod", "ci", "issue", "--title", TITLE, "--close"]
+    assert run_cli(argv, root, gh_env(github))[0] == 0
+    assert [i["state"] for i in github.issues] == ["open", "closed"]
