@@ -38,15 +38,29 @@ def bind(
     environments: Sequence[str],
     env: Mapping[str, str],
 ) -> Binding:
-    """`state` bound to `endpoint`; EndpointMismatch when it belongs to another one."""
-    if state.endpoint is None:
-        return Binding(state.bound_to(endpoint), adopted=bool(state.tables))
+    """`state` bound to `endpoint`; EndpointMismatch when it belongs to another one.
+
+    State that records no enrichment (never applied, or only failed first attempts) holds
+    no organisation's ids, so it belongs nowhere yet: it takes `endpoint` silently."""
     if state.endpoint == endpoint:
         return Binding(state, adopted=False)
+    if not records_enrichments(state):
+        return Binding(state.bound_to(endpoint), adopted=False)
+    if state.endpoint is None:
+        return Binding(state.bound_to(endpoint), adopted=True)
     raise EndpointMismatch(
         f"the state in {location} belongs to {state.endpoint}, but this command would use "
         f"it against {endpoint}{_for(environment)}; nothing was sent",
         hint=_ways_on(environment, environments, env),
+    )
+
+
+def records_enrichments(state: State) -> bool:
+    """Whether `state` holds any BigPanda id: an enrichment, or a job still pending (a
+    create only intended, with no id yet, holds none)."""
+    return any(
+        ts.enrichment_id or (ts.pending and (ts.pending.enrichment_id or ts.pending.job_id))
+        for ts in state.tables.values()
     )
 
 

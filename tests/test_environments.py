@@ -368,3 +368,20 @@ def test_state_without_an_endpoint_still_parses_and_keeps_its_bytes() -> None:
     assert state_from_dict(json.loads(dumps_state(bound))) == bound
     with pytest.raises(StateCorrupt, match=r"state\.endpoint\.base_url"):
         state_from_dict({**legacy, "endpoint": {"base_url": 7, "api_version": "v1"}})
+
+
+def test_state_that_records_no_enrichment_belongs_nowhere_yet() -> None:
+    # A first apply that failed before BigPanda created anything leaves no id behind: the
+    # next attempt, against another endpoint, is not refused.
+    from bpsync.binding import bind
+    from bpsync.endpoint import Endpoint
+    from bpsync.errors import EndpointMismatch
+    from bpsync.state import State, TableState
+
+    a, b = Endpoint("http://127.0.0.1:1", "v1"), Endpoint("http://127.0.0.1:2", "v1")
+    intent = State(1, "l", {"t": TableState("t", None, "v1", {})}, a)
+    binding = bind(intent, b, location=".bpsync", environment=None, environments=(), env={})
+    assert binding.state.endpoint == b and not binding.adopted
+    applied = intent.with_table(TableState("t", "e1", "v1", {}))
+    with pytest.raises(EndpointMismatch, match="nothing was sent"):
+        bind(applied, b, location=".bpsync", environment=None, environments=(), env={})

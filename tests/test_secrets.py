@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -113,6 +114,16 @@ def make_repo(root: Path, tables: int = 2) -> Path:
     return root
 
 
+def bound_copy(repo: Path, dest: Path, url: str) -> Path:
+    """A copy of `repo` whose state is bound to `url` (as if applied there)."""
+    shutil.copytree(repo, dest)
+    state_file = dest / ".bpsync" / "state.json"
+    data = json.loads(state_file.read_text())
+    data["endpoint"]["base_url"] = url
+    state_file.write_text(json.dumps(data))
+    return dest
+
+
 def edit(repo: Path, owner: str) -> None:
     for csv_path in (repo / "tables").glob("*.csv"):
         text = csv_path.read_text()
@@ -145,10 +156,14 @@ def test_no_leak_from_a_faulty_run_in_a_subprocess(tmp_path: Path) -> None:
     with Emulator(port=0, job_seconds=0.0, rate_limit=False) as emu:
         record("ok", bpsync_process(repo, emu, "apply", "--auto-approve"), 0)
         with Emulator(port=0, job_seconds=0.0, token="other", rate_limit=False) as wrong:
-            edit(repo, "zed")
-            record("401 apply", bpsync_process(repo, wrong, "apply", "--auto-approve"), 1)
+            # The state is bound to `emu` (SPEC §5): rehearse the refused token on a copy
+            # bound to `wrong`, so the requests are sent and answered 401.
+            elsewhere = bound_copy(repo, tmp_path / "elsewhere", wrong.url)
+            edit(elsewhere, "zed")
+            record("401 apply", bpsync_process(elsewhere, wrong, "apply", "--auto-approve"), 1)
             assert b"HTTP 401" in outputs["401 apply stderr"]
-            record("401 plan", bpsync_process(repo, wrong, "plan", "--refresh"), 1)
+            record("401 plan", bpsync_process(elsewhere, wrong, "plan", "--refresh"), 1)
+            assert_no_leak({}, elsewhere)
         edit(repo, "ana")
         emu.faults.fail_next_requests(1, status=503, path_contains="/map")
         emu.faults.drop_upload_after(20, times=1)
