@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,7 +56,15 @@ from bpsync.plan import (
     TablePlan,
 )
 from bpsync.state import PendingJob, State, StateBackend, TableState, referenced_snapshots
-from bpsync.table import ProblemSink, TableLayout, sha256_file, write_canonical
+from bpsync.state.snapshot import encoded_size
+from bpsync.table import (
+    ProblemSink,
+    TableLayout,
+    sha256_file,
+    table_bytes,
+    table_size_hint,
+    write_canonical,
+)
 from bpsync.units import format_duration
 
 Note = Callable[[str], None]
@@ -198,11 +207,29 @@ class Applier:
         todo = [t for t in plan.tables if t.action != NO_OP]
         if not todo:
             return result
+        self.check_snapshot_room(todo)
         with ThreadPoolExecutor(max_workers=max(1, self.parallelism)) as pool:
             for r in pool.map(self._apply_one, todo):
                 result.results.append(r)
         self._prune()
         return result
+
+    def check_snapshot_room(self, tables: Iterable[TablePlan]) -> None:
+        """Before any upload: the state backend can keep every snapshot this apply records
+        (a snapshot too big for git is refused here, not after BigPanda took the table)."""
+        backend = self.store.backend
+        for tp in tables:
+            if not tp.upload or tp.csv is None or not tp.new_sha256:
+                continue
+            if backend.has_snapshot(tp.new_sha256):
+                continue
+            path = self.root / tp.csv
+            backend.check_snapshot_room(
+                tp.name,
+                table_size_hint(path),
+                partial(_snapshot_size, path),
+                self.note,
+            )
 
     def _apply_one(self, tp: TablePlan) -> TableResult:
         counts = (tp.rows_added, tp.rows_changed, tp.rows_removed)
@@ -525,6 +552,10 @@ class Applier:
             self.store.backend.prune_snapshots(referenced_snapshots(self.store.state))
         except BpsyncError as e:  # pruning is housekeeping; never fail an apply for it
             self.note(f"could not prune old snapshots: {e.message}")
+
+
+def _snapshot_size(path: Path) -> int:
+    return encoded_size(table_bytes(path))
 
 
 def _same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> bool:
