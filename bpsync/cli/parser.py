@@ -126,9 +126,10 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     v = sub.add_parser("validate", help="check manifests and tables offline", parents=[g.table])
     v.add_argument(
         "--format",
-        choices=("text", "github"),
+        choices=("text", "github", "json"),
         default="text",
-        help="github: one ::error annotation per problem on stdout",
+        help="github: one ::error annotation per problem on stdout; json: every problem "
+        "(file, line, column, severity, message, hint) as one versioned document on stdout",
     )
     _command(v, "core:validate")
 
@@ -170,6 +171,13 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     )
     a.add_argument("planfile", nargs="?", type=Path, metavar="PLANFILE")
     a.add_argument("--auto-approve", action="store_true", help="do not ask for `yes`")
+    a.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: the result per table (action, enrichment id, job id, rows, duration, "
+        "outcome, error) as one versioned document on stdout; everything else on stderr",
+    )
     a.add_argument(
         "--expect-fingerprint", metavar="FP", help="refuse unless a fresh plan has this fingerprint"
     )
