@@ -217,6 +217,34 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     u.add_argument("lock_id", metavar="LOCK_ID")
     _command(u, "core:force_unlock")
 
+    n = sub.add_parser(
+        "init",
+        help="write a starter bpsync.yaml, or a manifest for an existing CSV",
+        description="Without --from: write a starter bpsync.yaml here. With --from: write "
+        "the manifest of an existing table beside it (the first column, or the --key "
+        "columns, as the key; every other column a result tag, with a valid tag_name "
+        "suggested where the title is not one). Never overwrites a file; the table must "
+        "pass `bpsync validate`'s rules first.",
+    )
+    n.add_argument(
+        "--from",
+        dest="csv",
+        type=Path,
+        metavar="FILE.csv",
+        help="the existing table (.csv or .csv.gz) to write a manifest for",
+    )
+    n.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="a column that identifies a row (query_tag; repeatable; default: the first)",
+    )
+    n.add_argument(
+        "--name", metavar="NAME", help="the table's name and manifest file (default: the CSV's)"
+    )
+    _command(n, "init:init")
+
 
 def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     ci = sub.add_parser(
