@@ -51,7 +51,7 @@ def test_init_from_a_csv_writes_a_manifest_that_validates_as_written(tmp_path: P
         "application,owner,Runbook URL,incident_key,runbook_url\n"
         "billing,ana,https://w/b,k1,r1\ncrm,ravi,https://w/c,k2,r2\n",
     )
-    code, out, err = run_cli(["init", "--from", "tables/owners.csv"], root)
+    code, _, err = run_cli(["init", "--from", "tables/owners.csv"], root)
     assert code == 0, err
     assert "Wrote tables/owners.yaml" in err
     text = (root / "tables" / "owners.yaml").read_text()
@@ -121,7 +121,7 @@ def test_init_from_a_bad_table_reports_what_validate_reports(
     tmp_path: Path, csv: bytes, location: str, words: str
 ) -> None:
     root = project(tmp_path, csv)
-    code, out, err = run_cli(["init", "--from", "tables/owners.csv"], root)
+    code, _, err = run_cli(["init", "--from", "tables/owners.csv"], root)
     assert code == 1
     assert f"Error: {location}: " in err and words in err, err
     assert not (root / "tables" / "owners.yaml").exists()
