@@ -107,3 +107,24 @@ def test_help_does_not_load_the_completion_generator() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_zsh_completion_is_valid_zsh(tmp_path: Path) -> None:
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh is not installed")
+    _, out, _ = run_cli(["completion", "zsh"], tmp_path)
+    done = subprocess.run(["zsh", "-n"], input=out, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_fish_completes_commands_and_options(tmp_path: Path) -> None:
+    if shutil.which("fish") is None:
+        pytest.skip("fish is not installed")
+    _, out, _ = run_cli(["completion", "fish"], tmp_path)
+    script = tmp_path / "bpsync.fish"
+    script.write_text(out)
+    probe = f"source {script}; complete -C 'bpsync ini'; complete -C 'bpsync init --'"
+    done = subprocess.run(["fish", "--no-config", "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    offered = [line.split("\t")[0] for line in done.stdout.splitlines()]
+    assert "init" in offered and {"--from", "--key", "--name"} <= set(offered)
