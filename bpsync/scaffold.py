@@ -88,6 +88,8 @@ def _schema_ref(root: Path, name: str, beside: Path, written: list[Written]) -> 
 
 def init_project(root: Path) -> list[Written]:
     """Write a starter bpsync.yaml in `root` (and the schemas editors read)."""
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a directory", hint="check the -C option")
     path = root / CONFIG_FILE
     if path.exists():
         raise ConfigError(

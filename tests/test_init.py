@@ -167,3 +167,10 @@ def test_suggested_tag_names_are_valid(title: str, taken: set[str], expected: st
 
     assert suggest_tag_name(title, taken) == expected
     assert facts.tag_name_problem(expected) is None
+
+
+def test_init_in_a_missing_directory_creates_nothing(tmp_path: Path) -> None:
+    code, _, err = run_cli(["-C", "nowhere", "init"], tmp_path)
+    assert code == 1
+    assert "is not a directory" in err
+    assert not (tmp_path / "nowhere").exists()
