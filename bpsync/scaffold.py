@@ -80,7 +80,8 @@ def _schema_ref(root: Path, name: str, beside: Path, written: list[Written]) -> 
     if not target.exists():
         try:
             create_new(target, _packaged_schema(name))
-            written.append(Written(target, f"the JSON Schema of {name} files, for editors"))
+            of = {"config": "bpsync.yaml", "manifest": "manifests"}.get(name, name)
+            written.append(Written(target, f"the JSON Schema of {of}, for editors"))
         except FileExistsError:
             pass
     return Path(os.path.relpath(target, beside)).as_posix()
