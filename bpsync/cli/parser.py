@@ -144,8 +144,10 @@ EXAMPLES: dict[str, str] = {
     "ci comment": "bpsync ci comment --body-file plan.md --pr 42",
     "ci fingerprint": 'bpsync ci fingerprint --from-comment-of-commit "$GITHUB_SHA"',
     "ci issue": "bpsync ci issue --title 'BigPanda drift' --body-file drift.md",
+    "ci environments": 'bpsync ci environments   # a job matrix: ["sandbox", "prod"]',
     "state": "bpsync state migrate --to s3",
     "state migrate": "bpsync state migrate --to s3 --bucket acme-bpsync --prefix bigpanda/prod",
+    "state rebind": "bpsync state rebind   # after moving the enrichments' base URL or region",
 }
 TOP_EXAMPLES = (
     "bpsync validate",
