@@ -21,7 +21,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -54,6 +54,8 @@ from bpsync.plan import (
     Plan,
     TablePlan,
 )
+from bpsync.planner import adopted
+from bpsync.remote import same_fields
 from bpsync.state import PendingJob, State, StateBackend, TableState, referenced_snapshots
 from bpsync.table import ProblemSink, TableLayout, sha256_file, write_canonical
 from bpsync.units import format_duration
@@ -195,7 +197,7 @@ class Applier:
     # -- apply ----------------------------------------------------------------------------
     def apply(self, plan: Plan) -> ApplyResult:
         result = ApplyResult()
-        todo = [t for t in plan.tables if t.action != NO_OP]
+        todo = [t for t in plan.tables if t.has_changes]
         if not todo:
             return result
         with ThreadPoolExecutor(max_workers=max(1, self.parallelism)) as pool:
@@ -213,6 +215,9 @@ class Applier:
         return TableResult(tp.name, tp.action, True, msg, counts)
 
     def _run(self, tp: TablePlan) -> str:
+        self._settle(tp)
+        if tp.action == NO_OP:
+            return "left-over enrichments deactivated"
         if tp.action == DEACTIVATE:
             return self._deactivate(tp)
         if tp.action == UPDATE_IN_PLACE:
@@ -234,6 +239,39 @@ class Applier:
             raise
         self._complete(tp.name, job)
         return f"job {job.job_id} done"
+
+    def _settle(self, tp: TablePlan) -> None:
+        """Settle what an interrupted apply left, as the plan showed, before anything else.
+
+        An enrichment a killed create made is recorded as the table's; the new enrichment of
+        a replace that did not finish is deactivated when this plan does not use it (and its
+        pending entry cleared). Deactivating twice is harmless, so a crash in between is too.
+        """
+        if tp.adopt:
+            eid = tp.adopt
+
+            def adopt(cur: TableState | None) -> TableState | None:
+                p = cur.pending if cur else None
+                if cur is None or p is None or p.job_id or p.enrichment_id:
+                    return cur
+                return adopted(cur, eid)
+
+            self.store.update(tp.name, adopt)
+            self.note(f"{tp.name}: adopted enrichment {eid}, created by an interrupted apply")
+        for eid in tp.retire:
+            try:
+                self.client.update_enrichment(eid, active=False)
+                self.note(f"{tp.name}: deactivated enrichment {eid}, left by an earlier replace")
+            except NotFoundError:
+                self.note(f"{tp.name}: the left-over enrichment {eid} no longer exists")
+
+            def clear(cur: TableState | None, eid: str = eid) -> TableState | None:
+                p = cur.pending if cur else None
+                if cur is None or p is None or p.job_id or p.enrichment_id != eid:
+                    return cur
+                return replace(cur, pending=None)
+
+            self.store.update(tp.name, clear)
 
     def _forget_failed(self, name: str, job: PendingJob) -> None:
         """A failed job changed nothing in BigPanda: drop it, keep the old snapshot.
@@ -279,7 +317,7 @@ class Applier:
             self.note(f"{tp.name}: could not list enrichments to check the name ({e.message})")
             orphans = []
         if creating:
-            adopted = [e for e in orphans if _same_fields(e.fields, schema["fields"])]
+            adopted = [e for e in orphans if same_fields(e.fields, schema["fields"])]
             if len(adopted) == 1:
                 eid: str = adopted[0].id
                 self.note(f"{tp.name}: adopting enrichment {eid}, created by an interrupted apply")
@@ -525,10 +563,3 @@ class Applier:
             self.store.backend.prune_snapshots(referenced_snapshots(self.store.state))
         except BpsyncError as e:  # pruning is housekeeping; never fail an apply for it
             self.note(f"could not prune old snapshots: {e.message}")
-
-
-def _same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> bool:
-    def by_title(fields: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {f["title"]: {k: v for k, v in f.items() if v is not None} for f in fields}
-
-    return by_title(a) == by_title(b)

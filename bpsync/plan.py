@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 FORMAT_VERSION = "1"
@@ -104,10 +104,16 @@ class TablePlan:
     max_delete_fraction: float
     mass_delete: bool
     upload: bool  # apply uploads the table
+    # Enrichments an interrupted apply created for this table that this plan does not use:
+    # apply deactivates them first (a failed or killed replace, a create whose id was lost).
+    retire: tuple[str, ...] = ()
+    # An enrichment an interrupted create made but never recorded, found in BigPanda by the
+    # name and fields its recorded intent holds: apply records it as the table's first.
+    adopt: str | None = None
 
     @property
     def has_changes(self) -> bool:
-        return self.action != NO_OP
+        return self.action != NO_OP or bool(self.retire)
 
     @property
     def destructive(self) -> bool:
@@ -151,6 +157,8 @@ class TablePlan:
                 values[f.name] = row_changes
             elif f.name == "schema_changes":
                 values[f.name] = tuple(SchemaChange(s, d, bool(x)) for s, d, x in record[f.name])
+            elif f.name not in record and f.default is not MISSING:
+                values[f.name] = f.default  # a plan file written before the field existed
             elif isinstance(record[f.name], list):
                 values[f.name] = tuple(record[f.name])
             else:
