@@ -209,3 +209,20 @@ def test_killed_create_then_added_field_replaces_the_orphan(tmp_path: Path, emu:
     assert "does not know" not in err
     assert orphan not in all_active(emu)
     assert_settled(repo, emu)
+
+
+# -- an upload whose answer was lost after the whole body went out -------------------------
+
+
+def test_upload_dropped_after_the_whole_body_is_retried_and_apply_succeeds(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    size = (repo / "tables" / "owners.csv").stat().st_size
+    emu.faults.drop_upload_after(bytes=size, times=1)  # every byte read, then no answer
+    code, out, err = bp(repo, emu, "apply", "--auto-approve")
+    assert code == 0, out + err
+    sent = [r for r in emu.requests if r.method == "POST" and r.path.endswith("/map")]
+    assert [r.status for r in sent] == [None, 202]
+    assert sent[0].body_bytes == size
+    assert_settled(repo, emu)

@@ -188,6 +188,9 @@ class _Body:
     content_type: str
     length: Callable[[], int]  # re-read per attempt: the file may have changed
     stream: _TrackedBody
+    # Sending it twice has the effect of sending it once: a full-table upload replaces the
+    # table with the same bytes. A create is not: a lost answer may hide a new enrichment.
+    idempotent: bool = False
 
 
 def _json_body(payload: Mapping[str, Any]) -> _Body:
@@ -200,6 +203,7 @@ def _file_body(path: Path, fault: Callable[[str], None] | None = None) -> _Body:
         facts.UPLOAD_CONTENT_TYPE,
         lambda: path.stat().st_size,
         _TrackedBody(_file_chunks(path, fault)),
+        idempotent=True,
     )
 
 
@@ -541,6 +545,12 @@ class BigPandaClient:
             summary = self._token.redact(_describe_error(exc))
             self._emit(f"{method} {_path(url)} -> {summary} ({self._clock() - began:.2f}s)")
             if method == "POST" and body is not None and body.stream.fully_sent:
+                if body.idempotent:
+                    self._emit(
+                        f"{method} {_path(url)}: the whole body was sent but no answer came; "
+                        "sending it again (a full-table upload is idempotent)"
+                    )
+                    return exc, summary
                 raise ApiError(
                     f"{what}: the request was sent completely but no answer came ({summary}); "
                     "BigPanda may have accepted it, so it was not sent again",
