@@ -22,7 +22,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -40,10 +39,12 @@ from bpsync.errors import (
     ApiError,
     ApplyRefused,
     BpsyncError,
+    Interrupted,
     JobFailed,
     NotFoundError,
     StalePlan,
 )
+from bpsync.interrupt import Interrupts
 from bpsync.plan import (
     CREATE,
     DEACTIVATE,
@@ -124,17 +125,42 @@ class TableResult:
     ok: bool
     message: str = ""
     rows: tuple[int, int, int] = (0, 0, 0)  # added, changed, removed
+    # Not finished because of Ctrl-C: "pending" (its job stays recorded, re-attached on the
+    # next apply), "running" (stopped before its job was recorded) or "not started".
+    interrupted: str | None = None
 
 
 @dataclass
 class ApplyResult:
     results: list[TableResult] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def failed(self) -> list[TableResult]:
         return [r for r in self.results if not r.ok]
 
     def summary(self) -> str:
+        if self.interrupted:
+            return self._interrupted_summary()
+        return self._summary()
+
+    def _interrupted_summary(self) -> str:
+        done = [r.name for r in self.results if r.ok]
+        parts = [f"Apply interrupted. Applied: {', '.join(done) or 'nothing'}"]
+        for kind, words in (
+            ("pending", "left pending (the next apply re-attaches to the job)"),
+            ("running", "stopped before its job was recorded (the next apply plans it again)"),
+            ("not started", "not started"),
+        ):
+            names = [r.name for r in self.results if r.interrupted == kind]
+            if names:
+                parts.append(f"{words}: {', '.join(names)}")
+        failed = [r.name for r in self.failed if r.interrupted is None]
+        if failed:
+            parts.append(f"failed: {', '.join(failed)}")
+        return "; ".join(parts) + ". " + self._summary().split(". ", 1)[-1]
+
+    def _summary(self) -> str:
         ok = [r for r in self.results if r.ok]
         counts = {
             a: sum(1 for r in ok if r.action == a)
@@ -172,6 +198,7 @@ class Applier:
     fault: FaultHook = field(default=lambda point: None)
     # On a terminal: set(table, line or None) redraws one live line per running job.
     live: Callable[[str, str | None], None] | None = None
+    interrupts: Interrupts | None = None  # Ctrl-C: stop starting, then stop waiting
 
     # -- resume ---------------------------------------------------------------------------
     def resume_pending(self) -> list[TableResult]:
@@ -196,20 +223,80 @@ class Applier:
 
     # -- apply ----------------------------------------------------------------------------
     def apply(self, plan: Plan) -> ApplyResult:
-        result = ApplyResult()
         todo = [t for t in plan.tables if t.has_changes]
         if not todo:
-            return result
-        with ThreadPoolExecutor(max_workers=max(1, self.parallelism)) as pool:
-            for r in pool.map(self._apply_one, todo):
-                result.results.append(r)
-        self._prune()
-        return result
+            return ApplyResult()
+        results = self._run_all(todo)
+        interrupted = self.interrupts is not None and self.interrupts.count > 0
+        if not interrupted:
+            self._prune()
+        return ApplyResult(results, interrupted=interrupted)
+
+    def _run_all(self, todo: list[TablePlan]) -> list[TableResult]:
+        """Apply the tables, `parallelism` at a time, in order; a first Ctrl-C stops taking
+        new ones, a second stops waiting for the running ones.
+
+        Daemon threads, not an executor: after a second Ctrl-C a thread still sending an
+        upload must not keep the process alive (what it leaves is what a kill leaves, which
+        the next apply recovers from).
+        """
+        stop = self.interrupts.stop_starting if self.interrupts else threading.Event()
+        abandon = self.interrupts.stop_waiting if self.interrupts else threading.Event()
+        queue = list(enumerate(todo))
+        results: dict[int, TableResult] = {}
+        guard = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with guard:
+                    if not queue or stop.is_set():
+                        return
+                    i, tp = queue.pop(0)
+                results[i] = self._apply_one(tp)
+
+        threads = [
+            threading.Thread(target=worker, name=f"apply-{n}", daemon=True)
+            for n in range(max(1, min(self.parallelism, len(todo))))
+        ]
+        for t in threads:
+            t.start()
+        deadline: float | None = None
+        while any(t.is_alive() for t in threads):
+            if abandon.is_set():
+                deadline = deadline or time.monotonic() + 0.8
+                if time.monotonic() > deadline:
+                    break  # a thread stuck in a request: leave it, as a kill would
+            for t in threads:
+                t.join(0.05)
+        out = []
+        for i, tp in enumerate(todo):
+            counts = (tp.rows_added, tp.rows_changed, tp.rows_removed)
+            if i in results:
+                out.append(results[i])
+            elif any(i == j for j, _ in queue):
+                out.append(
+                    TableResult(tp.name, tp.action, False, "not started", counts, "not started")
+                )
+            else:
+                out.append(
+                    TableResult(
+                        tp.name,
+                        tp.action,
+                        False,
+                        "stopped before its upload job was recorded",
+                        counts,
+                        "running",
+                    )
+                )
+        return out
 
     def _apply_one(self, tp: TablePlan) -> TableResult:
         counts = (tp.rows_added, tp.rows_changed, tp.rows_removed)
         try:
             msg = self._run(tp)
+        except Interrupted as e:
+            kind = "pending" if self._pending_job(tp.name) else "running"
+            return TableResult(tp.name, tp.action, False, e.render(), counts, kind)
         except BpsyncError as e:
             return TableResult(tp.name, tp.action, False, e.render(), counts)
         return TableResult(tp.name, tp.action, True, msg, counts)
@@ -239,6 +326,10 @@ class Applier:
             raise
         self._complete(tp.name, job)
         return f"job {job.job_id} done"
+
+    def _pending_job(self, name: str) -> str | None:
+        ts = self.store.state.table(name)
+        return ts.pending.job_id if ts and ts.pending and ts.pending.job_id else None
 
     def _settle(self, tp: TablePlan) -> None:
         """Settle what an interrupted apply left, as the plan showed, before anything else.
@@ -457,7 +548,15 @@ class Applier:
             last_status[0] = status
 
         self.fault("waiting")
-        return self.client.wait_for_job(job_ref, timeout=self.timeout, on_progress=progress)
+        try:
+            return self.client.wait_for_job(job_ref, timeout=self.timeout, on_progress=progress)
+        except Interrupted:
+            if self.live is not None:
+                self.live(name, None)
+            raise Interrupted(
+                f"{name}: stopped waiting on job {job_id}; it stays pending in state and the "
+                "next apply re-attaches to it"
+            ) from None
 
     def _complete(self, name: str, job: PendingJob) -> None:
         """The job is done: retire the replaced enrichment, then record the new state.

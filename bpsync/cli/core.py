@@ -10,14 +10,22 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
+from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Context
 from bpsync.console import LiveLines
-from bpsync.errors import ApplyRefused, ConfigError, InvalidInput, StalePlan, UsageError
+from bpsync.errors import (
+    ApplyRefused,
+    ConfigError,
+    Interrupted,
+    InvalidInput,
+    StalePlan,
+    UsageError,
+)
 from bpsync.manifest import Manifest, load_manifests
 from bpsync.table import FileDigests
 from bpsync.validate import select, validate_project
 
 if TYPE_CHECKING:
+    from bpsync.interrupt import Interrupts
     from bpsync.plan import Plan
 
 # Heavy modules (planner, renderers, applier, httpx) are imported inside the commands that
@@ -121,18 +129,36 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     return plan
 
 
-def _client(ctx: Context, fault: Callable[[str], None] | None = None) -> Any:
+def _client(
+    ctx: Context,
+    fault: Callable[[str], None] | None = None,
+    interrupts: Interrupts | None = None,
+) -> Any:
     from bpsync.bigpanda.client import BigPandaClient
 
     config = ctx.config
     log = ctx.console.note if ctx.args.debug else None
+    options = dict(ctx.client_options)
+    if interrupts is not None:
+        # Every sleep of the client (polls, backoff, rate limit) ends at a second Ctrl-C.
+        inner = options.get("sleep")
+        if inner is None:
+            options["sleep"] = interrupts.sleep
+        else:
+
+            def sleep(seconds: float) -> None:
+                interrupts.check()
+                inner(seconds)
+                interrupts.check()
+
+            options["sleep"] = sleep
     return BigPandaClient(
         config.resolved_base_url,
         config.token(ctx.env),
         config.api.version,
         log=log,
         fault=fault,  # test seam: the crash matrix's "mid-upload" point (see _fault_hook)
-        **ctx.client_options,
+        **options,
     )
 
 
@@ -275,7 +301,11 @@ def _confirm(ctx: Context, the_plan: Plan) -> None:
     ctx.console.note("Do you want to perform these actions? Only 'yes' will be accepted.")
     ctx.console.err.write("  Enter a value: ")
     ctx.console.err.flush()
-    answer = input().strip()
+    try:
+        answer = ctx.read_line().strip()
+    except (EOFError, KeyboardInterrupt):
+        ctx.console.err.write("\n")  # the prompt's line was left open
+        answer = ""
     if answer != "yes":
         raise ApplyRefused("apply cancelled", hint="nothing was changed")
 
@@ -297,6 +327,7 @@ def _check_saved(ctx: Context, saved: Plan) -> None:
 def apply(ctx: Context) -> int:
     from bpsync.applier import Applier, StateStore
     from bpsync.guards import check_mass_delete
+    from bpsync.interrupt import Interrupts
     from bpsync.planner import make_plan
     from bpsync.refresh import refresh_remote
     from bpsync.state import open_backend
@@ -318,7 +349,8 @@ def apply(ctx: Context) -> int:
                 hint="review `bpsync plan` and run `bpsync apply --auto-approve`, or apply a "
                 "saved plan file (`bpsync plan --out FILE`, then `bpsync apply FILE`)",
             )
-        with _client(ctx, fault=fault) as client:
+        interrupts = ctx.interrupts or Interrupts(ctx.console.note)
+        with _client(ctx, fault=fault, interrupts=interrupts) as client:
             store = StateStore(backend, backend.read(), fault)
             live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
             applier = Applier(
@@ -331,8 +363,16 @@ def apply(ctx: Context) -> int:
                 parallelism=ctx.args.parallelism,
                 fault=fault,
                 live=live.set if live else None,
+                interrupts=interrupts,
             )
-            resumed = applier.resume_pending()
+            with interrupts.installed():
+                resumed = applier.resume_pending()
+            if interrupts.count:
+                raise Interrupted(
+                    "apply interrupted while re-attaching to the jobs of an earlier apply; "
+                    "nothing new was started",
+                    hint="run `bpsync apply` again: it re-attaches to any job still pending",
+                )
             if resumed and (ctx.args.planfile or ctx.args.expect_fingerprint):
                 raise StalePlan(
                     "a job left pending by an interrupted apply was completed, "
@@ -358,10 +398,14 @@ def apply(ctx: Context) -> int:
                 if not the_plan.has_changes:
                     return EXIT_OK
                 _confirm(ctx, the_plan)
-            result = applier.apply(the_plan)
+            with interrupts.installed():
+                result = applier.apply(the_plan)
     for r in result.failed:
-        ctx.console.error(f"{r.name}: {r.message}")
+        if r.interrupted != "not started":
+            ctx.console.error(f"{r.name}: {r.message}")
     ctx.console.print(result.summary())
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     if result.failed:
         return EXIT_ERROR
     return EXIT_OK
