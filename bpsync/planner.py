@@ -187,6 +187,15 @@ def _plan_table(
     if rows.info is not None and not rows.info.ok:
         return None
     drift = _drift(ts, remote) if ts and ts.enrichment_id else ()
+    if (
+        rows.old_columns
+        and rows.columns != rows.old_columns
+        and sorted(rows.columns) == sorted(rows.old_columns)
+    ):
+        notes.append(
+            "the columns are in a new order; rows are compared cell by title, and apply "
+            "uploads the table in its new column order"
+        )
     action = _action(m, enrichment_id, changes, rows, ts, remote, notes)
     retire = _leftover(ts, action, schema, notes)
     if ts and ts.pending and ts.pending.job_id:

@@ -337,6 +337,8 @@ class TableScan:
         self.line = 0  # last physical line consumed
         self.canonical = True
         self.crlf = False
+        # This block's first line number and text before CRLF endings became LF (split lazily).
+        self._crlf_block: tuple[int, str, list[str] | None] | None = None
         self.missing_newline = False
         self.header_done = False
         self.header_line = layout.header_line
@@ -447,6 +449,7 @@ class TableScan:
     # -- one block ---------------------------------------------------------------------------
     def _block(self, raw: bytes, text: str) -> list[RowBlock]:
         """Check one block; the runs of its valid rows that are to be passed on."""
+        self._crlf_block = None
         if "\r" in text:
             self.canonical = False
             raw = b""
@@ -454,6 +457,8 @@ class TableScan:
                 # CRLF endings: accepted on read, canonicalised on write (SPEC §4). A CR left
                 # after this is a lone one: the slow path reports it.
                 self.crlf = True
+                # Kept to name a line break inside a value as it was written (CRLF or LF).
+                self._crlf_block = (self.line + 1, text, None)
                 text = text.replace("\r\n", "\n")
         lines = text.split("\n")
         lines.pop()  # text ends with "\n"
@@ -647,6 +652,19 @@ class TableScan:
         self.rows += len(rows)
         return out
 
+    def _breaks_between(self, line: int, span: int) -> str:
+        """How the line breaks inside a row spanning `span` lines from `line` were written."""
+        block = self._crlf_block
+        if block is None or not block[0] <= line:
+            return "LF"
+        first, text, split = block
+        if split is None:
+            split = text.split("\n")
+            self._crlf_block = (first, text, split)
+        ends = split[line - first : line - first + span - 1]
+        crlf = sum(1 for e in ends if e.endswith("\r"))
+        return "CRLF" if crlf == len(ends) else "LF" if crlf == 0 else "CRLF and LF"
+
     def _no_bare_cr(self, row: list[str], physical: list[str], line: int) -> bool:
         """csv drops a CR outside quotes as if it ended the line; BigPanda would not."""
         if any("\r" in text for text in physical) and not any("\r" in v for v in row):
@@ -665,9 +683,11 @@ class TableScan:
             return False
         ok = True
         if span > 1:
+            kind = self._breaks_between(line, span)
             self.sink.error(
                 line,
-                "a value holds a line break (LF); BigPanda does not support line breaks in values",
+                f"a value holds a line break ({kind}); BigPanda does not support line breaks "
+                "in values",
                 "remove the line break from the value",
             )
             ok = False
@@ -682,7 +702,7 @@ class TableScan:
             if "\r" in value or "\n" in value:
                 self.sink.error(
                     line,
-                    "a value holds a line break (CR or LF); BigPanda does not "
+                    f"a value holds a line break ({_break_kind(value)}); BigPanda does not "
                     "support line breaks in values",
                     "remove it",
                     col=col,
@@ -775,3 +795,16 @@ def write_canonical(
             started = True
         dest.write(("\n".join(lines) + "\n").encode("utf-8"))
     return scan.result
+
+
+def _break_kind(text: str) -> str:
+    """The line breaks in `text`, named as editors name them: CRLF, LF, CR (or several)."""
+    kinds = []
+    if "\r\n" in text:
+        kinds.append("CRLF")
+    rest = text.replace("\r\n", "")
+    if "\n" in rest:
+        kinds.append("LF")
+    if "\r" in rest:
+        kinds.append("CR")
+    return " and ".join(kinds) or "LF"
