@@ -166,6 +166,20 @@ class TablePlan:
         return cls(**values)
 
 
+def remote_findings(tables: Iterable[TablePlan]) -> tuple[str, ...]:
+    """What the refresh found on BigPanda's side, per table, as the plan shows it: drift,
+    and what an interrupted apply left there (adopted or deactivated). Part of what a
+    reviewer approves, so part of the fingerprint; generic over `drift`, so every kind of
+    drift a refresh reports (enrichment objects, rows read back) is covered."""
+    out: list[str] = []
+    for t in tables:
+        out += [f"{t.name}: {d}" for d in t.drift]
+        if t.adopt:
+            out.append(f"{t.name}: adopts enrichment {t.adopt}, left by an interrupted apply")
+        out += [f"{t.name}: deactivates left-over enrichment {e}" for e in t.retire]
+    return tuple(sorted(out))
+
+
 @dataclass(frozen=True)
 class Inputs:
     """Digests of everything a plan was made from, to refuse a stale saved plan."""

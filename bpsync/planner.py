@@ -31,6 +31,7 @@ from bpsync.plan import (
     RowChanges,
     SchemaChange,
     TablePlan,
+    remote_findings,
 )
 from bpsync.remote import Remote
 from bpsync.rowdiff import diff_table
@@ -119,7 +120,7 @@ def make_plan(
     )
     tables.sort(key=lambda t: t.name)
     return Plan(
-        fingerprint=fingerprint(inputs),
+        fingerprint=fingerprint(inputs, remote_findings(tables)),
         tables=tuple(tables),
         inputs=inputs,
         api_version=config.api.version,
@@ -129,14 +130,18 @@ def make_plan(
     )
 
 
-def fingerprint(inputs: Inputs) -> str:
-    """Digest of the state planned against and of every manifest and table covered."""
-    doc = {
+def fingerprint(inputs: Inputs, findings: tuple[str, ...] = ()) -> str:
+    """Digest of the state planned against, of every manifest and table covered, and of
+    what the refresh found in BigPanda (drift; left-overs to adopt or deactivate): an apply
+    bound to it refuses when BigPanda's side moved since the review (SPEC §2)."""
+    doc: dict[str, Any] = {
         "manifests": dict(inputs.manifests),
         "tables": dict(inputs.tables),
         "state": inputs.state,
         "deleted": list(inputs.deleted),
     }
+    if findings:  # without any, the digest is the one plans had before it covered them
+        doc["remote"] = list(findings)
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 

@@ -379,20 +379,26 @@ def apply(ctx: Context) -> int:
                     "so the state moved since the plan was made",
                     hint="run `bpsync plan` again and review it",
                 )
-            if not ctx.args.planfile:
-                manifests = _load_selected(ctx)
-                remote = refresh_remote(
-                    client, store.state, manifests, ctx.args.table, ctx.console.note
-                )
-                the_plan = make_plan(
-                    config,
-                    manifests,
-                    store.state,
-                    backend,
-                    only=ctx.args.table,
-                    remote=remote,
-                    now=_now(),
-                )
+            manifests = _load_selected(ctx)
+            remote = refresh_remote(
+                client, store.state, manifests, ctx.args.table, ctx.console.note
+            )
+            fresh = make_plan(
+                config,
+                manifests,
+                store.state,
+                backend,
+                only=ctx.args.table,
+                remote=remote,
+                now=_now(),
+            )
+            if ctx.args.planfile:
+                _check_saved_remote(the_plan, fresh)
+            else:
+                the_plan = fresh
+                expected = ctx.args.expect_fingerprint
+                if expected and expected != the_plan.fingerprint:
+                    _fingerprint_mismatch(expected, the_plan)
                 check_mass_delete(the_plan, ctx.args.allow_mass_delete)
                 render(ctx, the_plan, "text")
                 if not the_plan.has_changes:
@@ -423,15 +429,62 @@ def _offline_plan(ctx: Context) -> Plan:
     else:
         the_plan = build_plan(ctx, refresh=False)
         expected = ctx.args.expect_fingerprint
-        if expected and expected != the_plan.fingerprint:
-            raise ApplyRefused(
-                f"fingerprint mismatch: the approved plan was {expected}, "
-                f"a fresh plan is {the_plan.fingerprint}",
-                hint="the tables, manifests or state moved since the plan was "
-                "reviewed; review the new plan before applying",
-            )
+        if (
+            expected
+            and expected != the_plan.fingerprint
+            and not _refresh_may_explain(ctx, the_plan)
+        ):
+            _fingerprint_mismatch(expected, the_plan)
     check_mass_delete(the_plan, ctx.args.allow_mass_delete)
     return the_plan
+
+
+def _refresh_may_explain(ctx: Context, offline: Plan) -> bool:
+    """Whether what a refresh finds could enter the fingerprint: only for tables that know an
+    enrichment or an interrupted apply's intent. Otherwise a mismatch is final, and refused
+    before any request."""
+    from bpsync.state import open_backend
+
+    if any(t.enrichment_id for t in offline.tables):
+        return True
+    return any(ts.pending for ts in open_backend(ctx.config).read().tables.values())
+
+
+def _fingerprint_mismatch(expected: str, fresh: Plan) -> None:
+    from bpsync.plan import remote_findings
+
+    findings = remote_findings(fresh.tables)
+    if findings:
+        raise ApplyRefused(
+            f"fingerprint mismatch: the approved plan was {expected}, a fresh plan is "
+            f"{fresh.fingerprint}; BigPanda's side shows what the reviewed plan may not "
+            "have: " + "; ".join(findings),
+            hint="nothing was changed; review a new plan (`bpsync plan`), which shows this "
+            "drift, before applying",
+        )
+    raise ApplyRefused(
+        f"fingerprint mismatch: the approved plan was {expected}, "
+        f"a fresh plan is {fresh.fingerprint}",
+        hint="the tables, manifests or state moved since the plan was "
+        "reviewed; review the new plan before applying",
+    )
+
+
+def _check_saved_remote(saved: Plan, fresh: Plan) -> None:
+    """Refuse a saved plan when the apply-time refresh finds drift it did not show."""
+    new = sorted(set(remote_findings_of(fresh)) - set(remote_findings_of(saved)))
+    if new:
+        raise StalePlan(
+            "BigPanda changed since the plan was made, and the plan does not show it: "
+            + "; ".join(new),
+            hint="nothing was changed; run `bpsync plan --out FILE` again and review it",
+        )
+
+
+def remote_findings_of(plan: Plan) -> tuple[str, ...]:
+    from bpsync.plan import remote_findings
+
+    return remote_findings(plan.tables)
 
 
 def import_(ctx: Context) -> int:
