@@ -33,6 +33,7 @@ from bpsync.errors import Problem
 
 BLOCK_SIZE = 1 << 20
 BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # A value longer than this many characters may exceed MAX_VALUE_BYTES once UTF-8 encoded
 # (4 bytes per character at most); shorter lines need no per-value check.
 _SAFE_LINE_CHARS = facts.MAX_VALUE_BYTES // 4
@@ -377,11 +378,18 @@ class TableScan:
             self.result = self._info(size)
             return
         with self.path.open("rb") as f:
-            if f.read(3) == BOM:
+            start = f.read(4)
+            if start[:3] == BOM or start[:2] in UTF16_BOMS:
+                utf16 = start[:2] in UTF16_BOMS and start[:3] != BOM
                 self.sink.error(
                     1,
-                    "the file starts with a UTF-8 byte order mark (BOM)",
-                    "save it as UTF-8 without BOM",
+                    "the file is UTF-16 (it starts with a UTF-16 byte order mark); bpsync "
+                    "reads UTF-8"
+                    if utf16
+                    else "the file starts with a UTF-8 byte order mark (BOM)",
+                    "run `bpsync fmt` (it removes the BOM), or save it as UTF-8 without BOM"
+                    if not utf16
+                    else "run `bpsync fmt` (it re-encodes the file as UTF-8)",
                     col=1,
                 )
                 self.result = self._info(size)
@@ -441,7 +449,8 @@ class TableScan:
             self.sink.error(
                 line,
                 f"invalid UTF-8 at byte offset {offset + e.start} (byte 0x{raw[e.start]:02x})",
-                "save the file as UTF-8",
+                "save the file as UTF-8, or convert it with `bpsync fmt --encoding cp1252` "
+                '(Excel\'s "CSV (Comma delimited)"; or the encoding it was saved in)',
                 col=col,
             )
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from helpers import make_repo, manifest_yaml, run_cli
 from test_crash import TOKEN, bp
 
@@ -50,3 +51,60 @@ def test_lf_inside_a_value_of_a_crlf_file_is_named_lf(tmp_path: Path) -> None:
     code, _, err = run_cli(["validate"], repo)
     assert code == 1
     assert "line break (LF)" in err and "CRLF" not in err, err
+
+
+BAD_ENCODINGS = {
+    "latin-1": b"k,v\na,1\nb,caf\xe9\n",
+    "overlong": b"k,v\na,1\nb,\xc0\xaf\n",
+    "surrogate": b"k,v\na,1\nb,\xed\xa0\x80\n",
+    "utf-16": "k,v\na,1\nb,2\n".encode("utf-16"),  # with its BOM
+    "latin-1 header": b"k,v\xe9\na,1\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ENCODINGS))
+@pytest.mark.parametrize("command", ["validate", "plan", "apply"])
+def test_non_utf8_table_is_a_located_error_everywhere(
+    tmp_path: Path, emu: Emulator, name: str, command: str
+) -> None:
+    repo = kv_repo(tmp_path, "k,v\na,1\nb,2\n")
+    code, out, err = bp(repo, emu, "apply", "--auto-approve")  # a snapshot to diff against
+    assert code == 0, out + err
+    (repo / "tables" / "kv.csv").write_bytes(BAD_ENCODINGS[name])
+    argv = [command, "--auto-approve"] if command == "apply" else [command]
+    code, out, err = bp(repo, emu, *argv)
+    assert code == 1, out + err
+    assert "unexpected" not in err and "Decode" not in err, err
+    assert "tables/kv.csv:" in err and "UTF-8" in err, err
+    if name == "utf-16":
+        assert "UTF-16" in err, err
+
+
+EXCEL = {
+    "bom+crlf": (b"\xef\xbb\xbfk,v\r\na,caf\xc3\xa9\r\n", []),
+    "utf-16": ("k,v\r\na,café\r\n".encode("utf-16"), []),
+    "cp1252": (b"k,v\r\na,caf\xe9 \x80\r\n", ["--encoding", "cp1252"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXCEL))
+def test_fmt_fixes_excel_output(tmp_path: Path, name: str) -> None:
+    data, flags = EXCEL[name]
+    repo = kv_repo(tmp_path, data)
+    code, _, err = run_cli(["validate"], repo)
+    assert code == 1, err
+    code, out, err = run_cli(["fmt", *flags], repo)
+    assert code == 0, out + err
+    assert "reformatted tables/kv.csv" in out
+    expected = "k,v\na,café €\n" if name == "cp1252" else "k,v\na,café\n"
+    assert (repo / "tables" / "kv.csv").read_bytes() == expected.encode()
+    code, _, err = run_cli(["validate"], repo)
+    assert code == 0, err
+
+
+def test_fmt_says_which_encoding_to_give(tmp_path: Path) -> None:
+    repo = kv_repo(tmp_path, b"k,v\na,caf\xe9\n")
+    code, _, err = run_cli(["fmt"], repo)
+    assert code == 1
+    assert "tables/kv.csv:2:6" in err and "--encoding cp1252" in err, err
+    assert (repo / "tables" / "kv.csv").read_bytes() == b"k,v\na,caf\xe9\n"

@@ -55,10 +55,20 @@ def fmt(ctx: Context) -> int:
     if any(p.severity == "error" for p in problems):
         raise InvalidInput(problems)
     check = bool(ctx.args.check)
+    encoding = ctx.args.encoding
+    if encoding is not None:
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise UsageError(
+                f"unknown encoding {encoding!r}", hint="e.g. --encoding cp1252 or latin-1"
+            ) from None
     failed = False
     changed = 0
     for manifest in select(manifests, ctx.args.table):
-        result = format_table(manifest, check=check)
+        result = format_table(manifest, check=check, encoding=encoding)
         if result.problems:
             ctx.console.problems(result.problems)
             failed = True
