@@ -546,20 +546,36 @@ class TableScan:
                     col=col,
                 )
             seen.add(title)
-            if title not in expected:
+        missing = [t for t in expected if t not in seen]
+        meant = {}
+        for col, title in enumerate(titles, 1):
+            if title in expected:
+                continue
+            near = _near_title(title, missing)
+            if near is not None:
+                meant[near] = title
                 self.sink.error(
                     lineno,
-                    f"column {title!r} is not a field of the manifest",
-                    "remove the column, or add it to the manifest's fields",
+                    f"column {title!r} is not a field of the manifest; it differs from the "
+                    f"field {near!r} only in case or spaces",
+                    f"rename the column to {near!r} exactly (titles must match exactly)",
                     col=col,
                 )
-        for title in expected:
-            if title not in seen:
-                self.sink.error(
-                    lineno,
-                    f"column {title!r} of the manifest is missing",
-                    "add the column to the header and every row",
-                )
+                continue
+            self.sink.error(
+                lineno,
+                f"column {title!r} is not a field of the manifest",
+                "remove the column, or add it to the manifest's fields",
+                col=col,
+            )
+        for title in missing:
+            if title in meant:
+                continue  # said above, with the column that was meant to be it
+            self.sink.error(
+                lineno,
+                f"column {title!r} of the manifest is missing",
+                "add the column to the header and every row",
+            )
         if not self.sink.errors and len(titles) == len(expected):
             # Same titles in another order: BigPanda matches by title, but rows must follow
             # the header, so we simply read columns in the header's order.
@@ -817,3 +833,13 @@ def _break_kind(text: str) -> str:
     if "\r" in rest:
         kinds.append("CR")
     return " and ".join(kinds) or "LF"
+
+
+def _near_title(title: str, candidates: list[str]) -> str | None:
+    """The one candidate equal to `title` but for case and spaces, if exactly one is."""
+
+    def folded(t: str) -> str:
+        return "".join(t.split()).casefold()
+
+    found = [c for c in candidates if folded(c) == folded(title)]
+    return found[0] if len(found) == 1 else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import make_repo, manifest_yaml, run_cli
+from helpers import fast_client_options, make_repo, manifest_yaml, run_cli
 from test_crash import TOKEN, bp
 
 from bpsync.emulator import Emulator
@@ -108,3 +108,43 @@ def test_fmt_says_which_encoding_to_give(tmp_path: Path) -> None:
     assert code == 1
     assert "tables/kv.csv:2:6" in err and "--encoding cp1252" in err, err
     assert (repo / "tables" / "kv.csv").read_bytes() == b"k,v\na,caf\xe9\n"
+
+
+def test_nothing_listening_names_the_endpoint_and_shows_each_retry(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens
+    repo = kv_repo(tmp_path, "k,v\na,1\n")
+    env = {"BIGPANDA_API_URL": url, "BIGPANDA_TOKEN": TOKEN}
+    code, out, err = run_cli(
+        ["apply", "--auto-approve"], repo, env, client_options=fast_client_options()
+    )
+    assert code == 1, out + err
+    assert url in err and "refused the connection" in err, err
+    assert "typo or the wrong region" in err
+    retries = [line for line in err.splitlines() if line.startswith("retrying ")]
+    assert len(retries) >= 4 and "Connection refused" in retries[0], err
+    assert TOKEN not in out + err
+
+
+def test_validate_table_with_a_yaml_error_shows_the_yaml_error(tmp_path: Path) -> None:
+    repo = kv_repo(tmp_path, "k,v\na,1\n")
+    (repo / "tables" / "kv.yaml").write_text("map_name: KV\ncsv: kv.csv\nfields: [\n")
+    code, _, err = run_cli(["validate", "--table", "kv"], repo)
+    assert code == 1, err
+    assert "tables/kv.yaml:" in err and "YAML" in err, err
+    assert "unknown table" not in err
+
+
+@pytest.mark.parametrize("header", ["K,v", "k ,v", " k,v"])
+def test_header_differing_only_in_case_or_spaces_says_which_title_was_meant(
+    tmp_path: Path, header: str
+) -> None:
+    repo = kv_repo(tmp_path, header + "\na,1\n")
+    code, _, err = run_cli(["validate"], repo)
+    assert code == 1
+    assert "differs from the field 'k' only in case or spaces" in err, err
+    assert "rename the column to 'k'" in err
+    assert "of the manifest is missing" not in err

@@ -168,6 +168,7 @@ def _client(
         config.api.version,
         log=log,
         fault=fault,  # test seam: the crash matrix's "mid-upload" point (see _fault_hook)
+        on_retry=None if log else ctx.console.note,  # --debug logs them with the rest
         **options,
     )
 
