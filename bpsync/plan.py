@@ -116,8 +116,22 @@ class TablePlan:
         return self.action != NO_OP or bool(self.retire)
 
     @property
+    def deactivates(self) -> bool:
+        """The manifest sets `active: false` on an active enrichment: alerts stop being
+        enriched, as with a deactivate (SPEC §3)."""
+        if self.action not in (UPDATE_IN_PLACE, UPDATE) or self.schema is None:
+            return False
+        was = (self.old_schema or {}).get("active", True)
+        return self.schema.get("active", True) is False and was is not False
+
+    @property
     def destructive(self) -> bool:
-        return self.rows_removed > 0 or self.action in (REPLACE, DEACTIVATE) or self.mass_delete
+        return (
+            self.rows_removed > 0
+            or self.action in (REPLACE, DEACTIVATE)
+            or self.mass_delete
+            or self.deactivates
+        )
 
     def counts(self) -> dict[str, int]:
         return {

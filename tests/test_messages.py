@@ -148,3 +148,50 @@ def test_header_differing_only_in_case_or_spaces_says_which_title_was_meant(
     assert "differs from the field 'k' only in case or spaces" in err, err
     assert "rename the column to 'k'" in err
     assert "of the manifest is missing" not in err
+
+
+def test_plan_without_a_token_says_once_that_it_did_not_refresh(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    repo = kv_repo(tmp_path, "k,v\na,1\n")
+    code, out, err = bp(repo, emu, "apply", "--auto-approve")
+    assert code == 0, out + err
+    code, out, err = run_cli(["plan"], repo, {"BIGPANDA_API_URL": emu.url})
+    assert code == 0, out + err
+    assert err.count("not refreshed: BIGPANDA_TOKEN is not set") == 1, err
+    (repo / "bpsync.yaml").write_text(
+        "manifests: ['tables/*.yaml']\napi:\n  token_env: BP_PROD_TOKEN\n"
+    )
+    code, out, err = run_cli(["plan"], repo, {"BIGPANDA_API_URL": emu.url})
+    assert "not refreshed: BP_PROD_TOKEN is not set" in err, err
+    code, out, err = run_cli(["plan", "--no-refresh"], repo, {"BIGPANDA_API_URL": emu.url})
+    assert "not refreshed" not in err
+
+
+@pytest.mark.parametrize("value", ["false", "no"])
+def test_active_false_is_flagged_destructive(tmp_path: Path, emu: Emulator, value: str) -> None:
+    import json
+
+    repo = kv_repo(tmp_path, "k,v\na,1\n")
+    code, out, err = bp(repo, emu, "apply", "--auto-approve")
+    assert code == 0, out + err
+    m = repo / "tables" / "kv.yaml"
+    m.write_text(m.read_text() + f"active: {value}\n")
+    code, out, err = bp(repo, emu, "plan")
+    assert code == 0, out + err
+    assert "kv (update-in-place)" in out, out
+    assert "! active: false: enrichment" in out and "will be deactivated" in out, out
+    code, out, err = bp(repo, emu, "plan", "--format", "json")
+    (table,) = json.loads(out)["tables"]
+    assert table["action"] == "update-in-place" and table["destructive"] is True
+
+
+def test_damaged_state_says_what_the_backup_loses(tmp_path: Path, emu: Emulator) -> None:
+    repo = kv_repo(tmp_path, "k,v\na,1\n")
+    code, out, err = bp(repo, emu, "apply", "--auto-approve")
+    assert code == 0, out + err
+    (repo / ".bpsync" / "state.json").write_text('{"format_version": 1, "tab')
+    code, out, err = bp(repo, emu, "plan")
+    assert code == 1
+    assert "state.json.bak" in err and "one write older" in err, err
+    assert "missing from it" in err

@@ -243,7 +243,13 @@ def _link_base(ctx: Context, base_of: Callable[[Mapping[str, str]], str | None])
 
 
 def plan(ctx: Context) -> int:
-    the_plan = build_plan(ctx, refresh=_wants_refresh(ctx))
+    refresh = _wants_refresh(ctx)
+    the_plan = build_plan(ctx, refresh=refresh)
+    if not refresh and ctx.args.refresh is None and _has_remote(ctx, the_plan):
+        ctx.console.note(
+            f"Note: not refreshed: {ctx.config.api.token_env} is not set, so BigPanda's side "
+            "was not read (no drift check); the plan compares with the state only."
+        )
     render(ctx, the_plan, ctx.args.format)
     if ctx.args.out:
         from bpsync.planfile import save_plan
@@ -255,6 +261,14 @@ def plan(ctx: Context) -> int:
     if ctx.args.detailed_exitcode and the_plan.has_changes:
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def _has_remote(ctx: Context, the_plan: Plan) -> bool:
+    """An endpoint is configured, or a table is known to live in BigPanda: a refresh was due."""
+    from bpsync.config import API_URL_ENV
+
+    configured = bool(ctx.env.get(API_URL_ENV) or ctx.config.api.base_url)
+    return configured or any(t.enrichment_id for t in the_plan.tables)
 
 
 def show(ctx: Context) -> int:

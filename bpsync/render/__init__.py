@@ -226,6 +226,11 @@ def destructive_reasons(t: TablePlan) -> list[str]:
     if t.action == DEACTIVATE:
         eid = f" {t.enrichment_id}" if t.enrichment_id else ""
         out.append(f"manifest deleted: enrichment{eid} will be deactivated")
+    if t.deactivates:
+        eid = f" {t.enrichment_id}" if t.enrichment_id else ""
+        out.append(
+            f"active: false: enrichment{eid} will be deactivated (alerts stop being enriched)"
+        )
     return out
 
 
