@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bpsync.bigpanda import facts
-from bpsync.config import Config
+from bpsync.config import ENVIRONMENT_NAME, Config
 from bpsync.errors import Problem, display_path
 from bpsync.table import TableLayout
 from bpsync.yamlfile import LoadedYaml, check_schema, load_yaml
@@ -56,6 +57,11 @@ class Manifest:
     enrichment_id: str | None
     max_delete_fraction: float
     fields: tuple[Field, ...]
+    environments: tuple[str, ...] | None = None  # None: every environment (SPEC §8)
+
+    def applies_to(self, environment: str | None) -> bool:
+        """Whether the table exists in `environment` (None: no environment selected)."""
+        return environment is None or self.environments is None or environment in self.environments
 
     @property
     def layout(self) -> TableLayout:
@@ -90,28 +96,43 @@ def discover(config: Config) -> list[Path]:
 
 
 def load_manifests(
-    config: Config, on_csv: Callable[[Path], None] | None = None
+    config: Config,
+    on_csv: Callable[[Path], None] | None = None,
+    *,
+    every_environment: bool = False,
 ) -> tuple[list[Manifest], list[Problem]]:
-    """Every manifest of the project and every problem found in them (not the CSVs).
+    """The manifests of the selected environment (`config.environment`; all of them with
+    `every_environment`, or when none is selected) and every problem found in any manifest
+    (not the CSVs): a problem in a table of another environment still counts.
 
-    `on_csv(path)` hears of each table as soon as its manifest is parsed, before the slower
-    checks, so a caller can start reading the table meanwhile.
+    `on_csv(path)` hears of each returned table as soon as its manifest is parsed, before
+    the slower checks, so a caller can start reading the table meanwhile.
     """
+    wanted = None if every_environment else config.environment
     manifests: list[Manifest] = []
     problems: list[Problem] = []
     for path in discover(config):
-        manifest, found = load_manifest(path, config.root, on_csv)
+        manifest, found = load_manifest(
+            path, config.root, on_csv, environments=config.environments, environment=wanted
+        )
         problems += found
         if manifest is not None:
             manifests.append(manifest)
     problems += _check_names(manifests)
     problems += _check_result_tag_budget(manifests)
-    return manifests, problems
+    return [m for m in manifests if m.applies_to(wanted)], problems
 
 
 def load_manifest(
-    path: Path, root: Path, on_csv: Callable[[Path], None] | None = None
+    path: Path,
+    root: Path,
+    on_csv: Callable[[Path], None] | None = None,
+    *,
+    environments: Collection[str] | None = None,
+    environment: str | None = None,
 ) -> tuple[Manifest | None, list[Problem]]:
+    """One manifest and its problems. `environments` are the names bpsync.yaml defines (None:
+    not checked); `environment` only decides whether `on_csv` hears of the table."""
     display = display_path(path, root)
     doc, problems = load_yaml(path, display)
     if doc is None:
@@ -123,7 +144,9 @@ def load_manifest(
             )
         ]
     if on_csv is not None and isinstance(doc.data.get("csv"), str):
-        on_csv(path.parent / doc.data["csv"])
+        listed = doc.data.get("environments")
+        if environment is None or not isinstance(listed, list) or environment in listed:
+            on_csv(path.parent / doc.data["csv"])
     fraction = doc.data.get("max_delete_fraction")
     if isinstance(fraction, float) and not math.isfinite(fraction):
         # JSON Schema's minimum/maximum let NaN through; NaN would disable the guard.
@@ -136,6 +159,8 @@ def load_manifest(
             )
         )
     problems += check_schema(doc, "manifest", display)
+    if environments is not None:
+        problems += _check_environments(display, doc, environments)
     # Check what can be checked even when other keys are wrong: all problems in one run.
     fields = _fields_of(doc.data.get("fields"))
     if fields is not None:
@@ -192,7 +217,46 @@ def _build(path: Path, display: str, data: dict[str, Any], root: Path) -> Manife
         enrichment_id=data.get("enrichment_id"),
         max_delete_fraction=float(data.get("max_delete_fraction", DEFAULT_MAX_DELETE_FRACTION)),
         fields=_fields_of(data["fields"]) or (),
+        environments=tuple(data["environments"]) if "environments" in data else None,
     )
+
+
+def _check_environments(display: str, doc: LoadedYaml, defined: Collection[str]) -> list[Problem]:
+    """Every name in the manifest's `environments:` must be one bpsync.yaml defines: a typo
+    would silently drop the table from that environment (and plan its deletion there)."""
+    listed = doc.data.get("environments")
+    if not isinstance(listed, list):
+        return []
+    if not defined:
+        return [
+            Problem(
+                display,
+                *_key_at(doc, "environments"),
+                "`environments:` is set, but bpsync.yaml defines no environments",
+                "remove the key, or declare the environments in bpsync.yaml",
+            )
+        ]
+    out = []
+    known = sorted(defined)
+    for i, name in enumerate(listed):
+        if not isinstance(name, str) or not ENVIRONMENT_NAME.fullmatch(name) or name in defined:
+            continue  # a malformed name is the schema's to report
+        close = difflib.get_close_matches(name, known, n=1)
+        mean = f"did you mean {close[0]!r}? " if close else ""
+        out.append(
+            Problem(
+                display,
+                *_at(doc, "environments", i),
+                f"unknown environment {name!r}",
+                f"{mean}environments in bpsync.yaml: {', '.join(defined)}",
+            )
+        )
+    return out
+
+
+def _key_at(doc: LoadedYaml, *path: str | int) -> tuple[int | None, int | None]:
+    line, col = doc.key_marks.get(tuple(path), (None, None))
+    return line, col
 
 
 def _at(doc: LoadedYaml, *path: str | int) -> tuple[int | None, int | None]:

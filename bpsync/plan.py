@@ -119,9 +119,9 @@ class TablePlan:
     def deactivates(self) -> bool:
         """The manifest sets `active: false` on an active enrichment: alerts stop being
         enriched, as with a deactivate (SPEC §3)."""
-        if self.action not in (UPDATE_IN_PLACE, UPDATE) or self.schema is None:
+        if self.action in (CREATE, DEACTIVATE, NO_OP) or self.schema is None:
             return False
-        was = (self.old_schema or {}).get("active", True)
+        was = True if self.old_schema is None else self.old_schema.get("active", True)
         return self.schema.get("active", True) is False and was is not False
 
     @property
@@ -235,10 +235,14 @@ class Plan:
         return next((t for t in self.tables if t.name == name), None)
 
     def closing_line(self) -> str:
+        """SPEC §3's closing line; each noun agrees with its number (`1 table`, `2 rows`)."""
         if not self.has_changes:
             return "No changes."
         s = self.summary()
+        tables = s["tables_changed"]
+        rows = s["rows_added"]
         return (
-            f"Plan: {s['tables_changed']} tables to change; {s['rows_added']} rows to add, "
-            f"{s['rows_changed']} to change, {s['rows_removed']} to remove."
+            f"Plan: {tables:,} table{'' if tables == 1 else 's'} to change; "
+            f"{rows:,} row{'' if rows == 1 else 's'} to add, "
+            f"{s['rows_changed']:,} to change, {s['rows_removed']:,} to remove."
         )

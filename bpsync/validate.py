@@ -58,7 +58,8 @@ def select(
 
 
 def validate_project(config: Config, tables: Collection[str] = ()) -> ValidationReport:
-    manifests, problems = load_manifests(config)
+    # Every table, whichever environment is selected: validation is of the repository.
+    manifests, problems = load_manifests(config, every_environment=True)
     errors = sum(1 for p in problems if p.severity == "error")
     warnings = len(problems) - errors
     checked = []

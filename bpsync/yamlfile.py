@@ -40,6 +40,12 @@ class _TooBig(Exception):
     pass
 
 
+class _BadValue(Exception):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
 class _Builder:
     def __init__(self, display: str, problems: list[Problem]) -> None:
         self.display = display
@@ -62,7 +68,19 @@ class _Builder:
         assert isinstance(node, yaml.ScalarNode)
         if node.style is None:
             self.plain.add(path)
-        return self.constructor.construct_object(node, deep=True)
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, IndexError, TypeError):
+            # PyYAML's own constructors fail on e.g. `!!float ""` with an IndexError.
+            raise _BadValue(
+                Problem(
+                    self.display,
+                    node.start_mark.line + 1,
+                    node.start_mark.column + 1,
+                    f"invalid value {node.value!r} for its tag {node.tag}",
+                    "remove the `!!` tag, or fix the value",
+                )
+            ) from None
 
     def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -145,6 +163,8 @@ def load_yaml(path: Path, display: str) -> tuple[LoadedYaml | None, list[Problem
                 "write the file out plainly, without anchors and aliases",
             )
         ]
+    except _BadValue as e:
+        return None, [e.problem]
     except (yaml.YAMLError, RecursionError, ValueError) as e:
         return None, [Problem(display, None, None, f"invalid YAML value: {e}", "")]
     return LoadedYaml(data, builder.marks, builder.key_marks, frozenset(builder.plain)), problems
@@ -189,6 +209,13 @@ def _where(path: JsonPath) -> str:
 def _explain(err: Any, doc: LoadedYaml, display: str) -> list[Problem]:
     path: JsonPath = tuple(err.absolute_path)
     line, col = _locate(doc, path)
+    if "propertyNames" in err.absolute_schema_path and isinstance(err.instance, str):
+        # The error is about a key (e.g. an environment name): point at the key itself.
+        kline, kcol = _locate(doc, (*path, err.instance), key=True)
+        names = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
+        return [
+            Problem(display, kline, kcol, f"invalid name {err.instance!r} in {_where(path)}", names)
+        ]
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         known = list(err.schema.get("properties", {}))
         out = []

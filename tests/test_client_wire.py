@@ -110,16 +110,24 @@ def test_absolute_location_is_followed(tmp_path: Path) -> None:
 
 
 def test_update_in_place_and_structure_change_refused(emu: Emulator) -> None:
-    client = fast_client(emu, "v2.1")
+    client = fast_client(emu, "v1")
     created = client.create_enrichment(EnrichmentSpec("owners", FIELDS))
-    updated = client.update_enrichment(created.id, active=False, name="N", when="a = b")
-    assert (updated.active, updated.name, updated.when) == (False, "N", "a = b")
+    updated = client.update_enrichment(created.id, active=False, name="N")
+    assert (updated.active, updated.name) == (False, "N")
     raw = httpx.patch(
-        f"{emu.url}/resources/v2.1/mapping-enrichment/{created.id}",
+        f"{emu.url}/resources/v1.0/enrichments/{created.id}",
         json={"config": {"fields": [FIELDS[0]]}},
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert raw.status_code == 400 and "create a new enrichment" in raw.json()["message"]
+
+
+def test_v21_update_in_place_takes_active_and_when_but_not_the_name(emu: Emulator) -> None:
+    """api doc §15.2: a v2.1 PATCH ignores config.name; the answer shows what BigPanda holds."""
+    client = fast_client(emu, "v2.1")
+    created = client.create_enrichment(EnrichmentSpec("owners", FIELDS))
+    updated = client.update_enrichment(created.id, active=False, name="N", when="a = b")
+    assert (updated.active, updated.name, updated.when) == (False, "owners", "a = b")
 
 
 # ---------------------------------------------------------------------------- retries on the wire

@@ -135,23 +135,44 @@ def test_create_rejects_bad_schemas_with_a_message(
     assert words in response.json()["message"]
 
 
-def test_patch_changes_name_active_note_but_never_fields(web: httpx.Client) -> None:
-    eid = create(web, V21)["id"]
-    ok = web.patch(
-        V21.enrichment(eid), json={"active": False, "note": "n2", "config": {"name": "N"}}
-    )
+def test_v1_patch_changes_name_and_active_but_never_fields(web: httpx.Client) -> None:
+    eid = create(web, V1)["id"]
+    ok = web.patch(V1.enrichment(eid), json={"active": False, "config": {"map_name": "N"}})
     assert ok.status_code == 200
-    assert (ok.json()["active"], ok.json()["note"], ok.json()["config"]["name"]) == (
-        False,
-        "n2",
-        "N",
-    )
-    same_fields = web.patch(V21.enrichment(eid), json={"config": {"fields": FIELDS}})
+    assert (ok.json()["active"], ok.json()["config"]["map_name"]) == (False, "N")
+    same_fields = web.patch(V1.enrichment(eid), json={"config": {"fields": FIELDS}})
     assert same_fields.status_code == 200
-    changed = web.patch(V21.enrichment(eid), json={"config": {"fields": FIELDS[:1]}})
+    changed = web.patch(V1.enrichment(eid), json={"config": {"fields": FIELDS[:1]}})
     assert changed.status_code == 400
     assert "schema structure cannot be changed" in changed.json()["message"]
     assert web.patch(V1.enrichment(eid), json={"note": "x"}).status_code == 400  # v1 has none
+
+
+def test_v21_patch_applies_active_when_note_and_silently_ignores_the_rest(
+    web: httpx.Client,
+) -> None:
+    """api doc §15.2: a v2.1 schema PATCH changes only active/when/note; the answer is the
+    schema as stored, so a client can see that a new name did not take."""
+    eid = create(web, V21)["id"]
+    ok = web.patch(
+        V21.enrichment(eid),
+        json={
+            "active": False,
+            "when": "x = 2",
+            "note": "n2",
+            "config": {"name": "N", "fields": FIELDS[:1]},
+            "type": "tag",
+            "unknown": 1,
+        },
+    )
+    assert ok.status_code == 200
+    body = ok.json()
+    assert (body["active"], body["when"], body["note"]) == (False, "x = 2", "n2")
+    assert body["config"]["name"] == "owners" and body["config"]["fields"] == FIELDS
+    assert body["type"] == "mapping"
+    assert web.get(V21.enrichment(eid)).json() == body
+    assert web.get(V1.enrichment(eid)).json()["config"]["map_name"] == "owners"
+    assert web.patch(V21.enrichment(eid), json={"active": "no"}).status_code == 400
 
 
 def test_invalid_json_is_400(web: httpx.Client) -> None:

@@ -93,6 +93,13 @@ def test_quoted_yaml_1_1_lookalikes_are_text(tmp_path: Path) -> None:
     assert code == 0, err
 
 
+@pytest.mark.parametrize("value", ['!!float ""', '!!int ""', "!!binary 'not base64 ?'"])
+def test_a_value_its_explicit_tag_cannot_read_is_located(tmp_path: Path, value: str) -> None:
+    # PyYAML raised IndexError on `!!float ""`: validate crashed instead of naming the line.
+    err = invalid(repo(tmp_path, GOOD + f"max_delete_fraction: {value}\n"))
+    one_problem(err, f"{M}:10:22", "invalid value", "tag")
+
+
 def test_invalid_yaml_syntax_names_the_line(tmp_path: Path) -> None:
     text = "map_name: Owners\ncsv: owners.csv\n  oops: indented\nfields: []\n"
     err = invalid(repo(tmp_path, text))

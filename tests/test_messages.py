@@ -33,7 +33,7 @@ def test_new_column_order_plans_an_update_with_no_changed_row(
     code, out, err = bp(repo, emu, "plan")
     assert code == 0, out + err
     assert "kv (update)" in out, out
-    assert not [line for line in out.splitlines() if line.startswith("  ~ ")], out
+    assert not [line for line in out.splitlines() if line.lstrip().startswith("~ k=")], out
     assert "unchanged cell" not in out, out
     assert "0 rows to add, 0 to change, 0 to remove" in out
     assert "new order" in out
@@ -180,7 +180,7 @@ def test_active_false_is_flagged_destructive(tmp_path: Path, emu: Emulator, valu
     code, out, err = bp(repo, emu, "plan")
     assert code == 0, out + err
     assert "kv (update-in-place)" in out, out
-    assert "! active: false: enrichment" in out and "will be deactivated" in out, out
+    assert "! active: true → false: the enrichment stops enriching alerts" in out, out
     code, out, err = bp(repo, emu, "plan", "--format", "json")
     (table,) = json.loads(out)["tables"]
     assert table["action"] == "update-in-place" and table["destructive"] is True

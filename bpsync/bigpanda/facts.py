@@ -124,3 +124,20 @@ def job_reason(job: dict[str, object]) -> str:
         if value not in (None, ""):
             return str(value)
     return repr(job)
+
+
+# ---------------------------------------------------------------------------- §15: v2.1 read
+# §15.1 [C R1]: a v2.1 table is read back page by page with GET on the upload path
+# (`ApiVersion.upload`); v1 documents no row read.
+TABLE_READ_API_VERSIONS: Final = frozenset({"v2.1"})
+READ_PAGE_PARAM: Final = "page"  # [C R1] integer, pages count from 1
+READ_PER_PAGE_PARAM: Final = "per_page"  # [C R1] integer, no stated maximum
+READ_FIRST_PAGE: Final = 1
+READ_DEFAULT_PER_PAGE: Final = 100  # [C R1]
+READ_ITEMS_KEY: Final = "items"  # [C R1] one object per row, keyed by column title
+# [C R1] names the count `total_results`; the older page S17 says `total_count`: accept both,
+# first present wins [I].
+READ_COUNT_KEYS: Final = ("total_results", "total_count")
+# §15.2 [C R2]: a v2.1 schema PATCH applies only these keys and ignores (does not refuse)
+# every other one, config.name and config.fields included.
+V21_PATCH_MUTABLE_KEYS: Final = frozenset({"active", "when", "note"})

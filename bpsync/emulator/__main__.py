@@ -1,4 +1,9 @@
-"""`python -m bpsync.emulator`: serve the BigPanda emulator until Ctrl-C or SIGTERM."""
+"""`python -m bpsync.emulator`: serve the BigPanda emulator until Ctrl-C or SIGTERM.
+
+Besides BigPanda's routes it answers a few of its own under `/_emulator` (same Bearer auth,
+no rate limit, no injected faults), to play a person editing BigPanda's UI during a rehearsal;
+see ADMIN_HELP.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,32 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from bpsync.bigpanda import facts
 from bpsync.emulator.faults import DEFAULT_JOB_FAILURE
 from bpsync.emulator.server import Emulator
+
+ADMIN_HELP = """\
+behind bpsync's back (as a person in BigPanda's UI; no upload job):
+  POST   /_emulator/enrichments/ID/table   CSV body (header = the field titles): replace the table
+  GET    /_emulator/enrichments/ID/table   {"rows": [...]}: the current table
+  POST   /_emulator/enrichments/ID/rows    {"put": [rows], "delete": [keys]}: add or change rows
+                                           by their query_tag cells, remove rows by key
+  PATCH  /_emulator/enrichments/ID         {"active": false, "name": "new map name"}
+  DELETE /_emulator/enrichments/ID         remove the enrichment and its table
+  A table change raises `version`; add ?bump_version=false to keep it.
+
+example:
+  curl -H 'Authorization: Bearer x' --data-binary @owners.csv \\
+       http://127.0.0.1:8471/_emulator/enrichments/ID/table
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bpsync.emulator",
         description="Serve an emulator of the BigPanda enrichment API on 127.0.0.1.",
+        epilog=ADMIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--port", type=int, default=8471, help="TCP port; 0 picks a free one")
     p.add_argument("--token", help="accept only this Bearer token (default: any non-empty one)")
@@ -33,7 +56,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--absolute-location", action="store_true", help="absolute job URLs")
     p.add_argument("--no-rate-limit", action="store_true", help="disable the 5 req/s limit")
+    _read_flags(p.add_argument_group("v2.1 table read (GET …/mapping-enrichment/ID/map)"))
     return p
+
+
+def _read_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--max-per-page", type=int, metavar="N", help="serve at most N rows a page")
+    g.add_argument(
+        "--count-key",
+        choices=facts.READ_COUNT_KEYS,
+        default=facts.READ_COUNT_KEYS[0],
+        help="the key announcing the row count (default: %(default)s)",
+    )
+    g.add_argument("--empty-as-null", action="store_true", help="empty cells as JSON null")
+    g.add_argument("--forbid-read", action="store_true", help="reads answer 403")
+    g.add_argument(
+        "--fail-read-pages", type=int, default=0, metavar="N", help="next N reads answer 5xx"
+    )
+    g.add_argument(
+        "--fail-read-status", type=int, default=503, metavar="CODE", help="(default: 503)"
+    )
+    g.add_argument("--fail-read-page", type=int, metavar="P", help="fail only reads of page P")
+    g.add_argument(
+        "--move-total",
+        choices=("once", "always"),
+        help="the table gains a row after a page is served: once, or after every page",
+    )
 
 
 def _arm(emu: Emulator, args: argparse.Namespace) -> None:
@@ -47,6 +95,12 @@ def _arm(emu: Emulator, args: argparse.Namespace) -> None:
         emu.faults.hang_jobs(True)
     if args.drop_upload_after is not None:
         emu.faults.drop_upload_after(args.drop_upload_after)
+    if args.fail_read_pages:
+        emu.faults.fail_read_pages(
+            args.fail_read_pages, status=args.fail_read_status, page=args.fail_read_page
+        )
+    if args.move_total:
+        emu.faults.move_total_between_pages(1 if args.move_total == "once" else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         rate_limit=not args.no_rate_limit,
         latency=args.latency,
         absolute_location=args.absolute_location,
+        max_per_page=args.max_per_page,
+        count_key=args.count_key,
+        empty_as_null=args.empty_as_null,
+        forbid_read=args.forbid_read,
     )
     _arm(emu, args)
     stopped = threading.Event()

@@ -10,7 +10,10 @@ import random
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bpsync.bigpanda.facts import READ_COUNT_KEYS
 
 DEFAULT_JOB_FAILURE = "injected failure: the emulator was told to fail this job"
 
@@ -27,6 +30,23 @@ class _RequestFault:
         if self.method is not None and method != self.method:
             return False
         return self.path_contains is None or self.path_contains in path
+
+
+@dataclass
+class _PageFault:
+    remaining: int
+    status: int
+    page: int | None
+
+
+@dataclass(frozen=True)
+class ReadFaults:
+    """How the v2.1 table read answers (api doc §15.1 leaves these open)."""
+
+    max_per_page: int | None = None  # serve at most this many rows a page
+    count_key: str = READ_COUNT_KEYS[0]
+    empty_as_null: bool = False
+    forbidden: bool = False  # 403, as for a key without the read permission
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,9 @@ class Faults:
         self._fraction = 0.0
         self._fraction_statuses: tuple[int, ...] = (503,)
         self._rng = random.Random()
+        self._read = ReadFaults()
+        self._read_failures: list[_PageFault] = []
+        self._moves_left: int | None = 0  # None: the table moves after every page
 
     # ------------------------------------------------------------ arming
 
@@ -102,6 +125,39 @@ class Faults:
         with self._lock:
             self._hang = on
 
+    # The v2.1 table read (api doc §15.1): how the emulator bends the answer.
+
+    def cap_per_page(self, n: int | None) -> None:
+        """Serve at most `n` rows a page whatever `per_page` asks (None: no cap)."""
+        self._set_read(max_per_page=None if n is None else max(1, n))
+
+    def set_count_key(self, key: str) -> None:
+        """Announce the total under `key` (`total_results`, or the older `total_count`)."""
+        self._set_read(count_key=key)
+
+    def empty_as_null(self, on: bool = True) -> None:
+        """While on, empty cells come back as JSON null instead of ""."""
+        self._set_read(empty_as_null=on)
+
+    def forbid_read(self, on: bool = True) -> None:
+        """While on, reads answer 403, like a key without the read permission."""
+        self._set_read(forbidden=on)
+
+    def fail_read_pages(self, n: int, *, status: int = 503, page: int | None = None) -> None:
+        """The next `n` reads (of page `page` only, when given) answer `status`."""
+        with self._lock:
+            self._read_failures.append(_PageFault(n, status, page))
+
+    def move_total_between_pages(self, times: int | None = 1) -> None:
+        """After each of the next `times` pages served (None: every page, for good), the
+        table gains a row, so a reader sees the announced total move mid-read."""
+        with self._lock:
+            self._moves_left = None if times is None else max(0, times)
+
+    def _set_read(self, **changes: Any) -> None:
+        with self._lock:
+            self._read = replace(self._read, **changes)
+
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
@@ -110,6 +166,9 @@ class Faults:
             self._latency = 0.0
             self._hang = False
             self._fraction = 0.0
+            self._read = ReadFaults()
+            self._read_failures.clear()
+            self._moves_left = 0
 
     # ------------------------------------------------------------ consuming
 
@@ -134,6 +193,31 @@ class Faults:
                 status = self._rng.choice(self._fraction_statuses)
                 return RequestFault(status, "1" if status == 429 else None)
         return None
+
+    @property
+    def read(self) -> ReadFaults:
+        with self._lock:
+            return self._read
+
+    def take_read_failure(self, page: int) -> int | None:
+        """The status a read of `page` must answer instead of rows, if one is armed."""
+        with self._lock:
+            for fault in self._read_failures:
+                if fault.remaining > 0 and fault.page in (None, page):
+                    fault.remaining -= 1
+                    self._read_failures = [f for f in self._read_failures if f.remaining > 0]
+                    return fault.status
+        return None
+
+    def take_table_move(self) -> bool:
+        """Whether the table must change now, after a page was served."""
+        with self._lock:
+            if self._moves_left is None:
+                return True
+            if self._moves_left > 0:
+                self._moves_left -= 1
+                return True
+            return False
 
     def take_drop(self) -> int | None:
         with self._lock:

@@ -3,7 +3,9 @@
 A stdlib `ThreadingHTTPServer` speaking HTTP/1.1 with keep-alive. Per request, in this order:
 injected latency, Bearer auth (before routing, like the real API), the 5 req/s per-token rate
 limit (§9), injected 5xx/429, then the route. Every request is recorded (Authorization value
-redacted) so tests can check what the client really sent.
+redacted) so tests can check what the client really sent. Routes under ADMIN_PREFIX are the
+emulator's own (a person in BigPanda's UI, for shell rehearsals): after auth, they skip the
+rate limit and the injected faults.
 
 When it answers before reading a request body (401, 429, injected faults, 404 on upload) it
 says `Connection: close` and then reads and discards the body for a while before closing: a
@@ -12,29 +14,41 @@ socket closed with unread data sends a TCP reset that can destroy the answer in 
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import socket
 import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from bpsync.bigpanda import facts
 from bpsync.bigpanda.facts import ApiVersion
 from bpsync.emulator.faults import Faults
-from bpsync.emulator.store import BadRequest, JobRunner, Store, job_view, make_root, render
+from bpsync.emulator.store import (
+    BadRequest,
+    JobRunner,
+    Row,
+    Store,
+    job_view,
+    make_root,
+    render,
+)
 
 HOST = "127.0.0.1"
 MAX_JSON_BYTES = 1_000_000
 READ_CHUNK = 1 << 20
 LINGER_SECONDS = 5.0  # how long to drain an unwanted body before closing
+# Routes no real API has: a person in BigPanda's UI, for rehearsals from the shell.
+ADMIN_PREFIX = "/_emulator"
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class RecordedRequest:
     time: float  # time.time() when the request line arrived
     sha256: str | None = None  # of the upload body, for uploads read to the end
     dropped: bool = False
+    query: str = ""  # the raw query string ("page=2&per_page=100")
 
 
 @dataclass
@@ -58,6 +73,7 @@ class _Exchange:
 
     method: str
     path: str
+    query: str = ""
     token: str = ""
     content_length: int | None = None
     body_bytes: int = 0
@@ -129,7 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         emu = self.server.emulator
-        ex = _Exchange(method=self.command, path=unquote(urlsplit(self.path).path))
+        target = urlsplit(self.path)
+        ex = _Exchange(method=self.command, path=unquote(target.path), query=target.query)
         ex.content_length = self._declared_length()
         try:
             self._pipeline(emu, ex)
@@ -145,6 +162,11 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(delay)
         if not self._authorised(emu, ex):
             self._json(ex, 401, {"status": "error", "message": "Unauthorized: bad or no token"})
+            return
+        if ex.path == ADMIN_PREFIX or ex.path.startswith(ADMIN_PREFIX + "/"):
+            # Not BigPanda's: no rate limit and no injected faults, so a rehearsal's
+            # "person in the UI" never disturbs what bpsync sees.
+            self._admin(emu, ex, ex.path[len(ADMIN_PREFIX) :].strip("/").split("/"))
             return
         if emu.rate_limiter is not None and not emu.rate_limiter.allow(ex.token):
             self._json(ex, 429, {"message": "Too many requests"}, {"Retry-After": "1"})
@@ -189,6 +211,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._patch(emu, ex, api, parts[0])
         elif key == ("POST", 2, "map"):
             self._upload(emu, ex, parts[0])
+        elif key == ("GET", 2, "map") and api.name in facts.TABLE_READ_API_VERSIONS:
+            self._read_table(emu, ex, parts[0])
         elif key == ("PATCH", 2, "map"):
             self._json(ex, 501, {"message": "row-level map changes are not emulated"})
         else:
@@ -232,6 +256,91 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(ex, 400, {"status": "error", "message": str(exc)})
         else:
             self._json(ex, 200, render(api, updated))
+
+    def _read_table(self, emu: Emulator, ex: _Exchange, enrichment_id: str) -> None:
+        """One page of the current table (api doc §15.1), bent by the armed read faults."""
+        read = emu.faults.read
+        if read.forbidden:
+            self._error(ex, 403, "Forbidden: this key may not read mapping enrichment tables")
+            return
+        enrichment = emu.store.get(enrichment_id)
+        if enrichment is None:
+            self._error(ex, 404, f"enrichment {enrichment_id} not found")
+            return
+        paging = _paging(ex.query)
+        if isinstance(paging, str):
+            self._error(ex, 400, paging)
+            return
+        page, per_page = paging
+        status = emu.faults.take_read_failure(page)
+        if status is not None:
+            self._error(ex, status, "injected fault")
+            return
+        if read.max_per_page is not None:
+            per_page = min(per_page, read.max_per_page)
+        total, rows = emu.store.page(enrichment_id, page, per_page)
+        if rows and emu.faults.take_table_move():
+            # Before answering, so the reader's next page already sees the new total.
+            emu.store.put_rows(enrichment_id, [_drift_row(enrichment)])
+        if read.empty_as_null:
+            rows = [{k: (v if v != "" else None) for k, v in row.items()} for row in rows]
+        self._json(ex, 200, {read.count_key: total, facts.READ_ITEMS_KEY: rows})
+
+    def _error(self, ex: _Exchange, status: int, message: str) -> None:
+        """A v2.1 error body (api doc §15.3)."""
+        self._json(ex, status, {"status": status, "errors": [message]})
+
+    # ------------------------------------------------------------ admin (not BigPanda's)
+
+    def _admin(self, emu: Emulator, ex: _Exchange, parts: list[str]) -> None:
+        if len(parts) < 2 or parts[0] != "enrichments":
+            self._json(ex, 404, {"message": f"no emulator route for {ex.path}"})
+            return
+        eid, what = parts[1], "/".join(parts[2:])
+        if emu.store.get(eid) is None:
+            self._json(ex, 404, {"message": f"enrichment {eid} not found"})
+            return
+        bump = parse_qs(ex.query).get("bump_version", ["true"])[-1].lower() not in ("0", "false")
+        try:
+            self._admin_route(emu, ex, (ex.method, what), eid, bump)
+        except BadRequest as exc:
+            self._json(ex, 400, {"message": str(exc)})
+
+    def _admin_route(
+        self, emu: Emulator, ex: _Exchange, key: tuple[str, str], eid: str, bump: bool
+    ) -> None:
+        if key == ("GET", "table"):
+            self._json(ex, 200, {"rows": emu.table_rows(eid) or []})
+        elif key == ("POST", "table"):
+            rows = _csv_rows(b"".join(self._body_chunks(ex)))
+            ex.body_read = True
+            emu.set_table(eid, rows, bump_version=bump)
+            self._json(ex, 200, {"rows": len(rows)})
+        elif key == ("POST", "rows"):
+            body = self._read_json(ex)
+            if body is _INVALID:
+                return
+            if not isinstance(body, dict):
+                raise BadRequest('body must be {"put": [rows], "delete": [keys]}')
+            put, delete = body.get("put") or [], body.get("delete") or []
+            if not isinstance(put, list) or not isinstance(delete, list):
+                raise BadRequest('"put" and "delete" must be lists')
+            added, changed = emu.put_rows(eid, put, bump_version=bump) if put else (0, 0)
+            removed = emu.delete_rows(eid, delete, bump_version=bump) if delete else 0
+            self._json(ex, 200, {"added": added, "changed": changed, "removed": removed})
+        elif key == ("PATCH", ""):
+            body = self._read_json(ex)
+            if body is _INVALID:
+                return
+            if not isinstance(body, dict):
+                raise BadRequest('body must be {"active": bool, "name": "map name"}')
+            emu.store.set_schema(eid, active=body.get("active"), name=body.get("name"))
+            self._json(ex, 200, emu.enrichment(eid))
+        elif key == ("DELETE", ""):
+            emu.delete_enrichment(eid)
+            self._json(ex, 200, {"deleted": eid})
+        else:
+            self._json(ex, 405, {"message": "unsupported emulator route"})
 
     def _job_route(self, emu: Emulator, ex: _Exchange, job_id: str) -> None:
         job = emu.store.job(job_id) if ex.method == "GET" else None
@@ -399,10 +508,54 @@ class _Handler(BaseHTTPRequestHandler):
             time=ex.arrived,
             sha256=ex.sha256,
             dropped=ex.dropped,
+            query=ex.query,
         )
 
 
 _INVALID: Any = object()
+
+
+def _paging(query: str) -> tuple[int, int] | str:
+    """`(page, per_page)` from the query string, or why it is a 400."""
+    params = parse_qs(query)
+    values = []
+    for name, default in (
+        (facts.READ_PAGE_PARAM, facts.READ_FIRST_PAGE),
+        (facts.READ_PER_PAGE_PARAM, facts.READ_DEFAULT_PER_PAGE),
+    ):
+        raw = params.get(name, [str(default)])[-1]
+        try:
+            value = int(raw)
+        except ValueError:
+            return f"{name} must be a positive integer, not {raw!r}"
+        if value < 1:
+            return f"{name} must be a positive integer, not {raw!r}"
+        values.append(value)
+    return values[0], values[1]
+
+
+def _drift_row(enrichment: dict[str, Any]) -> dict[str, str]:
+    """A row a concurrent writer adds (the `move_total_between_pages` fault)."""
+    value = f"emulator-drift-{time.monotonic_ns()}"
+    return {f["title"]: value for f in enrichment["fields"]}
+
+
+def _csv_rows(data: bytes) -> list[dict[str, str]]:
+    """Rows of an admin CSV body (header, then rows), keyed by header title."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the table must be UTF-8 CSV") from exc
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header:
+        raise BadRequest("the table needs a header row")
+    rows = []
+    for number, cells in enumerate(reader, start=2):
+        if len(cells) != len(header):
+            raise BadRequest(f"line {number}: {len(cells)} cells for {len(header)} columns")
+        rows.append(dict(zip(header, cells, strict=True)))
+    return rows
 
 
 # ---------------------------------------------------------------------------- the emulator
@@ -426,10 +579,18 @@ class Emulator:
         rate_limit: bool = True,
         latency: float = 0.0,
         absolute_location: bool = False,
+        max_per_page: int | None = None,
+        count_key: str = facts.READ_COUNT_KEYS[0],
+        empty_as_null: bool = False,
+        forbid_read: bool = False,
     ) -> None:
         self.token = token or None
         self.faults = Faults()
         self.faults.set_latency(latency)
+        self.faults.cap_per_page(max_per_page)
+        self.faults.set_count_key(count_key)
+        self.faults.empty_as_null(empty_as_null)
+        self.faults.forbid_read(forbid_read)
         self.rate_limiter = _RateLimiter(facts.SERVER_RATE_LIMIT_PER_SECOND) if rate_limit else None
         self.absolute_location = absolute_location
         root, self._cleanup = make_root(Path(data_dir) if data_dir is not None else None)
@@ -515,6 +676,43 @@ class Emulator:
         deadline = time.monotonic() + timeout
         while self.store.unfinished_jobs() and time.monotonic() < deadline:
             time.sleep(0.02)
+
+    # ------------------------------------------------------------ a person in the UI
+    # Changes made behind bpsync's back: no upload job; `version` goes up on a table change
+    # unless `bump_version=False` (to rehearse drift a version check cannot see).
+    # Each raises KeyError for an unknown enrichment id.
+
+    def set_table(
+        self, enrichment_id: str, rows: Iterable[Row], *, bump_version: bool = True
+    ) -> None:
+        """Replace the whole table: rows are dicts with exactly the enrichment's titles."""
+        self.store.set_table(enrichment_id, rows, bump_version=bump_version)
+
+    def put_rows(
+        self, enrichment_id: str, rows: Iterable[Row], *, bump_version: bool = True
+    ) -> tuple[int, int]:
+        """Add rows, or change the row with the same query_tag cells; (added, changed)."""
+        return self.store.put_rows(enrichment_id, rows, bump_version=bump_version)
+
+    def delete_rows(
+        self, enrichment_id: str, keys: Iterable[Row], *, bump_version: bool = True
+    ) -> int:
+        """Remove rows by their query_tag cells (mappings of title → value); how many went."""
+        return self.store.delete_rows(enrichment_id, keys, bump_version=bump_version)
+
+    def set_active(self, enrichment_id: str, active: bool) -> None:
+        self.store.set_schema(enrichment_id, active=active, name=None)
+
+    def deactivate(self, enrichment_id: str) -> None:
+        self.set_active(enrichment_id, False)
+
+    def rename(self, enrichment_id: str, map_name: str) -> None:
+        """Change the map name (`map_name` on v1, `config.name` on v2.1)."""
+        self.store.set_schema(enrichment_id, active=None, name=map_name)
+
+    def delete_enrichment(self, enrichment_id: str) -> None:
+        """Remove the enrichment and its table."""
+        self.store.delete(enrichment_id)
 
     # ------------------------------------------------------------ internals
 

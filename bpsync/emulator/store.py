@@ -10,18 +10,26 @@ Decisions where the docs are silent (api doc §14):
   ends `done` (the v1 meaning, §4.1). PATCH does not change it.
 - v1 and v2.1 see the same enrichments.
 - Jobs of one enrichment run one at a time, in the order they were created.
+- The v2.1 read (§15.1) serves rows in file order; pages are cut at the size served (after
+  any `per_page` cap), empty cells are "" unless a fault says null.
+- Changes made "in the UI" (set_table, put_rows, delete_rows) raise `version` like an upload,
+  unless told not to.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +39,8 @@ from bpsync.emulator.csvcheck import check_table, read_rows
 from bpsync.emulator.faults import Faults
 
 JsonObject = dict[str, Any]
+Row = Mapping[str, Any]  # a table row keyed by column title
+Key = tuple[str, ...]  # a row's query_tag cells
 
 # Top-level keys each version accepts on create/PATCH; anything else is a 400, so a client
 # that sends v2.1-only keys to v1 is caught (SPEC §1).
@@ -140,6 +150,63 @@ def _valid_field(field: Any, where: str) -> None:
             raise BadRequest(f"{where}: {flag} must be true or false")
 
 
+def _v21_patch_changes(body: JsonObject) -> JsonObject:
+    """§15.2: only `active`, `when` and `note` take; the rest is dropped without a word."""
+    changes = {k: body[k] for k in facts.V21_PATCH_MUTABLE_KEYS if k in body}
+    if "active" in changes:
+        _valid_active(changes["active"])
+    return changes
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _cells(titles: list[str], row: Row) -> list[str]:
+    """A row's cells in column order; a row must name exactly the table's columns."""
+    if not isinstance(row, Mapping):
+        raise BadRequest(f"a row must be an object keyed by column title, not {row!r}")
+    if set(row) != set(titles):
+        raise BadRequest(f"a row must have exactly the columns {titles}, not {sorted(row)}")
+    return [_cell(row[t]) for t in titles]
+
+
+@dataclass(frozen=True)
+class _Table:
+    stamp: tuple[int, ...]  # (inode, mtime, size) of the file it was indexed from
+    header: tuple[str, ...]
+    offsets: array[int]  # byte offset where each row starts, then the end of the last
+
+
+def _index(path: Path, stamp: tuple[int, ...]) -> _Table:
+    offsets: array[int] = array("q")
+    consumed = 0
+
+    def lines() -> Iterator[str]:
+        # csv.reader pulls one line at a time, so `consumed` is where its last row ended.
+        nonlocal consumed
+        with path.open("rb") as fh:
+            for raw in fh:
+                consumed += len(raw)
+                yield raw.decode("utf-8")
+
+    reader = csv.reader(lines())
+    header = tuple(next(reader, ()))
+    offsets.append(consumed)
+    for _ in reader:
+        offsets.append(consumed)
+    return _Table(stamp, header, offsets)
+
+
+def _row(header: tuple[str, ...], cells: list[str]) -> dict[str, str]:
+    """A stored row keyed by title (a short row, which a stored table never has, pads)."""
+    return {title: cells[i] if i < len(cells) else "" for i, title in enumerate(header)}
+
+
 def render(api: ApiVersion, enrichment: JsonObject) -> JsonObject:
     """The stored enrichment in this version's wire shape."""
     config: JsonObject = {api.name_key: enrichment["name"], "fields": enrichment["fields"]}
@@ -183,6 +250,7 @@ class Store:
         self.enrichments: dict[str, JsonObject] = {}
         self.jobs: dict[str, JsonObject] = {}
         self._counter = 0
+        self._tables: dict[str, _Table] = {}
         self._load()
 
     # ------------------------------------------------------------ persistence
@@ -229,13 +297,18 @@ class Store:
             return [dict(e) for e in self.enrichments.values()]
 
     def patch(self, api: ApiVersion, enrichment_id: str, body: Any, token: str) -> JsonObject:
-        """Apply a PATCH (KeyError if unknown); structure changes are refused (§13, S15)."""
+        """Apply a PATCH (KeyError if unknown). v1: structure changes are refused (§13, S15);
+        v2.1: only `active`, `when`, `note` apply, every other key is ignored (§15.2)."""
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
-        _check_keys(api, body)
+        if api.name != "v2.1":
+            _check_keys(api, body)
         with self._lock:
             enrichment = self.enrichments[enrichment_id]
-            changes = self._patch_changes(api, enrichment, body)
+            if api.name == "v2.1":
+                changes = _v21_patch_changes(body)
+            else:
+                changes = self._patch_changes(api, enrichment, body)
             enrichment.update(changes, updated_by=user_id(token))
             self.save()
             return dict(enrichment)
@@ -273,6 +346,142 @@ class Store:
     def table_rows(self, enrichment_id: str) -> list[dict[str, str]] | None:
         path = self.table_path(enrichment_id)
         return read_rows(path) if path.exists() else None
+
+    def page(self, enrichment_id: str, page: int, per_page: int) -> tuple[int, list[Row]]:
+        """Rows `(page-1)*per_page …` of the current table and the table's row count."""
+        with self._lock:  # the file must not be replaced between indexing and reading
+            table = self._indexed(enrichment_id)
+            count = len(table.offsets) - 1
+            first, last = min((page - 1) * per_page, count), min(page * per_page, count)
+            if first >= last:
+                return max(count, 0), []
+            with self.table_path(enrichment_id).open("rb") as fh:
+                fh.seek(table.offsets[first])
+                text = fh.read(table.offsets[last] - table.offsets[first]).decode("utf-8")
+        rows = csv.reader(io.StringIO(text, newline=""))
+        return count, [_row(table.header, cells) for cells in rows]
+
+    def _indexed(self, enrichment_id: str) -> _Table:
+        """The table's header and where each row starts, re-indexed only when the file
+        changed: a paged read of a big table neither parses it per page nor holds its rows."""
+        path = self.table_path(enrichment_id)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return _Table((), (), array("q"))
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._tables.get(enrichment_id)
+        if cached is None or cached.stamp != stamp:
+            cached = self._tables[enrichment_id] = _index(path, stamp)
+        return cached
+
+    def _all_rows(self, enrichment_id: str) -> Iterator[Row]:
+        path = self.table_path(enrichment_id)
+        if not path.exists():
+            return
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = tuple(next(reader, ()))
+            for cells in reader:
+                yield _row(header, cells)
+
+    # ------------------------------------------------------------ behind bpsync's back
+    # What a person in BigPanda's UI does: no upload job, but the table (and, by default,
+    # `version`, which "goes up every time the table is updated", api doc §4.2) changes.
+
+    def set_table(
+        self, enrichment_id: str, rows: Iterable[Row], *, bump_version: bool = True
+    ) -> None:
+        """Replace the table with `rows` (dicts keyed by field title; KeyError if unknown)."""
+        with self._lock:
+            titles = self._titles(enrichment_id)
+            self._write_table(enrichment_id, titles, [_cells(titles, r) for r in rows])
+            self._touched(enrichment_id, bump_version)
+
+    def put_rows(
+        self, enrichment_id: str, rows: Iterable[Row], *, bump_version: bool = True
+    ) -> tuple[int, int]:
+        """Add rows, or change the row with the same key (its query_tag cells): (added, changed).
+        `version` goes up only when a row really changed."""
+        with self._lock:
+            titles, keys, current = self._keyed(enrichment_id)
+            added = changed = 0
+            for row in rows:
+                cells = _cells(titles, row)
+                key = tuple(cells[i] for i in keys)
+                if key in current:
+                    changed += current[key] != cells
+                else:
+                    added += 1
+                current[key] = cells
+            self._write_table(enrichment_id, titles, list(current.values()))
+            self._touched(enrichment_id, bump_version and bool(added or changed))
+            return added, changed
+
+    def delete_rows(
+        self, enrichment_id: str, keys: Iterable[Row], *, bump_version: bool = True
+    ) -> int:
+        """Remove the rows whose query_tag cells match each mapping's: how many went."""
+        with self._lock:
+            titles, key_columns, current = self._keyed(enrichment_id)
+            removed = 0
+            for wanted in keys:
+                if not isinstance(wanted, Mapping):
+                    raise BadRequest(f"a row key must be an object, not {wanted!r}")
+                missing = [titles[i] for i in key_columns if titles[i] not in wanted]
+                if missing:
+                    raise BadRequest(f"row key needs the query_tag column(s) {missing}")
+                key = tuple(_cell(wanted[titles[i]]) for i in key_columns)
+                removed += current.pop(key, None) is not None
+            self._write_table(enrichment_id, titles, list(current.values()))
+            self._touched(enrichment_id, bump_version and removed > 0)
+            return removed
+
+    def set_schema(self, enrichment_id: str, *, active: bool | None, name: str | None) -> None:
+        """Deactivate/activate or rename an enrichment (KeyError if unknown)."""
+        with self._lock:
+            enrichment = self.enrichments[enrichment_id]
+            if active is not None:
+                enrichment["active"] = _valid_active(active)
+            if name is not None:
+                enrichment["name"] = _valid_name(name)
+            self.save()
+
+    def delete(self, enrichment_id: str) -> None:
+        """Remove an enrichment and its table (KeyError if unknown)."""
+        with self._lock:
+            del self.enrichments[enrichment_id]
+            self._tables.pop(enrichment_id, None)
+            self.table_path(enrichment_id).unlink(missing_ok=True)
+            self.save()
+
+    def _titles(self, enrichment_id: str) -> list[str]:
+        return [f["title"] for f in self.enrichments[enrichment_id]["fields"]]
+
+    def _keyed(self, enrichment_id: str) -> tuple[list[str], list[int], dict[Key, list[str]]]:
+        """Titles, the positions of the query_tag columns, and the rows by key (in order)."""
+        titles = self._titles(enrichment_id)
+        fields = self.enrichments[enrichment_id]["fields"]
+        keys = [i for i, f in enumerate(fields) if f["type"] == facts.QUERY_TAG]
+        current: dict[Key, list[str]] = {}
+        for row in self._all_rows(enrichment_id):
+            cells = _cells(titles, row)
+            current[tuple(cells[i] for i in keys)] = cells
+        return titles, keys, current
+
+    def _write_table(self, enrichment_id: str, titles: list[str], rows: list[list[str]]) -> None:
+        tmp = self.upload_path(f"ui-{enrichment_id}-{time.monotonic_ns()}")
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(titles)
+            writer.writerows(rows)
+        os.replace(tmp, self.table_path(enrichment_id))
+        self._tables.pop(enrichment_id, None)
+
+    def _touched(self, enrichment_id: str, bump_version: bool) -> None:
+        if bump_version:
+            self.enrichments[enrichment_id]["version"] += 1
+        self.save()
 
     # ------------------------------------------------------------ jobs
 
@@ -332,6 +541,7 @@ class Store:
                 self.set_job(job_id, facts.JOB_FAILED, "the enrichment no longer exists")
                 return
             os.replace(upload, self.table_path(enrichment["id"]))
+            self._tables.pop(enrichment["id"], None)
             enrichment["version"] += 1
             self.set_job(job_id, facts.JOB_DONE)
 
