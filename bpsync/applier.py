@@ -227,7 +227,7 @@ class Applier:
         if not todo:
             return ApplyResult()
         results = self._run_all(todo)
-        interrupted = self.interrupts is not None and self.interrupts.count > 0
+        interrupted = any(r.interrupted for r in results)
         if not interrupted:
             self._prune()
         return ApplyResult(results, interrupted=interrupted)
@@ -244,6 +244,7 @@ class Applier:
         abandon = self.interrupts.stop_waiting if self.interrupts else threading.Event()
         queue = list(enumerate(todo))
         results: dict[int, TableResult] = {}
+        errors: list[BaseException] = []  # a bug in a worker: raised again in this thread
         guard = threading.Lock()
 
         def worker() -> None:
@@ -252,7 +253,11 @@ class Applier:
                     if not queue or stop.is_set():
                         return
                     i, tp = queue.pop(0)
-                results[i] = self._apply_one(tp)
+                try:
+                    results[i] = self._apply_one(tp)
+                except BaseException as e:
+                    errors.append(e)
+                    return
 
         threads = [
             threading.Thread(target=worker, name=f"apply-{n}", daemon=True)
@@ -268,6 +273,8 @@ class Applier:
                     break  # a thread stuck in a request: leave it, as a kill would
             for t in threads:
                 t.join(0.05)
+        if errors and not abandon.is_set():
+            raise errors[0]
         out = []
         for i, tp in enumerate(todo):
             counts = (tp.rows_added, tp.rows_changed, tp.rows_removed)

@@ -396,10 +396,13 @@ def apply(ctx: Context) -> int:
                 hint="review `bpsync plan` and run `bpsync apply --auto-approve`, or apply a "
                 "saved plan file (`bpsync plan --out FILE`, then `bpsync apply FILE`)",
             )
-        interrupts = ctx.interrupts or Interrupts(ctx.console.note)
+        say = [ctx.console.note]  # the live lines' note once they exist (a terminal)
+        interrupts = ctx.interrupts or Interrupts(lambda text: say[0](text))
         with _client(ctx, fault=fault, interrupts=interrupts) as client:
             store = StateStore(backend, backend.read(), fault)
             live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
+            if live is not None:
+                say[0] = live.note
             applier = Applier(
                 client,
                 store,
