@@ -21,8 +21,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -41,10 +40,12 @@ from bpsync.errors import (
     ApiError,
     ApplyRefused,
     BpsyncError,
+    Interrupted,
     JobFailed,
     NotFoundError,
     StalePlan,
 )
+from bpsync.interrupt import Interrupts
 from bpsync.plan import (
     CREATE,
     DEACTIVATE,
@@ -55,6 +56,8 @@ from bpsync.plan import (
     Plan,
     TablePlan,
 )
+from bpsync.planner import adopted
+from bpsync.remote import same_fields
 from bpsync.state import PendingJob, State, StateBackend, TableState, referenced_snapshots
 from bpsync.state.snapshot import encoded_size
 from bpsync.table import (
@@ -131,6 +134,9 @@ class TableResult:
     ok: bool
     message: str = ""
     rows: tuple[int, int, int] = (0, 0, 0)  # added, changed, removed
+    # Not finished because of Ctrl-C: "pending" (its job stays recorded, re-attached on the
+    # next apply), "running" (stopped before its job was recorded) or "not started".
+    interrupted: str | None = None
     enrichment_id: str | None = None  # the enrichment the table now maps to (or was to)
     job_id: str | None = None  # the upload job, when there was one
     seconds: float = 0.0  # how long the table took
@@ -140,12 +146,34 @@ class TableResult:
 @dataclass
 class ApplyResult:
     results: list[TableResult] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def failed(self) -> list[TableResult]:
         return [r for r in self.results if not r.ok]
 
     def summary(self) -> str:
+        if self.interrupted:
+            return self._interrupted_summary()
+        return self._summary()
+
+    def _interrupted_summary(self) -> str:
+        done = [r.name for r in self.results if r.ok]
+        parts = [f"Apply interrupted. Applied: {', '.join(done) or 'nothing'}"]
+        for kind, words in (
+            ("pending", "left pending (the next apply re-attaches to the job)"),
+            ("running", "stopped before its job was recorded (the next apply plans it again)"),
+            ("not started", "not started"),
+        ):
+            names = [r.name for r in self.results if r.interrupted == kind]
+            if names:
+                parts.append(f"{words}: {', '.join(names)}")
+        failed = [r.name for r in self.failed if r.interrupted is None]
+        if failed:
+            parts.append(f"failed: {', '.join(failed)}")
+        return "; ".join(parts) + ". " + self._summary().split(". ", 1)[-1]
+
+    def _summary(self) -> str:
         ok = [r for r in self.results if r.ok]
         counts = {
             a: sum(1 for r in ok if r.action == a)
@@ -184,6 +212,7 @@ class Applier:
     # On a terminal: set(table, line or None) redraws one live line per running job.
     live: Callable[[str, str | None], None] | None = None
     _job_ids: dict[str, str] = field(default_factory=dict, init=False)
+    interrupts: Interrupts | None = None  # Ctrl-C: stop starting, then stop waiting
 
     # -- resume ---------------------------------------------------------------------------
     def resume_pending(self) -> list[TableResult]:
@@ -220,16 +249,80 @@ class Applier:
 
     # -- apply ----------------------------------------------------------------------------
     def apply(self, plan: Plan) -> ApplyResult:
-        result = ApplyResult()
-        todo = [t for t in plan.tables if t.action != NO_OP]
+        todo = [t for t in plan.tables if t.has_changes]
         if not todo:
-            return result
+            return ApplyResult()
         self.check_snapshot_room(todo)
-        with ThreadPoolExecutor(max_workers=max(1, self.parallelism)) as pool:
-            for r in pool.map(self._apply_one, todo):
-                result.results.append(r)
-        self._prune()
-        return result
+        results = self._run_all(todo)
+        interrupted = any(r.interrupted for r in results)
+        if not interrupted:
+            self._prune()
+        return ApplyResult(results, interrupted=interrupted)
+
+    def _run_all(self, todo: list[TablePlan]) -> list[TableResult]:
+        """Apply the tables, `parallelism` at a time, in order; a first Ctrl-C stops taking
+        new ones, a second stops waiting for the running ones.
+
+        Daemon threads, not an executor: after a second Ctrl-C a thread still sending an
+        upload must not keep the process alive (what it leaves is what a kill leaves, which
+        the next apply recovers from).
+        """
+        stop = self.interrupts.stop_starting if self.interrupts else threading.Event()
+        abandon = self.interrupts.stop_waiting if self.interrupts else threading.Event()
+        queue = list(enumerate(todo))
+        results: dict[int, TableResult] = {}
+        errors: list[BaseException] = []  # a bug in a worker: raised again in this thread
+        guard = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with guard:
+                    if not queue or stop.is_set():
+                        return
+                    i, tp = queue.pop(0)
+                try:
+                    results[i] = self._apply_one(tp)
+                except BaseException as e:
+                    errors.append(e)
+                    return
+
+        threads = [
+            threading.Thread(target=worker, name=f"apply-{n}", daemon=True)
+            for n in range(max(1, min(self.parallelism, len(todo))))
+        ]
+        for t in threads:
+            t.start()
+        deadline: float | None = None
+        while any(t.is_alive() for t in threads):
+            if abandon.is_set():
+                deadline = deadline or time.monotonic() + 0.8
+                if time.monotonic() > deadline:
+                    break  # a thread stuck in a request: leave it, as a kill would
+            for t in threads:
+                t.join(0.05)
+        if errors and not abandon.is_set():
+            raise errors[0]
+        out = []
+        for i, tp in enumerate(todo):
+            counts = (tp.rows_added, tp.rows_changed, tp.rows_removed)
+            if i in results:
+                out.append(results[i])
+            elif any(i == j for j, _ in queue):
+                out.append(
+                    TableResult(tp.name, tp.action, False, "not started", counts, "not started")
+                )
+            else:
+                out.append(
+                    TableResult(
+                        tp.name,
+                        tp.action,
+                        False,
+                        "stopped before its upload job was recorded",
+                        counts,
+                        "running",
+                    )
+                )
+        return out
 
     def check_snapshot_room(self, tables: Iterable[TablePlan]) -> None:
         """Before any upload: the state backend can keep every snapshot this apply records
@@ -254,6 +347,19 @@ class Applier:
         try:
             msg = self._run(tp)
             ok = True
+        except Interrupted as e:
+            kind = "pending" if self._pending_job(tp.name) else "running"
+            return TableResult(
+                tp.name,
+                tp.action,
+                False,
+                e.render(),
+                counts,
+                kind,
+                enrichment_id=tp.enrichment_id,
+                job_id=self._job_ids.get(tp.name),
+                seconds=self.clock() - start,
+            )
         except BpsyncError as e:
             msg, ok = e.render(), False
         current = self.store.state.table(tp.name)
@@ -269,6 +375,9 @@ class Applier:
         )
 
     def _run(self, tp: TablePlan) -> str:
+        self._settle(tp)
+        if tp.action == NO_OP:
+            return "left-over enrichments deactivated"
         if tp.action == DEACTIVATE:
             return self._deactivate(tp)
         if tp.action == UPDATE_IN_PLACE:
@@ -290,6 +399,43 @@ class Applier:
             raise
         self._complete(tp.name, job)
         return f"job {job.job_id} done"
+
+    def _pending_job(self, name: str) -> str | None:
+        ts = self.store.state.table(name)
+        return ts.pending.job_id if ts and ts.pending and ts.pending.job_id else None
+
+    def _settle(self, tp: TablePlan) -> None:
+        """Settle what an interrupted apply left, as the plan showed, before anything else.
+
+        An enrichment a killed create made is recorded as the table's; the new enrichment of
+        a replace that did not finish is deactivated when this plan does not use it (and its
+        pending entry cleared). Deactivating twice is harmless, so a crash in between is too.
+        """
+        if tp.adopt:
+            eid = tp.adopt
+
+            def adopt(cur: TableState | None) -> TableState | None:
+                p = cur.pending if cur else None
+                if cur is None or p is None or p.job_id or p.enrichment_id:
+                    return cur
+                return adopted(cur, eid)
+
+            self.store.update(tp.name, adopt)
+            self.note(f"{tp.name}: adopted enrichment {eid}, created by an interrupted apply")
+        for eid in tp.retire:
+            try:
+                self.client.update_enrichment(eid, active=False)
+                self.note(f"{tp.name}: deactivated enrichment {eid}, left by an earlier replace")
+            except NotFoundError:
+                self.note(f"{tp.name}: the left-over enrichment {eid} no longer exists")
+
+            def clear(cur: TableState | None, eid: str = eid) -> TableState | None:
+                p = cur.pending if cur else None
+                if cur is None or p is None or p.job_id or p.enrichment_id != eid:
+                    return cur
+                return replace(cur, pending=None)
+
+            self.store.update(tp.name, clear)
 
     def _forget_failed(self, name: str, job: PendingJob) -> None:
         """A failed job changed nothing in BigPanda: drop it, keep the old snapshot.
@@ -335,7 +481,7 @@ class Applier:
             self.note(f"{tp.name}: could not list enrichments to check the name ({e.message})")
             orphans = []
         if creating:
-            adopted = [e for e in orphans if _same_fields(e.fields, schema["fields"])]
+            adopted = [e for e in orphans if same_fields(e.fields, schema["fields"])]
             if len(adopted) == 1:
                 eid: str = adopted[0].id
                 self.note(f"{tp.name}: adopting enrichment {eid}, created by an interrupted apply")
@@ -476,7 +622,15 @@ class Applier:
             last_status[0] = status
 
         self.fault("waiting")
-        return self.client.wait_for_job(job_ref, timeout=self.timeout, on_progress=progress)
+        try:
+            return self.client.wait_for_job(job_ref, timeout=self.timeout, on_progress=progress)
+        except Interrupted:
+            if self.live is not None:
+                self.live(name, None)
+            raise Interrupted(
+                f"{name}: stopped waiting on job {job_id}; it stays pending in state and the "
+                "next apply re-attaches to it"
+            ) from None
 
     def _complete(self, name: str, job: PendingJob) -> None:
         """The job is done: retire the replaced enrichment, then record the new state.
@@ -586,10 +740,3 @@ class Applier:
 
 def _snapshot_size(path: Path) -> int:
     return encoded_size(table_bytes(path))
-
-
-def _same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> bool:
-    def by_title(fields: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {f["title"]: {k: v for k, v in f.items() if v is not None} for f in fields}
-
-    return by_title(a) == by_title(b)

@@ -161,3 +161,9 @@ class JobTimeout(ApiError):
             hint="the job may still complete; the next `bpsync apply` re-attaches to it "
             "instead of uploading again",
         )
+
+
+class Interrupted(BpsyncError):
+    """The user pressed Ctrl-C (twice while apply waits on jobs: stop waiting)."""
+
+    exit_code = 130

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from bpsync.plan import (
     RowChanges,
     SchemaChange,
     TablePlan,
+    remote_findings,
 )
 from bpsync.remote import Remote
 from bpsync.rowdiff import diff_table
@@ -121,7 +122,7 @@ def make_plan(
     tables.sort(key=lambda t: t.name)
     endpoint = str(config.endpoint)
     return Plan(
-        fingerprint=fingerprint(inputs, config.environment, endpoint),
+        fingerprint=fingerprint(inputs, remote_findings(tables), config.environment, endpoint),
         tables=tuple(tables),
         inputs=inputs,
         api_version=config.api.version,
@@ -133,11 +134,18 @@ def make_plan(
     )
 
 
-def fingerprint(inputs: Inputs, environment: str | None = None, endpoint: str = "") -> str:
-    """Digest of the state planned against, of every manifest and table covered, and of
-    where it applies (environment and endpoint): a plan reviewed for sandbox never
-    approves an apply to prod (SPEC §8)."""
-    doc = {
+def fingerprint(
+    inputs: Inputs,
+    findings: tuple[str, ...] = (),
+    environment: str | None = None,
+    endpoint: str = "",
+) -> str:
+    """Digest of the state planned against, of every manifest and table covered, of what
+    the refresh found in BigPanda (drift; left-overs to adopt or deactivate): an apply bound
+    to it refuses when BigPanda's side moved since the review (SPEC §2); and of where it
+    applies (environment and endpoint): a plan reviewed for sandbox never approves an apply
+    to prod (SPEC §8)."""
+    doc: dict[str, Any] = {
         "environment": environment,
         "endpoint": endpoint,
         "manifests": dict(inputs.manifests),
@@ -145,6 +153,8 @@ def fingerprint(inputs: Inputs, environment: str | None = None, endpoint: str = 
         "state": inputs.state,
         "deleted": list(inputs.deleted),
     }
+    if findings:  # without any, the digest is the one plans had before it covered them
+        doc["remote"] = list(findings)
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
@@ -167,6 +177,10 @@ def _plan_table(
     remote: Remote | None,
     digest: Callable[[Path], str],
 ) -> TablePlan | None:
+    notes: list[str] = []
+    ts, adopt = _settle_intent(ts, remote, notes)
+    if adopt and ts and ts.enrichment_id == adopt:
+        remote = None  # the refresh read no enrichment for the table: nothing to compare
     enrichment_id = ts.enrichment_id if ts and ts.enrichment_id else m.enrichment_id
     if ts and ts.enrichment_id and m.enrichment_id and m.enrichment_id != ts.enrichment_id:
         problems.append(
@@ -191,22 +205,21 @@ def _plan_table(
     if rows.info is not None and not rows.info.ok:
         return None
     drift = _drift(ts, remote) if ts and ts.enrichment_id else ()
-    notes: list[str] = []
+    if (
+        rows.old_columns
+        and rows.columns != rows.old_columns
+        and sorted(rows.columns) == sorted(rows.old_columns)
+    ):
+        notes.append(
+            "the columns are in a new order; rows are compared cell by title, and apply "
+            "uploads the table in its new column order"
+        )
     action = _action(m, enrichment_id, changes, rows, ts, remote, notes)
+    retire = _leftover(ts, action, schema, notes)
     if ts and ts.pending and ts.pending.job_id:
         notes.append(
             f"an interrupted apply left job {ts.pending.job_id} pending; apply checks "
             "it before uploading again"
-        )
-    elif ts and ts.pending and not ts.pending.enrichment_id:
-        notes.append(
-            "an earlier apply stopped while creating the enrichment; apply adopts what it "
-            "created rather than creating another"
-        )
-    elif ts and ts.pending:
-        notes.append(
-            f"enrichment {ts.pending.enrichment_id} was created for this replace by an earlier "
-            "apply; apply uploads to it rather than creating another"
         )
     if action == CREATE:
         enrichment_id = None
@@ -223,7 +236,87 @@ def _plan_table(
         tuple(notes),
         rows,
         upload,
+        retire,
+        adopt,
     )
+
+
+def _settle_intent(
+    ts: TableState | None, remote: Remote | None, notes: list[str]
+) -> tuple[TableState | None, str | None]:
+    """The table's state once a recorded intent to create is resolved (SPEC §5).
+
+    A create killed while its request was in flight leaves an intent with no id. What it
+    became is looked up in BigPanda by the name and fields the intent recorded (the refresh
+    does that), so the plan starts from the truth whatever the manifest says now: the
+    enrichment found is adopted (and then updated, replaced or deactivated like any other);
+    none found means nothing was created.
+    """
+    p = ts.pending if ts else None
+    if ts is None or p is None or p.job_id or p.enrichment_id:
+        return ts, None
+    found = remote.intent_found if remote else None
+    if found is None:
+        notes.append(
+            "an earlier apply stopped while creating the enrichment; apply looks it up in "
+            "BigPanda (by the name and fields it recorded) and adopts it rather than "
+            "creating another"
+        )
+        return ts, None
+    if len(found) > 1:
+        notes.append(
+            f"an earlier apply stopped while creating the enrichment, and BigPanda has "
+            f"{len(found)} active enrichments unknown to the state with its name and fields "
+            f"({', '.join(found)}); apply refuses to guess: `bpsync import` the right one"
+        )
+        return ts, None
+    if not found:
+        notes.append(
+            "an earlier apply stopped while creating the enrichment; BigPanda has none with "
+            "the name and fields it recorded, so nothing was created"
+        )
+        return replace(ts, pending=None), None
+    eid = found[0]
+    notes.append(
+        f"enrichment {eid} was created by an interrupted apply (found in BigPanda by the "
+        f"name {p.schema.get('map_name')!r} and the fields it recorded); apply adopts it"
+    )
+    return adopted(ts, eid), eid
+
+
+def adopted(ts: TableState, eid: str) -> TableState:
+    """`ts` with the enrichment its intent to create made, `eid`, recorded."""
+    p = ts.pending
+    assert p is not None
+    if p.kind == REPLACE and ts.enrichment_id:
+        return replace(ts, pending=replace(p, enrichment_id=eid))
+    return TableState(ts.name, eid, ts.api_version, p.schema)
+
+
+def _leftover(
+    ts: TableState | None, action: str, schema: Mapping[str, Any] | None, notes: list[str]
+) -> tuple[str, ...]:
+    """The new enrichment of a replace that did not finish, unless this plan reuses it.
+
+    A replace whose job failed, or that was killed before its upload, leaves its new
+    enrichment recorded in state. A plan that replaces with the same schema uploads to it;
+    any other plan (manifest restored, changed again, or deleted) deactivates it, so it is
+    never left active and forgotten.
+    """
+    p = ts.pending if ts else None
+    if p is None or p.job_id or not p.enrichment_id:
+        return ()
+    if action == REPLACE and schema is not None and p.schema == dict(schema):
+        notes.append(
+            f"enrichment {p.enrichment_id} was created for this replace by an earlier "
+            "apply; apply uploads to it rather than creating another"
+        )
+        return ()
+    notes.append(
+        f"enrichment {p.enrichment_id}, created by an earlier replace that did not finish, "
+        "is not used by this plan: apply deactivates it"
+    )
+    return (p.enrichment_id,)
 
 
 @dataclass(frozen=True)
@@ -249,6 +342,8 @@ def _table_plan(
     notes: tuple[str, ...],
     rows: _Rows,
     upload: bool,
+    retire: tuple[str, ...] = (),
+    adopt: str | None = None,
 ) -> TablePlan:
     """The one place a TablePlan is assembled from the planner's findings."""
     old_rows = rows.old_rows
@@ -285,6 +380,8 @@ def _table_plan(
         max_delete_fraction=table.max_delete_fraction,
         mass_delete=mass,
         upload=upload,
+        retire=retire,
+        adopt=adopt,
     )
 
 
@@ -357,6 +454,10 @@ def _drift(ts: TableState, remote: Remote | None) -> tuple[str, ...]:
 
 
 def _plan_deleted(ts: TableState, remote: Remote | None) -> TablePlan:
+    notes = ["manifest deleted: the enrichment is deactivated (its rows stay in BigPanda, unused)"]
+    settled, adopt = _settle_intent(ts, remote, notes)
+    ts = settled or ts
+    retire = _leftover(ts, DEACTIVATE, None, notes)
     old_columns = tuple(f["title"] for f in ts.schema.get("fields", []))
     keys = tuple(f["title"] for f in ts.schema.get("fields", []) if f.get("type") == "query_tag")
     rows = _Rows(
@@ -375,10 +476,12 @@ def _plan_deleted(ts: TableState, remote: Remote | None) -> TablePlan:
         None,
         ts.schema,
         (),
-        _drift(ts, remote) if ts.enrichment_id else (),
-        ("manifest deleted: the enrichment is deactivated (its rows stay in BigPanda, unused)",),
+        _drift(ts, remote) if ts.enrichment_id and not adopt else (),
+        tuple(notes),
         rows,
-        upload=False,
+        False,
+        retire,
+        adopt,
     )
 
 

@@ -188,6 +188,9 @@ class _Body:
     content_type: str
     length: Callable[[], int]  # re-read per attempt: the file may have changed
     stream: _TrackedBody
+    # Sending it twice has the effect of sending it once: a full-table upload replaces the
+    # table with the same bytes. A create is not: a lost answer may hide a new enrichment.
+    idempotent: bool = False
 
 
 def _json_body(payload: Mapping[str, Any]) -> _Body:
@@ -200,6 +203,7 @@ def _file_body(path: Path, fault: Callable[[str], None] | None = None) -> _Body:
         facts.UPLOAD_CONTENT_TYPE,
         lambda: path.stat().st_size,
         _TrackedBody(_file_chunks(path, fault)),
+        idempotent=True,
     )
 
 
@@ -258,6 +262,7 @@ class BigPandaClient:
         job_not_found_grace: float = 15.0,
         rng: random.Random | None = None,
         fault: Callable[[str], None] | None = None,
+        on_retry: Log | None = None,
     ) -> None:
         if api_version not in facts.API_VERSIONS:
             known = ", ".join(facts.API_VERSIONS)
@@ -278,6 +283,7 @@ class BigPandaClient:
         self.job_not_found_grace = job_not_found_grace
         self._rng = rng or random.Random()
         self._fault = fault  # test seam: called with "mid-upload" half-way through an upload
+        self._on_retry = on_retry  # each retry, as it happens (the CLI: on stderr)
         # verify=True always: TLS verification is not configurable on purpose.
         if transport is None:
             # TCP_NODELAY: headers and a small JSON body go out in two writes; with Nagle
@@ -516,16 +522,36 @@ class BigPandaClient:
                 after = _retry_after_seconds(outcome.headers.get("retry-after"), self._wall())
                 delay = max(delay, after or 0.0)
             if attempt >= self.max_attempts or elapsed + delay > self.max_retry_seconds:
-                raise ApiError(
-                    f"{what}: gave up after {attempt} attempt(s) over {elapsed:.1f}s; "
-                    f"last result: {last}",
-                    hint="BigPanda is unavailable or rate limiting; try again later",
-                    status=outcome.status_code if isinstance(outcome, httpx.Response) else None,
-                )
-            self._emit(
-                f"retrying {method} {_path(url)} in {delay:.1f}s (attempt {attempt}: {last})"
-            )
+                raise self._gave_up(what, attempt, elapsed, outcome, last)
+            line = f"retrying {method} {_path(url)} in {delay:.1f}s (attempt {attempt}: {last})"
+            if self._on_retry is not None:
+                self._on_retry(self._token.redact(line))
+            else:
+                self._emit(line)
             self._sleep(delay)
+
+    def _gave_up(
+        self,
+        what: str,
+        attempt: int,
+        elapsed: float,
+        outcome: httpx.Response | BaseException,
+        last: str,
+    ) -> ApiError:
+        tried = f"after {attempt} attempt(s) over {elapsed:.1f}s"
+        if isinstance(outcome, httpx.ConnectError):
+            refused = "refused" in str(outcome).lower()
+            how = "refused the connection" if refused else "could not be reached"
+            return ApiError(
+                f"{what}: {self.base_url} {how} ({tried}; last result: {last})",
+                hint="check the endpoint (BIGPANDA_API_URL or api.base_url in bpsync.yaml) "
+                "and the region: a typo or the wrong region is likelier than a BigPanda outage",
+            )
+        return ApiError(
+            f"{what}: gave up {tried} at {self.base_url}; last result: {last}",
+            hint="BigPanda is unavailable or rate limiting; try again later",
+            status=outcome.status_code if isinstance(outcome, httpx.Response) else None,
+        )
 
     def _attempt(
         self, method: str, url: str, body: _Body | None, what: str
@@ -541,6 +567,12 @@ class BigPandaClient:
             summary = self._token.redact(_describe_error(exc))
             self._emit(f"{method} {_path(url)} -> {summary} ({self._clock() - began:.2f}s)")
             if method == "POST" and body is not None and body.stream.fully_sent:
+                if body.idempotent:
+                    self._emit(
+                        f"{method} {_path(url)}: the whole body was sent but no answer came; "
+                        "sending it again (a full-table upload is idempotent)"
+                    )
+                    return exc, summary
                 raise ApiError(
                     f"{what}: the request was sent completely but no answer came ({summary}); "
                     "BigPanda may have accepted it, so it was not sent again",

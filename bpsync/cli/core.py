@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
+from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Context
 from bpsync.console import Console, LiveLines, sorted_problems
 from bpsync.errors import (
     ApplyRefused,
     BpsyncError,
     ConfigError,
+    Interrupted,
     InvalidInput,
     Problem,
     StalePlan,
@@ -29,6 +30,7 @@ from bpsync.validate import select, validate_project
 if TYPE_CHECKING:
     from bpsync.applier import TableResult
     from bpsync.binding import Binding
+    from bpsync.interrupt import Interrupts
     from bpsync.plan import Plan
     from bpsync.remote import Remote
     from bpsync.state import State, StateBackend
@@ -105,10 +107,20 @@ def fmt(ctx: Context) -> int:
     if any(p.severity == "error" for p in problems):
         raise InvalidInput(problems)
     check = bool(ctx.args.check)
+    encoding = ctx.args.encoding
+    if encoding is not None:
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise UsageError(
+                f"unknown encoding {encoding!r}", hint="e.g. --encoding cp1252 or latin-1"
+            ) from None
     failed = False
     changed = 0
     for manifest in select(manifests, ctx.args.table):
-        result = format_table(manifest, check=check)
+        result = format_table(manifest, check=check, encoding=encoding)
         if result.problems:
             ctx.console.problems(result.problems)
             failed = True
@@ -230,18 +242,37 @@ def _check_found(ctx: Context, state: State, remote: Mapping[str, Remote]) -> No
     )
 
 
-def _client(ctx: Context, fault: Callable[[str], None] | None = None) -> Any:
+def _client(
+    ctx: Context,
+    fault: Callable[[str], None] | None = None,
+    interrupts: Interrupts | None = None,
+) -> Any:
     from bpsync.bigpanda.client import BigPandaClient
 
     config = ctx.config
     log = ctx.console.note if ctx.args.debug else None
+    options = dict(ctx.client_options)
+    if interrupts is not None:
+        # Every sleep of the client (polls, backoff, rate limit) ends at a second Ctrl-C.
+        inner = options.get("sleep")
+        if inner is None:
+            options["sleep"] = interrupts.sleep
+        else:
+
+            def sleep(seconds: float) -> None:
+                interrupts.check()
+                inner(seconds)
+                interrupts.check()
+
+            options["sleep"] = sleep
     return BigPandaClient(
         config.resolved_base_url,
         config.token(ctx.env),
         config.api.version,
         log=log,
         fault=fault,  # test seam: the crash matrix's "mid-upload" point (see _fault_hook)
-        **ctx.client_options,
+        on_retry=None if log else ctx.console.note,  # --debug logs them with the rest
+        **options,
     )
 
 
@@ -336,7 +367,13 @@ def _link_base(ctx: Context, base_of: Callable[[Mapping[str, str]], str | None])
 
 
 def plan(ctx: Context) -> int:
-    the_plan = build_plan(ctx, refresh=_wants_refresh(ctx))
+    refresh = _wants_refresh(ctx)
+    the_plan = build_plan(ctx, refresh=refresh)
+    if not refresh and ctx.args.refresh is None and _has_remote(ctx, the_plan):
+        ctx.console.note(
+            f"Note: not refreshed: {ctx.config.api.token_env} is not set, so BigPanda's side "
+            "was not read (no drift check); the plan compares with the state only."
+        )
     render(ctx, the_plan, ctx.args.format, plan_file=ctx.args.out)
     if ctx.args.out:
         from bpsync.planfile import save_plan
@@ -348,6 +385,14 @@ def plan(ctx: Context) -> int:
     if ctx.args.detailed_exitcode and the_plan.has_changes:
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def _has_remote(ctx: Context, the_plan: Plan) -> bool:
+    """An endpoint is configured, or a table is known to live in BigPanda: a refresh was due."""
+    from bpsync.config import API_URL_ENV
+
+    configured = bool(ctx.env.get(API_URL_ENV) or ctx.config.api.base_url)
+    return configured or any(t.enrichment_id for t in the_plan.tables)
 
 
 def show(ctx: Context) -> int:
@@ -406,7 +451,11 @@ def _confirm(ctx: Context, the_plan: Plan) -> None:
     ctx.console.note("Do you want to perform these actions? Only 'yes' will be accepted.")
     ctx.console.err.write("  Enter a value: ")
     ctx.console.err.flush()
-    answer = input().strip()
+    try:
+        answer = ctx.read_line().strip()
+    except (EOFError, KeyboardInterrupt):
+        ctx.console.err.write("\n")  # the prompt's line was left open
+        answer = ""
     if answer != "yes":
         raise ApplyRefused("apply cancelled", hint="nothing was changed")
 
@@ -457,6 +506,7 @@ def apply(ctx: Context) -> int:
 def _apply(ctx: Context, report: _ApplyReport) -> int:
     from bpsync.applier import Applier, StateStore
     from bpsync.guards import check_mass_delete
+    from bpsync.interrupt import Interrupts
     from bpsync.planner import make_plan
     from bpsync.refresh import refresh_remote
     from bpsync.state import open_backend
@@ -480,9 +530,13 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
                 hint="review `bpsync plan` and run `bpsync apply --auto-approve`, or apply a "
                 "saved plan file (`bpsync plan --out FILE`, then `bpsync apply FILE`)",
             )
-        with _client(ctx, fault=fault) as client:
+        say = [ctx.console.note]  # the live lines' note once they exist (a terminal)
+        interrupts = ctx.interrupts or Interrupts(lambda text: say[0](text))
+        with _client(ctx, fault=fault, interrupts=interrupts) as client:
             store = StateStore(backend, _bound(ctx, backend, backend.read()).state, fault)
             live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
+            if live is not None:
+                say[0] = live.note
             applier = Applier(
                 client,
                 store,
@@ -493,44 +547,60 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
                 parallelism=ctx.args.parallelism,
                 fault=fault,
                 live=live.set if live else None,
+                interrupts=interrupts,
             )
-            resumed = applier.resume_pending()
+            with interrupts.installed():
+                resumed = applier.resume_pending()
             report.results += resumed
+            if interrupts.count:
+                raise Interrupted(
+                    "apply interrupted while re-attaching to the jobs of an earlier apply; "
+                    "nothing new was started",
+                    hint="run `bpsync apply` again: it re-attaches to any job still pending",
+                )
             if resumed and (ctx.args.planfile or ctx.args.expect_fingerprint):
                 raise StalePlan(
                     "a job left pending by an interrupted apply was completed, "
                     "so the state moved since the plan was made",
                     hint="run `bpsync plan` again and review it",
                 )
-            if not ctx.args.planfile:
-                manifests = _load_selected(ctx)
-                remote = refresh_remote(
-                    client, store.state, manifests, ctx.args.table, ctx.console.note
-                )
-                _check_found(ctx, store.state, remote)
-                store.state = _record_adoption(ctx, backend, _adoption(binding, store.state))
-                the_plan = make_plan(
-                    config,
-                    manifests,
-                    store.state,
-                    backend,
-                    only=ctx.args.table,
-                    remote=remote,
-                    now=_now(),
-                )
+            manifests = _load_selected(ctx)
+            remote = refresh_remote(
+                client, store.state, manifests, ctx.args.table, ctx.console.note
+            )
+            _check_found(ctx, store.state, remote)  # before any write
+            store.state = _record_adoption(ctx, backend, _adoption(binding, store.state))
+            fresh = make_plan(
+                config,
+                manifests,
+                store.state,
+                backend,
+                only=ctx.args.table,
+                remote=remote,
+                now=_now(),
+            )
+            if ctx.args.planfile:
+                _check_saved_remote(the_plan, fresh)
+            else:
+                the_plan = fresh
                 report.plan = the_plan
+                expected = ctx.args.expect_fingerprint
+                if expected and expected != the_plan.fingerprint:
+                    _fingerprint_mismatch(expected, the_plan)
                 check_mass_delete(the_plan, ctx.args.allow_mass_delete)
                 render(ctx, the_plan, "text")
                 if not the_plan.has_changes:
                     return EXIT_OK
                 _confirm(ctx, the_plan)
-            else:
-                store.state = _record_adoption(ctx, backend, _adoption(binding, store.state))
-            result = applier.apply(the_plan)
+            with interrupts.installed():
+                result = applier.apply(the_plan)
             report.results += result.results
     for r in result.failed:
-        ctx.console.error(f"{r.name}: {r.message}")
+        if r.interrupted != "not started":
+            ctx.console.error(f"{r.name}: {r.message}")
     ctx.console.print(result.summary())
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     if result.failed:
         return EXIT_ERROR
     return EXIT_OK
@@ -556,15 +626,62 @@ def _offline_plan(ctx: Context) -> Plan:
     else:
         the_plan = build_plan(ctx, refresh=False)
         expected = ctx.args.expect_fingerprint
-        if expected and expected != the_plan.fingerprint:
-            raise ApplyRefused(
-                f"fingerprint mismatch: the approved plan was {expected}, "
-                f"a fresh plan is {the_plan.fingerprint}",
-                hint="the tables, manifests or state moved since the plan was "
-                "reviewed; review the new plan before applying",
-            )
+        if (
+            expected
+            and expected != the_plan.fingerprint
+            and not _refresh_may_explain(ctx, the_plan)
+        ):
+            _fingerprint_mismatch(expected, the_plan)
     check_mass_delete(the_plan, ctx.args.allow_mass_delete)
     return the_plan
+
+
+def _refresh_may_explain(ctx: Context, offline: Plan) -> bool:
+    """Whether what a refresh finds could enter the fingerprint: only for tables that know an
+    enrichment or an interrupted apply's intent. Otherwise a mismatch is final, and refused
+    before any request."""
+    from bpsync.state import open_backend
+
+    if any(t.enrichment_id for t in offline.tables):
+        return True
+    return any(ts.pending for ts in open_backend(ctx.config).read().tables.values())
+
+
+def _fingerprint_mismatch(expected: str, fresh: Plan) -> None:
+    from bpsync.plan import remote_findings
+
+    findings = remote_findings(fresh.tables)
+    if findings:
+        raise ApplyRefused(
+            f"fingerprint mismatch: the approved plan was {expected}, a fresh plan is "
+            f"{fresh.fingerprint}; BigPanda's side shows what the reviewed plan may not "
+            "have: " + "; ".join(findings),
+            hint="nothing was changed; review a new plan (`bpsync plan`), which shows this "
+            "drift, before applying",
+        )
+    raise ApplyRefused(
+        f"fingerprint mismatch: the approved plan was {expected}, "
+        f"a fresh plan is {fresh.fingerprint}",
+        hint="the tables, manifests or state moved since the plan was "
+        "reviewed; review the new plan before applying",
+    )
+
+
+def _check_saved_remote(saved: Plan, fresh: Plan) -> None:
+    """Refuse a saved plan when the apply-time refresh finds drift it did not show."""
+    new = sorted(set(remote_findings_of(fresh)) - set(remote_findings_of(saved)))
+    if new:
+        raise StalePlan(
+            "BigPanda changed since the plan was made, and the plan does not show it: "
+            + "; ".join(new),
+            hint="nothing was changed; run `bpsync plan --out FILE` again and review it",
+        )
+
+
+def remote_findings_of(plan: Plan) -> tuple[str, ...]:
+    from bpsync.plan import remote_findings
+
+    return remote_findings(plan.tables)
 
 
 def import_(ctx: Context) -> int:

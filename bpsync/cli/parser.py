@@ -219,6 +219,13 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
 
     f = sub.add_parser("fmt", help="rewrite tables in canonical form", parents=[g.table])
     f.add_argument("--check", action="store_true", help="only report files that would change")
+    f.add_argument(
+        "--encoding",
+        metavar="NAME",
+        help='the encoding non-UTF-8 tables were saved in (Excel\'s "CSV (Comma delimited)" on '
+        "Windows: cp1252); they are rewritten as UTF-8. A BOM and UTF-16 are recognised "
+        "without it",
+    )
     _command(f, "core:fmt")
 
     pl = sub.add_parser(
