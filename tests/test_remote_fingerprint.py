@@ -72,6 +72,18 @@ DRIFTS: dict[str, tuple[Drift, str]] = {
     "changed": (upload_outside, "changed outside bpsync"),
     "deleted": (delete_outside, "is missing in BigPanda"),
 }
+# The only enrichment deleted: the missing-everything stop (SPEC §5) refuses first, also
+# before any write; `--allow-missing` says it really was deleted, and the guard still refuses.
+ALLOW: dict[str, list[str]] = {"deleted": ["--allow-missing"]}
+
+
+def stopped_if_all_missing(repo: Path, emu: Emulator, drift: str, *argv: str) -> None:
+    if drift not in ALLOW:
+        return
+    n = len(emu.requests)
+    code, out, err = bp(repo, emu, *argv)
+    assert code == 1 and "none of the 1 enrichment(s)" in err, out + err
+    assert writes_since(emu, n) == []
 
 
 @pytest.mark.parametrize("drift", sorted(DRIFTS))
@@ -84,8 +96,10 @@ def test_expect_fingerprint_refuses_drift_the_review_did_not_show(
     fp = json.loads(out)["fingerprint"]
     make_drift, words = DRIFTS[drift]
     eid = make_drift(applied, emu, tmp_path)
+    argv = ["apply", "--auto-approve", "--expect-fingerprint", fp]
+    stopped_if_all_missing(applied, emu, drift, *argv)
     n = len(emu.requests)
-    code, out, err = bp(applied, emu, "apply", "--auto-approve", "--expect-fingerprint", fp)
+    code, out, err = bp(applied, emu, *argv, *ALLOW.get(drift, []))
     assert code == 1, out + err
     assert "fingerprint mismatch" in err and words in err and eid in err, err
     assert writes_since(emu, n) == []
@@ -100,8 +114,9 @@ def test_saved_plan_refuses_drift_it_did_not_show(
     assert code == 0, out + err
     make_drift, words = DRIFTS[drift]
     eid = make_drift(applied, emu, tmp_path)
+    stopped_if_all_missing(applied, emu, drift, "apply", "plan.json")
     n = len(emu.requests)
-    code, out, err = bp(applied, emu, "apply", "plan.json")
+    code, out, err = bp(applied, emu, "apply", "plan.json", *ALLOW.get(drift, []))
     assert code == 1, out + err
     assert "BigPanda changed since the plan was made" in err and words in err, err
     assert eid in err
