@@ -111,7 +111,7 @@ def test_without_a_count_an_empty_page_ends_the_read(tmp_path: Path) -> None:
 
 
 def test_cells_null_number_bool_list_and_specials(tmp_path: Path) -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"app": "a|b", "owner": None},
         {"app": 'say "hi", then', "owner": 42},
         {"app": "ünï", "owner": True},
