@@ -17,6 +17,7 @@ A later run finds any pending job in state and re-attaches to it instead of uplo
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from bpsync.bigpanda import facts
 from bpsync.bigpanda.models import (
     Enrichment,
     EnrichmentSpec,
@@ -431,7 +433,7 @@ class Applier:
         self.fault("job-done")
         if job.replaces and job.replaces != job.enrichment_id:
             try:
-                self.client.update_enrichment(job.replaces, active=False)
+                self._patch(job.replaces, active=False)
                 self.note(f"{name}: deactivated the replaced enrichment {job.replaces}")
             except NotFoundError:
                 self.note(f"{name}: the replaced enrichment {job.replaces} no longer exists")
@@ -460,7 +462,7 @@ class Applier:
     def _retire(self, name: str, eid: str) -> None:
         """Deactivate an enrichment an interrupted replace created for an older schema."""
         try:
-            self.client.update_enrichment(eid, active=False)
+            self._patch(eid, active=False)
             self.note(f"{name}: deactivated enrichment {eid}, left over by an interrupted apply")
         except ApiError as e:
             self.note(f"{name}: could not deactivate leftover enrichment {eid}: {e.message}")
@@ -478,7 +480,28 @@ class Applier:
             if schema.get(key) != old.get(key):
                 changes[arg] = schema.get(key)
         if changes:
-            self.client.update_enrichment(eid, **changes)
+            self._patch(eid, **changes)
+
+    def _patch(self, eid: str, **changes: Any) -> Enrichment:
+        """PATCH the enrichment, then check that BigPanda's answer holds every value sent
+        (SPEC §3): v2.1 ignores keys it does not apply instead of refusing them, and a
+        value that did not take must fail the table before state records it."""
+        answer = self.client.update_enrichment(eid, **changes)
+        missed = [
+            f"{arg} {_show(value)} (BigPanda has {_show(getattr(answer, attr))})"
+            for arg, attr, key in _PATCHED
+            if (value := changes.get(arg)) is not None
+            and _sent(self.api_version, key)
+            and getattr(answer, attr) != value
+        ]
+        if missed:
+            raise ApiError(
+                f"BigPanda accepted the update of enrichment {eid} but did not take "
+                + "; ".join(missed),
+                hint="the state keeps the old value; check the enrichment in BigPanda's UI, "
+                "then run `bpsync plan` again",
+            )
+        return answer
 
     def _update_in_place(self, tp: TablePlan) -> str:
         assert tp.enrichment_id is not None
@@ -490,7 +513,7 @@ class Applier:
     def _deactivate(self, tp: TablePlan) -> str:
         if tp.enrichment_id:
             try:
-                self.client.update_enrichment(tp.enrichment_id, active=False)
+                self._patch(tp.enrichment_id, active=False)
             except NotFoundError:
                 self.note(f"{tp.name}: enrichment {tp.enrichment_id} no longer exists")
         self.store.update(tp.name, lambda cur: None)
@@ -525,6 +548,24 @@ class Applier:
             self.store.backend.prune_snapshots(referenced_snapshots(self.store.state))
         except BpsyncError as e:  # pruning is housekeeping; never fail an apply for it
             self.note(f"could not prune old snapshots: {e.message}")
+
+
+# update_enrichment's argument, the Enrichment attribute that shows it, the PATCH body key.
+_PATCHED = (
+    ("active", "active", "active"),
+    ("name", "name", "config"),
+    ("description", "description", "note"),
+    ("when", "when", "when"),
+)
+
+
+def _sent(api_version: str, key: str) -> bool:
+    """Whether the client sends this PATCH key on this API version (SPEC §1)."""
+    return key in ("active", "config") or key in facts.API_VERSIONS[api_version].extra_keys
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> bool:

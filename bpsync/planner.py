@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bpsync.bigpanda import facts
 from bpsync.config import Config
 from bpsync.errors import InvalidInput, Problem
 from bpsync.manifest import Manifest
@@ -90,7 +91,13 @@ def make_plan(
     for m in manifests:
         manifest_digests[m.display] = sha256_file(m.path)
         tp = _plan_table(
-            m, state.table(m.name), backend, problems, (remote or {}).get(m.name), digest
+            m,
+            state.table(m.name),
+            backend,
+            problems,
+            (remote or {}).get(m.name),
+            digest,
+            config.api.version,
         )
         if tp is not None:
             tables.append(tp)
@@ -158,6 +165,7 @@ def _plan_table(
     problems: list[Problem],
     remote: Remote | None,
     digest: Callable[[Path], str],
+    api_version: str = "v1",
 ) -> TablePlan | None:
     enrichment_id = ts.enrichment_id if ts and ts.enrichment_id else m.enrichment_id
     if ts and ts.enrichment_id and m.enrichment_id and m.enrichment_id != ts.enrichment_id:
@@ -177,13 +185,14 @@ def _plan_table(
         old_schema = {"map_name": remote.name, "fields": list(remote.fields)}
     schema = m.schema()
     changes = schema_changes(old_schema, schema) if old_schema else ()
+    notes: list[str] = []
+    changes = _renames_structural(changes, api_version, notes)
     sink = ProblemSink(m.csv_display)
     rows = _rows(m, ts, enrichment_id, backend, sink, digest)
     problems += sink.finish()
     if rows.info is not None and not rows.info.ok:
         return None
     drift = _drift(ts, remote) if ts and ts.enrichment_id else ()
-    notes: list[str] = []
     action = _action(m, enrichment_id, changes, rows, ts, remote, notes)
     if ts and ts.pending and ts.pending.job_id:
         notes.append(
@@ -455,6 +464,26 @@ def _iter_rows(path: Path, layout: TableLayout, columns: tuple[str, ...]) -> Ite
 
 
 # -- schema -------------------------------------------------------------------------------
+
+
+def _renames_structural(
+    changes: tuple[SchemaChange, ...], api_version: str, notes: list[str]
+) -> tuple[SchemaChange, ...]:
+    """SPEC §3: where a schema PATCH ignores `config` (v2.1, api doc §15.2) a map_name change
+    cannot be made in place, so it needs a new enrichment (replace), and the plan says why."""
+    if facts.patch_applies(api_version, "config"):
+        return changes
+    out = []
+    for c in changes:
+        if c.subject == "map_name" and not c.structural:
+            c = SchemaChange(c.subject, c.detail, True)
+            notes.append(
+                f"map_name cannot change in place on API {api_version} (BigPanda ignores "
+                "config.name in a schema PATCH): apply creates a new enrichment with the new "
+                "name, uploads the table to it and deactivates the old one"
+            )
+        out.append(c)
+    return tuple(out)
 
 
 def _field_map(fields: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
