@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 FORMAT_VERSION = "1"
@@ -96,7 +96,9 @@ class TablePlan:
     rows_removed: int
     rows_unchanged: int
     row_changes: RowChanges
-    baseline: str  # "snapshot" | "none" (create) | "unknown" (adopted, content unknown)
+    # "snapshot" | "bigpanda" (rows read back, SPEC §7) | "none" (create) | "unknown"
+    # (adopted, content unknown)
+    baseline: str
     new_sha256: str | None
     new_rows: int | None
     old_sha256: str | None
@@ -104,6 +106,9 @@ class TablePlan:
     max_delete_fraction: float
     mass_delete: bool
     upload: bool  # apply uploads the table
+    # Row refresh (SPEC §7): BigPanda's rows relative to the snapshot, when they differ:
+    # {"added", "changed", "removed", "keys": [{"op", "key": {title: value}}, …] (bounded)}.
+    row_drift: Mapping[str, Any] | None = None
 
     @property
     def has_changes(self) -> bool:
@@ -147,6 +152,8 @@ class TablePlan:
         """The TablePlan `to_record` described, with its row changes read separately."""
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in record and f.default is not MISSING:
+                continue  # a plan file written before this field existed
             if f.name == "row_changes":
                 values[f.name] = row_changes
             elif f.name == "schema_changes":

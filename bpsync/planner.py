@@ -33,6 +33,7 @@ from bpsync.plan import (
     SchemaChange,
     TablePlan,
 )
+from bpsync.refresh import ROWS_NOT_READ
 from bpsync.remote import Remote
 from bpsync.rowdiff import diff_table
 from bpsync.state import State, StateBackend, TableState, state_to_dict
@@ -132,7 +133,19 @@ def make_plan(
         api_version=config.api.version,
         refreshed=remote is not None,
         created_at=now,
-        warnings=tuple(str(p) for p in problems if p.severity == "warning"),
+        warnings=tuple(str(p) for p in problems if p.severity == "warning") + _unread_notes(tables),
+    )
+
+
+def _unread_notes(tables: list[TablePlan]) -> tuple[str, ...]:
+    """Tables the row refresh did not read, said plan-wide: an unchanged table's notes are
+    not rendered, and "checked by version only" must not go unseen (SPEC §7)."""
+    return tuple(
+        f"{t.name}: {n}"
+        for t in tables
+        if not t.has_changes
+        for n in t.notes
+        if n.startswith(ROWS_NOT_READ)
     )
 
 
@@ -188,11 +201,15 @@ def _plan_table(
     notes: list[str] = []
     changes = _renames_structural(changes, api_version, notes)
     sink = ProblemSink(m.csv_display)
-    rows = _rows(m, ts, enrichment_id, backend, sink, digest)
+    read = _read_back(m, ts, remote, notes)
+    rows = _rows(m, ts, enrichment_id, backend, sink, digest, read)
     problems += sink.finish()
     if rows.info is not None and not rows.info.ok:
         return None
     drift = _drift(ts, remote) if ts and ts.enrichment_id else ()
+    row_drift = _row_drift(m, ts, backend, read) if ts is not None and read else None
+    if row_drift is not None:
+        drift += (describe_row_drift(row_drift),)
     action = _action(m, enrichment_id, changes, rows, ts, remote, notes)
     if ts and ts.pending and ts.pending.job_id:
         notes.append(
@@ -224,6 +241,76 @@ def _plan_table(
         tuple(notes),
         rows,
         upload,
+        row_drift,
+    )
+
+
+@dataclass(frozen=True)
+class _Read:
+    """BigPanda's rows as a row refresh read them (SPEC §7)."""
+
+    path: Path
+    sha256: str
+    rows: int
+
+
+def _read_back(
+    m: Manifest, ts: TableState | None, remote: Remote | None, notes: list[str]
+) -> _Read | None:
+    """The rows read back, when they can stand in for the snapshot as the baseline."""
+    if remote is None or ts is None:
+        return None
+    if remote.rows_note:
+        notes.append(remote.rows_note)
+    if remote.table is None:
+        return None
+    titles = tuple(str(f.get("title")) for f in remote.fields or ())
+    if titles != m.layout.titles:
+        notes.append(
+            "BigPanda's rows were read back but not compared: its columns "
+            f"({', '.join(titles)}) differ from the manifest's"
+        )
+        return None
+    return _Read(remote.table, sha256_file(remote.table), remote.table_rows or 0)
+
+
+ROW_DRIFT_KEYS = 20  # keys of drifted rows a plan lists per table (JSON); the text shows 3
+
+
+def _row_drift(
+    m: Manifest, ts: TableState, backend: StateBackend, read: _Read
+) -> dict[str, Any] | None:
+    """How BigPanda's rows differ from the snapshot, or None when they do not (or when no
+    snapshot is there to compare with)."""
+    sha = ts.sha256
+    if sha is None or sha == read.sha256 or not backend.has_snapshot(sha):
+        return None
+    sink = ProblemSink(str(read.path))
+    d = diff_table(read.path, m.layout, sink, lambda: backend.open_snapshot(sha, table=m.name))
+    keys = [
+        {"op": c.op, "key": dict(zip(m.key_titles, c.key, strict=True))}
+        for c in d.changes[:ROW_DRIFT_KEYS]
+    ]
+    if not d.info.ok and not (d.added or d.changed or d.removed):
+        # BigPanda's table breaks a CSV rule (an emptied table, duplicate keys): it differs,
+        # but not row by row.
+        return {"added": 0, "changed": 0, "removed": 0, "keys": [], "comparable": False}
+    return {"added": d.added, "changed": d.changed, "removed": d.removed, "keys": keys}
+
+
+def describe_row_drift(row_drift: Mapping[str, Any]) -> str:
+    """The drift line: "3 rows changed in BigPanda outside bpsync: 1 added, … (e.g. …)"."""
+    if row_drift.get("comparable") is False:
+        return (
+            "the rows in BigPanda were changed outside bpsync (they cannot be compared row by row)"
+        )
+    a, c, r = row_drift["added"], row_drift["changed"], row_drift["removed"]
+    n = a + c + r
+    keys = [", ".join(f"{k}={v}" for k, v in item["key"].items()) for item in row_drift["keys"][:3]]
+    more = f" (e.g. {'; '.join(keys)}{'; …' if n > len(keys) else ''})" if keys else ""
+    return (
+        f"{n} row{'' if n == 1 else 's'} changed in BigPanda outside bpsync: {a} added, "
+        f"{c} changed, {r} removed{more}; the plan below is against BigPanda's rows"
     )
 
 
@@ -250,11 +337,12 @@ def _table_plan(
     notes: tuple[str, ...],
     rows: _Rows,
     upload: bool,
+    row_drift: Mapping[str, Any] | None = None,
 ) -> TablePlan:
     """The one place a TablePlan is assembled from the planner's findings."""
     old_rows = rows.old_rows
     mass = bool(
-        rows.baseline == "snapshot"
+        rows.baseline in ("snapshot", "bigpanda")
         and old_rows
         and rows.removed > table.max_delete_fraction * old_rows
     )
@@ -286,6 +374,7 @@ def _table_plan(
         max_delete_fraction=table.max_delete_fraction,
         mass_delete=mass,
         upload=upload,
+        row_drift=row_drift,
     )
 
 
@@ -393,8 +482,11 @@ def _rows(
     backend: StateBackend,
     sink: ProblemSink,
     digest: Callable[[Path], str],
+    read: _Read | None = None,
 ) -> _Rows:
     layout = m.layout
+    if read is not None:
+        return _against_bigpanda(m, read, sink, digest)
     if ts is not None and ts.sha256:
         applied_titles = [f.get("title") for f in ts.schema.get("fields", [])]
         if list(layout.titles) == applied_titles and digest(m.csv_path) == ts.sha256:
@@ -433,6 +525,40 @@ def _diffed(m: Manifest, ts: TableState, backend: StateBackend, sink: ProblemSin
         d.old_columns,
         d.info.columns,
         same=same,
+    )
+
+
+def _against_bigpanda(
+    m: Manifest, read: _Read, sink: ProblemSink, digest: Callable[[Path], str]
+) -> _Rows:
+    """The row diff against BigPanda's rows read back (SPEC §7): what apply changes there."""
+    titles = m.layout.titles
+    if digest(m.csv_path) == read.sha256:
+        return _Rows(
+            None,
+            RowChanges(),
+            unchanged=read.rows,
+            old_rows=read.rows,
+            old_columns=titles,
+            columns=titles,
+            baseline="bigpanda",
+            same=True,
+            known_sha256=read.sha256,
+            known_rows=read.rows,
+        )
+    d = diff_table(m.csv_path, m.layout, sink, lambda: read.path.open("rb"))
+    return _Rows(
+        d.info,
+        RowChanges(d.changes),
+        d.added,
+        d.changed,
+        d.removed,
+        d.unchanged,
+        d.old_rows,
+        d.old_columns,
+        d.info.columns,
+        baseline="bigpanda",
+        same=d.info.ok and d.info.canonical_sha256 == read.sha256,
     )
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
@@ -101,24 +103,54 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     backend = open_backend(config)
     state = backend.read()
     remote = None
-    if refresh:
-        from bpsync.refresh import refresh_remote
+    with tempfile.TemporaryDirectory(prefix="bpsync-refresh-") as scratch:
+        if refresh:
+            from bpsync.refresh import refresh_remote
 
-        with _client(ctx) as client:
-            remote = refresh_remote(client, state, manifests, ctx.args.table, ctx.console.note)
-    plan = make_plan(
-        config,
-        manifests,
-        state,
-        backend,
-        only=ctx.args.table,
-        remote=remote,
-        now=_now(),
-        digests=digests,
-    )
+            with _client(ctx) as client:
+                remote = refresh_remote(
+                    client,
+                    state,
+                    manifests,
+                    ctx.args.table,
+                    ctx.console.note,
+                    rows=_row_refresh(ctx, Path(scratch)),
+                )
+        plan = make_plan(
+            config,
+            manifests,
+            state,
+            backend,
+            only=ctx.args.table,
+            remote=remote,
+            now=_now(),
+            digests=digests,
+        )
     for w in plan.warnings:
         ctx.console.warn(w)
     return plan
+
+
+def _row_refresh(ctx: Context, directory: Path) -> Any:
+    """The row refresh of a refresh (SPEC §7): its budget, where the rows go, its progress.
+    None on an API version that cannot read rows (saying so once when it was asked for)."""
+    from bpsync.bigpanda import facts
+    from bpsync.console import read_progress
+    from bpsync.refresh import RowRefresh
+
+    asked = getattr(ctx.args, "refresh_rows", None)
+    budget = ctx.config.refresh.max_rows if asked is None else asked
+    if ctx.config.api.version not in facts.TABLE_READ_API_VERSIONS:
+        if asked:
+            ctx.console.note(
+                f"Note: API {ctx.config.api.version} cannot read a table's rows; the refresh "
+                "checks each enrichment's version only (--refresh-rows needs v2.1)."
+            )
+        return None
+    live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
+    return RowRefresh(
+        budget, directory, progress=lambda name: read_progress(name, ctx.console.note, live)
+    )
 
 
 def _client(ctx: Context, fault: Callable[[str], None] | None = None) -> Any:
@@ -341,18 +373,24 @@ def apply(ctx: Context) -> int:
                 )
             if not ctx.args.planfile:
                 manifests = _load_selected(ctx)
-                remote = refresh_remote(
-                    client, store.state, manifests, ctx.args.table, ctx.console.note
-                )
-                the_plan = make_plan(
-                    config,
-                    manifests,
-                    store.state,
-                    backend,
-                    only=ctx.args.table,
-                    remote=remote,
-                    now=_now(),
-                )
+                with tempfile.TemporaryDirectory(prefix="bpsync-refresh-") as scratch:
+                    remote = refresh_remote(
+                        client,
+                        store.state,
+                        manifests,
+                        ctx.args.table,
+                        ctx.console.note,
+                        rows=_row_refresh(ctx, Path(scratch)),
+                    )
+                    the_plan = make_plan(
+                        config,
+                        manifests,
+                        store.state,
+                        backend,
+                        only=ctx.args.table,
+                        remote=remote,
+                        now=_now(),
+                    )
                 check_mass_delete(the_plan, ctx.args.allow_mass_delete)
                 render(ctx, the_plan, "text")
                 if not the_plan.has_changes:

@@ -99,8 +99,7 @@ def _refresh_rows(p: argparse.ArgumentParser) -> None:
         type=non_negative_int,
         default=None,
         metavar="N",
-        help="v2.1: read back the rows of tables up to N rows (default refresh.max_rows; "
-        "0: off)",
+        help="v2.1: read back the rows of tables up to N rows (default refresh.max_rows; 0: off)",
     )
 
 
