@@ -17,18 +17,19 @@ A later run finds any pending job in state and re-attaches to it instead of uplo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from bpsync.bigpanda import facts
 from bpsync.bigpanda.models import (
@@ -36,6 +37,8 @@ from bpsync.bigpanda.models import (
     EnrichmentSpec,
     Job,
     ProgressCallback,
+    ReadProgress,
+    TableRead,
     UploadReceipt,
 )
 from bpsync.errors import (
@@ -45,6 +48,7 @@ from bpsync.errors import (
     JobFailed,
     NotFoundError,
     StalePlan,
+    VerifyFailed,
 )
 from bpsync.plan import (
     CREATE,
@@ -87,6 +91,15 @@ class Client(Protocol):
         timeout: float,
         on_progress: ProgressCallback | None = None,
     ) -> Job: ...
+    def read_table(
+        self,
+        enrichment_id: str,
+        columns: Sequence[str],
+        dest: Path,
+        *,
+        table: str,
+        on_progress: ReadProgress | None = None,
+    ) -> TableRead: ...
 
 
 def _now() -> str:
@@ -172,6 +185,8 @@ class Applier:
     fault: FaultHook = field(default=lambda point: None)
     # On a terminal: set(table, line or None) redraws one live line per running job.
     live: Callable[[str, str | None], None] | None = None
+    # `apply --verify` (SPEC §7, v2.1): read each table back once its job is done.
+    verify: bool = False
 
     # -- resume ---------------------------------------------------------------------------
     def resume_pending(self) -> list[TableResult]:
@@ -231,11 +246,35 @@ class Applier:
             job = self._upload(tp, eid, path)
         try:
             self._wait(tp.name, job.job_url or job.job_id, job.job_id)
-        except JobFailed:
+            if self.verify:
+                self._verify(tp, job)
+        except (JobFailed, VerifyFailed):
             self._forget_failed(tp.name, job)
             raise
         self._complete(tp.name, job)
-        return f"job {job.job_id} done"
+        return f"job {job.job_id} done" + (", verified" if self.verify else "")
+
+    def _verify(self, tp: TablePlan, job: PendingJob) -> None:
+        """Read the table back and compare it with what was uploaded (the stored snapshot),
+        as rows in any order. A difference fails the table; state is not moved."""
+        fd, tmp = tempfile.mkstemp(prefix="bpsync-verify-", suffix=".csv")
+        os.close(fd)
+        try:
+            self.client.read_table(job.enrichment_id, tp.columns, Path(tmp), table=tp.name)
+            with open(tmp, "rb") as fh:
+                held = _row_multiset(fh)
+            with self.store.backend.open_snapshot(job.sha256, table=tp.name) as fh:
+                sent = _row_multiset(fh)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        if held != sent:
+            raise VerifyFailed(
+                f"{tp.name}: verify failed: job {job.job_id} is done, but BigPanda holds "
+                f"{held[0]:,} rows that differ from the {sent[0]:,} rows uploaded",
+                hint="the state keeps the last verified table; run `bpsync plan` to see "
+                "BigPanda's rows, and check the enrichment in BigPanda's UI",
+            )
+        self.note(f"{tp.name}: verified: BigPanda holds the {sent[0]:,} rows uploaded")
 
     def _forget_failed(self, name: str, job: PendingJob) -> None:
         """A failed job changed nothing in BigPanda: drop it, keep the old snapshot.
@@ -548,6 +587,17 @@ class Applier:
             self.store.backend.prune_snapshots(referenced_snapshots(self.store.state))
         except BpsyncError as e:  # pruning is housekeeping; never fail an apply for it
             self.note(f"could not prune old snapshots: {e.message}")
+
+
+def _row_multiset(fh: BinaryIO) -> tuple[int, int, bytes]:
+    """The data rows of a canonical CSV as a multiset: (count, sum of their SHA-256 digests
+    modulo 2**256, the header). Equal for the same rows in any order; memory stays flat."""
+    header = fh.readline()
+    count = total = 0
+    for line in fh:
+        total += int.from_bytes(hashlib.sha256(line.rstrip(b"\n")).digest(), "big")
+        count += 1
+    return count, total % (1 << 256), header
 
 
 # update_enrichment's argument, the Enrichment attribute that shows it, the PATCH body key.

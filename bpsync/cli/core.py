@@ -335,6 +335,7 @@ def apply(ctx: Context) -> int:
 
     config = ctx.config
     config.token(ctx.env)  # fail before taking the lock when there is no token
+    _check_verify(ctx)
     fault = _fault_hook(ctx.env)
     backend = open_backend(config, fault=fault)  # test seam: kills mid state write too
     with backend.lock(
@@ -363,6 +364,7 @@ def apply(ctx: Context) -> int:
                 parallelism=ctx.args.parallelism,
                 fault=fault,
                 live=live.set if live else None,
+                verify=ctx.args.verify,
             )
             resumed = applier.resume_pending()
             if resumed and (ctx.args.planfile or ctx.args.expect_fingerprint):
@@ -403,6 +405,17 @@ def apply(ctx: Context) -> int:
     if result.failed:
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _check_verify(ctx: Context) -> None:
+    from bpsync.bigpanda import facts
+
+    version = ctx.config.api.version
+    if ctx.args.verify and version not in facts.TABLE_READ_API_VERSIONS:
+        raise ConfigError(
+            f"apply --verify needs an API that can read a table's rows; API {version} cannot",
+            hint="apply without --verify (the job's `done` is what v1 confirms), or use v2.1",
+        )
 
 
 def _offline_plan(ctx: Context) -> Plan:
