@@ -54,15 +54,15 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def write_table(path: Path, size: int, seed: int = 1) -> int:
-    """Write a table of at most `size` bytes; return its number of data rows."""
+def write_table(path: Path, size: int, seed: int = 1, max_rows: int | None = None) -> int:
+    """Write a table of at most `size` bytes (and `max_rows` rows); return its number of rows."""
     rng = random.Random(seed)
     written = len(HEADER)
     rows = 0
     with path.open("w", encoding="utf-8", newline="") as out:
         out.write(HEADER)
         buf: list[str] = []
-        while True:
+        while max_rows is None or rows < max_rows:
             line = _row(rng, rows)
             if written + len(line) > size:
                 break
@@ -76,9 +76,11 @@ def write_table(path: Path, size: int, seed: int = 1) -> int:
     return rows
 
 
-def write_mutation(src: Path, dst: Path, seed: int = 2) -> None:
-    """Copy `src` changing 1% of rows, removing 0.5% and adding 0.5% new keys."""
+def write_mutation(src: Path, dst: Path, seed: int = 2, fraction: float = 0.02) -> None:
+    """Copy `src` touching `fraction` of its rows: half of them changed, a quarter removed, and
+    new keys added for another quarter (the default 2%: 1% changed, 0.5% removed, 0.5% added)."""
     rng = random.Random(seed)
+    removed, changed, new = fraction / 4, fraction * 3 / 4, fraction / 4
     added = 0
     with (
         src.open(encoding="utf-8", newline="") as inp,
@@ -87,13 +89,13 @@ def write_mutation(src: Path, dst: Path, seed: int = 2) -> None:
         out.write(inp.readline())
         for line in inp:
             r = rng.random()
-            if r < 0.005:
-                continue  # removed
-            if r < 0.015:
+            if r < removed:
+                continue
+            if r < changed:
                 host, rest = line.split(",", 1)
                 line = f"{host},CHANGED{rng.randrange(10**6):06d},{rest.split(',', 1)[1]}"
             out.write(line)
-            if rng.random() < 0.005:
+            if rng.random() < new:
                 added += 1
                 out.write(_row(rng, 10**9 - added).replace("host-", "new-host-"))
 

@@ -206,10 +206,14 @@ class Plan:
         return next((t for t in self.tables if t.name == name), None)
 
     def closing_line(self) -> str:
+        """SPEC §3's closing line; each noun agrees with its number (`1 table`, `2 rows`)."""
         if not self.has_changes:
             return "No changes."
         s = self.summary()
+        tables = s["tables_changed"]
+        rows = s["rows_added"]
         return (
-            f"Plan: {s['tables_changed']} tables to change; {s['rows_added']} rows to add, "
-            f"{s['rows_changed']} to change, {s['rows_removed']} to remove."
+            f"Plan: {tables:,} table{'' if tables == 1 else 's'} to change; "
+            f"{rows:,} row{'' if rows == 1 else 's'} to add, "
+            f"{s['rows_changed']:,} to change, {s['rows_removed']:,} to remove."
         )

@@ -163,7 +163,7 @@ class Rehearsal:
         fp = json.loads(js)["fingerprint"]
         self.check(md.startswith("<!-- bpsync:plan -->"), "the comment lacks its marker")
         self.check(f"Fingerprint: `{fp}`" in md, "markdown and json disagree on the fingerprint")
-        self.check("**Plan: 1 tables to change; 1 rows to add, 1 to change, 1 to remove.**" in md,
+        self.check("**Plan: 1 table to change; 1 row to add, 1 to change, 1 to remove.**" in md,
                    f"unexpected plan:\n{md}")  # fmt: skip
         shown = self.bpsync("ci", "fingerprint", "--from-file", str(out)).stdout.strip()
         self.check(shown == fp, "ci fingerprint of plan.out differs")

@@ -257,14 +257,65 @@ def hostile_case() -> Plan:
             3,
             3,
         ),
+        # Values that try to close the <details>, fake the sticky-comment marker, or open HTML.
+        add("e</details>", "<!-- bpsync:plan -->", "</td></tr></table><img src=x>", 4),
     )
     t = table(
-        rows_added=1,
+        rows_added=2,
         rows_changed=1,
         row_changes=RowChanges(rows),
-        new_rows=2,
+        new_rows=3,
         old_rows=1,
         csv="tables/my table (1).csv",
+    )
+    return plan(t)
+
+
+WIDE_COLUMNS = ("host", *(f"attribute_{i:02d}" for i in range(1, 12)))
+
+
+def wide_case() -> Plan:
+    """Twelve columns, long URLs and long similar values: too wide for one column each."""
+    base = "https://wiki.example.com/runbooks/platform/storage/"
+
+    def cells(host: str, tail: str) -> tuple[str, ...]:
+        return (host, *(f"{base}{host}/{tail}-{i}" for i in range(1, 12)))
+
+    old = cells("db-01", "v1")
+    new = (*old[:3], old[3].replace("/db-01/", "/db-01-replica/"), *old[4:])
+    rows = (
+        RowChange(CHANGE, ("db-01",), old, new, 3, 3),
+        RowChange(ADD, ("db-02",), None, cells("db-02", "v1"), 4),
+        RowChange(REMOVE, ("db-00",), cells("db-00", "v0"), None, 2, 2),
+    )
+    t = table(
+        "storage-hosts",
+        columns=WIDE_COLUMNS,
+        old_columns=WIDE_COLUMNS,
+        key_columns=("host",),
+        schema=schema(WIDE_COLUMNS),
+        old_schema=schema(WIDE_COLUMNS),
+        rows_added=1,
+        rows_changed=1,
+        rows_removed=1,
+        rows_unchanged=97,
+        row_changes=RowChanges(rows),
+        new_rows=99,
+        old_rows=99,
+    )
+    return plan(t)
+
+
+def inactive_case() -> Plan:
+    """An update-in-place that turns the enrichment off: destructive like a deactivate."""
+    t = table(
+        action=UPDATE_IN_PLACE,
+        upload=False,
+        rows_unchanged=40,
+        new_rows=40,
+        old_rows=40,
+        schema=schema(active=False),
+        schema_changes=(SchemaChange("active", "true → false", False),),
     )
     return plan(t)
 
@@ -280,6 +331,8 @@ GOLDEN_CASES: dict[str, Callable[[], Plan]] = {
     "drift": drift_case,
     "adopted": adopted_case,
     "hostile": hostile_case,
+    "wide": wide_case,
+    "inactive": inactive_case,
 }
 
 

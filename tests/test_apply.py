@@ -70,7 +70,7 @@ def test_full_cycle_create_update_replace_deactivate(repo: Path, emu: Emulator) 
     text = "".join(line for line in text.splitlines(True) if not line.startswith("crm,"))
     csv_path.write_text(text + "zeta,Tom Becker,commerce,https://wiki.example.com/z\n")
     r = bp(repo, emu, "plan")
-    assert "Plan: 1 tables to change; 1 rows to add, 1 to change, 1 to remove." in r.out
+    assert "Plan: 1 table to change; 1 row to add, 1 to change, 1 to remove." in r.out
     assert '"Ravi Patel" → "Ana Lima"' in r.out
     r = bp(repo, emu, "apply", "--auto-approve")
     assert r.code == 0, r.text

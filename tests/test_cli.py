@@ -125,3 +125,30 @@ def test_shared_options_read_the_same_everywhere() -> None:
             for c in commands
         }
         assert len(lines) == 1, (option, lines)
+
+
+def test_max_bytes_fits_the_markdown_and_links_the_run(tmp_path: Path) -> None:
+    """The job summary's rendering (`--max-bytes`) fits its byte budget; the comment names
+    the run whose summary and artifact hold more."""
+    from helpers import owners_repo
+
+    rows = "".join(
+        f"app-{i:05d},owner-{i % 7},https://wiki.example.com/{'x' * 60}/{i}\n" for i in range(3_000)
+    )
+    repo = owners_repo(tmp_path, rows, header="application,owner,team\n")
+    gh = {
+        "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_REPOSITORY": "acme/tables",
+        "GITHUB_RUN_ID": "42",
+    }
+    code, out, err = run_cli(
+        ["plan", "--format", "markdown", "--max-bytes", "4000", "--out", "p.out"], repo, gh
+    )
+    assert code == 0, err
+    assert len(out.encode("utf-8")) <= 4000
+    code, comment, err = run_cli(["show", "p.out", "--format", "markdown"], repo, gh)
+    assert code == 0, err
+    assert "https://github.com/acme/tables/actions/runs/42" in comment
+    assert len(comment.encode("utf-8")) > 4000
+    code, _, err = run_cli(["show", "p.out", "--format", "markdown", "--max-bytes", "10"], repo)
+    assert code == 64 and "--max-bytes" in err

@@ -175,7 +175,7 @@ def test_5000_manifests(tmp_path: Path) -> None:
     code, out, err = bp(repo, "plan", "--no-refresh")
     planned = time.monotonic() - started
     assert code == 0, err[-2000:]
-    assert "Plan: 5000 tables to change; 5000 rows to add" in out
+    assert "Plan: 5,000 tables to change; 5,000 rows to add" in out
     print(f"5,000 manifests: validate {validated:.1f}s, plan {planned:.1f}s")
     assert validated < 30 and planned < 30
 

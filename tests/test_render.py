@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 
 import plan_cases as pc
@@ -13,9 +14,17 @@ from golden_util import assert_golden
 
 from bpsync import render
 from bpsync.console import Console
-from bpsync.plan import ADD, CHANGE, NO_OP, RowChange, RowChanges
+from bpsync.plan import ADD, CHANGE, NO_OP, REMOVE, Plan, RowChange, RowChanges
+from bpsync.render import digest
 from bpsync.render.json import render_json, write_json
-from bpsync.render.markdown import MARKER, github_link_base, render_markdown
+from bpsync.render.markdown import (
+    MARKER,
+    SUMMARY_LIMIT,
+    github_link_base,
+    github_run_url,
+    marker,
+    render_markdown,
+)
 from bpsync.render.text import render_text
 
 LINK_BASE = "https://github.com/acme/tables/blob/0123abc/"
@@ -34,14 +43,18 @@ def test_golden(case: str, request: pytest.FixtureRequest) -> None:
 # -- text -----------------------------------------------------------------------------------
 
 
-def test_text_truncates_rows_and_says_how_to_see_all() -> None:
-    plan = pc.update_case()
-    text = render_text(plan, max_rows=2)
-    assert "… and 2 more row changes (bpsync plan --max-rows 0, or --format json)" in text
-    assert text.count("\n  ~ ") == 2 and "\n  + " not in text
+def test_text_truncates_rows_fairly_and_says_how_to_see_all() -> None:
+    plan = pc.update_case()  # 1 add, 2 changes, 1 removal
+    text = render_text(plan, max_rows=3)
+    assert (
+        "… and 1 more row change (shown: 1 of 1 added, 1 of 2 changed, 1 of 1 removed, "
+        "the first of each kind by key; all of them: bpsync plan --max-rows 0, or --format json)"
+    ) in text
+    # one of each kind, none hidden behind the first rows by key
+    assert sorted(re.findall(r"^  ([+~-]) application=", text, re.M)) == ["+", "-", "~"]
     everything = render_text(plan, max_rows=0)
     assert "more row changes" not in everything
-    assert len(re.findall(r"^  [+~-] ", everything, re.M)) == 4
+    assert len(re.findall(r"^  [+~-] application=", everything, re.M)) == 4
 
 
 def test_text_shows_first_rows_by_key_of_a_huge_lazy_plan() -> None:
@@ -105,10 +118,19 @@ def test_markdown_fits_a_huge_diff_and_says_what_was_cut(lazy: bool) -> None:
     md = render_markdown(pc.big_case(200_000, lazy=lazy), link_base=LINK_BASE)
     assert len(md) <= 60_000
     assert md.startswith(MARKER + "\n### bpsync plan\n")
-    assert "of 200,000 row changes" in md
-    assert "`bpsync show plan.out --format json`" in md
+    shown = re.search(
+        r"row changes shown: ([\d,]+) of 66,667 added, ([\d,]+) of 66,667 changed, "
+        r"([\d,]+) of 66,666 removed",
+        md,
+    )
+    assert shown, "the cut note says how many of each kind were shown"
+    counts = [int(n.replace(",", "")) for n in shown.groups()]
+    assert min(counts) > 50 and max(counts) - min(counts) <= 1  # a fair share of each kind
+    signs = re.findall(r"^\| [^|]* \| ([+~−]) \|", md, re.M)
+    assert [signs.count(s) for s in "+~−"] == counts
+    assert "`bpsync plan --format json`" in md
     assert md.rstrip().endswith(
-        "**Plan: 1 tables to change; 66667 rows to add, 66667 to change, 66666 to remove.**"
+        "**Plan: 1 table to change; 66,667 rows to add, 66,667 to change, 66,666 to remove.**"
     )
     assert f"`{pc.FP}`" in md
     assert md.count("<details>") == md.count("</details>") == 1
@@ -130,7 +152,8 @@ def test_markdown_long_values_are_cut() -> None:
         pc.table(rows_added=1, row_changes=RowChanges([pc.add("crm", "x" * 32_768, "u", 2)]))
     )
     md = render_markdown(plan)
-    assert len(md) < 3_000 and "x" * 120 + "…" in md
+    assert len(md) < 3_000 and "x…x" in md and "x" * 40 not in md
+    assert "x" * 32_768 in render_json(plan)  # whole in JSON
 
 
 def test_markdown_order_summary_then_warnings_then_details() -> None:
@@ -146,11 +169,9 @@ def test_markdown_order_summary_then_warnings_then_details() -> None:
 
 def test_markdown_cells_cannot_break_the_table_or_inject_html() -> None:
     md = render_markdown(pc.hostile_case())
-    rows = [
-        line for line in md.splitlines() if line.startswith("| + |") or line.startswith("| ~ |")
-    ]
-    assert len(rows) == 2
-    for line in rows:  # op, 3 columns, line: 6 cell borders, no more
+    rows = [line for line in md.splitlines() if re.match(r"\| \S* \| [+~] \|", line)]
+    assert len(rows) == 3
+    for line in rows:  # line, op, 3 columns: 6 cell borders, no more
         assert len(re.findall(r"(?<!\\)\|", line)) == 6
         assert "\n" not in line and "\x1b" not in line
     assert "<script>" not in md and "&lt;script&gt;" in md
@@ -278,3 +299,178 @@ def test_sorted_changes_breaks_key_ties_by_op() -> None:
     ]
     lazy = RowChanges(lazy=lambda: iter(rows), count=2)
     assert [r.key for r in render.sorted_changes(lazy, run=1)] == [("a",), ("k",)]
+
+
+# -- the answer first -------------------------------------------------------------------------
+
+
+def transitions_case() -> Plan:
+    """5,000 changed rows: `owner` data-eng → platform in 3,000, a → b in 1,500, the rest
+    each distinct; `Runbook URL` changes in 10 rows; plus 5 adds and 2 removals."""
+    rows: list[RowChange] = []
+    for i in range(5_000):
+        app = f"app{i:05d}"
+        old, new = (
+            ("data-eng", "platform")
+            if i < 3_000
+            else ("a", "b")
+            if i < 4_500
+            else (
+                f"o{i}",
+                f"n{i}",
+            )
+        )
+        url = "u" if i >= 10 else f"u{i}"
+        rows.append(RowChange(CHANGE, (app,), (app, old, "u"), (app, new, url), i + 2, i + 2))
+    rows += [pc.add(f"new{i}", "ana", "u", 6_000 + i) for i in range(5)]
+    rows += [RowChange(REMOVE, (f"old{i}",), (f"old{i}", "x", "u"), None, 7, 7) for i in range(2)]
+    t = pc.table(
+        rows_added=5,
+        rows_changed=5_000,
+        rows_removed=2,
+        rows_unchanged=15_000,
+        row_changes=RowChanges(rows),
+        new_rows=20_005,
+        old_rows=20_002,
+    )
+    return pc.plan(t)
+
+
+def test_glance_names_columns_rows_and_top_transitions_in_every_rendering() -> None:
+    plan = transitions_case()
+    md = render_markdown(plan)
+    glance = md.index("#### At a glance")
+    assert glance < md.index("<details>")
+    assert (
+        "- <code>owner</code> in 5,000 rows: <code>data-eng</code> → <code>platform</code> "
+        "×3,000 · <code>a</code> → <code>b</code> ×1,500 · " in md
+    )
+    assert "- <code>Runbook URL</code> in 10 rows: " in md
+    assert (
+        "5 rows added (&lt;0.1% of 20,005 after), 5,000 changed (25% of 20,002 before), "
+        "2 removed (&lt;0.1% of 20,002 before)" in md
+    )
+    text = render_text(plan)
+    assert text.index("At a glance:") < text.index("~ service-owners (update) —")
+    assert 'owner in 5,000 rows: "data-eng" → "platform" ×3,000, "a" → "b" ×1,500, ' in text
+    doc = json.loads(render_json(plan))["tables"][0]
+    assert doc["table_rows"] == {"before": 20_002, "after": 20_005}
+    assert doc["risks"] == ["removes 2 of 20,002 rows (<0.1%)"]
+    owner = doc["column_changes"][0]
+    assert owner["column"] == "owner" and owner["rows"] == 5_000 and owner["more"] is True
+    assert owner["top"][:2] == [
+        {"old": "data-eng", "new": "platform", "rows": 3_000, "exact": True},
+        {"old": "a", "new": "b", "rows": 1_500, "exact": True},
+    ]
+    assert [c["column"] for c in doc["column_changes"]] == ["owner", "Runbook URL"]
+
+
+def test_transition_counter_stays_bounded_and_says_when_it_estimates() -> None:
+    counter = digest._TopK(kept=8)
+    for i in range(10_000):
+        counter.add(("a", "b") if i % 4 == 0 else (str(i), "x"))
+        assert len(counter.counts) < 16
+    (top, (count, error)), *rest = counter.top(3)
+    assert top == ("a", "b") and (count, error) == (2_500, 0)  # never evicted: exact
+    assert rest and all(err > 0 for _, (_, err) in rest)  # late arrivals: upper bounds
+    assert render.count_mark(7, exact=False) == "×~7"
+
+
+def test_renderers_read_lazy_row_changes_once() -> None:
+    reads = 0
+    rows = list(pc.big_rows(3_000))
+
+    def source() -> Iterator[RowChange]:
+        nonlocal reads
+        reads += 1
+        return iter(rows)
+
+    t = pc.table(
+        rows_added=1_000,
+        rows_changed=1_000,
+        rows_removed=1_000,
+        row_changes=RowChanges(lazy=source, count=3_000),
+        new_rows=2_000,
+        old_rows=2_000,
+    )
+    plan = pc.plan(t)
+    for rendering in (render_markdown, render_json, render_text):
+        reads = 0
+        rendering(plan)
+        assert reads == 1, rendering.__name__
+
+
+def test_cut_comment_says_how_many_of_each_kind_and_where_the_rest_is() -> None:
+    url = "https://github.com/acme/tables/actions/runs/42"
+    md = render_markdown(
+        transitions_case(), limit=20_000, run_url=url, summary_url=url, plan_file="plan.out"
+    )
+    shown = re.search(r"_Shown: all 5 added, ([\d,]+) of 5,000 changed, all 2 removed", md)
+    assert shown and int(shown.group(1)) > 50
+    assert (
+        f"Every change: `bpsync show plan.out --format json`, or the JSON artifact of "
+        f"[this run]({url}). A fuller sample: the [job summary]({url}) of this run." in md
+    )
+    summary = render_markdown(transitions_case(), limit=SUMMARY_LIMIT, unit="bytes", run_url=url)
+    assert "Shown:" not in summary and "job summary](" not in summary  # everything fits
+
+
+def test_github_run_url() -> None:
+    env = {
+        "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_REPOSITORY": "acme/tables",
+        "GITHUB_RUN_ID": "42",
+    }
+    assert github_run_url(env) == "https://github.com/acme/tables/actions/runs/42"
+    assert github_run_url({**env, "GITHUB_RUN_ID": "42/../x"}) is None
+    assert github_run_url({}) is None
+
+
+def test_headings_can_name_an_environment() -> None:
+    md = render_markdown(pc.update_case(), environment="prod")
+    assert md.startswith("<!-- bpsync:plan:prod -->\n### bpsync plan — <code>prod</code>\n")
+    assert marker("x --><script>") == "<!-- bpsync:plan:x_____script_ -->"
+    assert render_text(pc.update_case(), environment="prod").startswith("Environment: prod\n")
+
+
+def test_active_false_is_flagged_like_a_deactivate() -> None:
+    plan = pc.inactive_case()
+    assert "! active: true → false: the enrichment stops enriching alerts" in render_text(plan)
+    assert "**Destructive changes**" in render_markdown(plan)
+    risks = json.loads(render_json(plan))["tables"][0]["risks"]
+    assert risks == [
+        "active: true → false: the enrichment stops enriching alerts (like a deactivate)"
+    ]
+
+
+def test_long_similar_values_show_the_differing_part() -> None:
+    md = render_markdown(pc.wide_case())
+    assert "<code>…/db-01/v1-3</code> → <code>…/db-01<b>-replica</b>/v1-3</code>" in md
+
+
+@pytest.mark.parametrize(
+    ("n", "words"),
+    [
+        (1, "Plan: 1 table to change; 1 row to add, 0 to change, 0 to remove."),
+        (2, "Plan: 2 tables to change; 2 rows to add, 0 to change, 0 to remove."),
+    ],
+)
+def test_closing_line_agrees_with_its_numbers(n: int, words: str) -> None:
+    tables = [
+        pc.table(f"t{i}", rows_added=1, row_changes=RowChanges([pc.add("k", "a", "b", 2)]))
+        for i in range(n)
+    ]
+    plan = pc.plan(*tables)
+    assert render_text(plan).endswith(words + "\n")
+    assert render_markdown(plan).endswith(f"**{words}**\n")
+    one = render_text(
+        pc.plan(
+            pc.table(
+                rows_changed=1,
+                row_changes=RowChanges(
+                    [RowChange(CHANGE, ("a",), ("a", "1", "2"), ("a", "1", "3"), 2, 2)]
+                ),
+            )
+        )
+    )
+    assert "(1 unchanged cell)" in one and "1 row changed" in one

@@ -202,9 +202,8 @@ class _Batched(io.StringIO):
         self.close()
 
 
-def render(ctx: Context, plan: Plan, fmt: str) -> None:
+def render(ctx: Context, plan: Plan, fmt: str, plan_file: str | None = None) -> None:
     from bpsync.render.json import write_json
-    from bpsync.render.markdown import github_link_base, render_markdown
     from bpsync.render.text import render_text
 
     if fmt == "json":
@@ -212,7 +211,7 @@ def render(ctx: Context, plan: Plan, fmt: str) -> None:
             write_json(plan, out)
         return
     if fmt == "markdown":
-        ctx.console.print(render_markdown(plan, link_base=_link_base(ctx, github_link_base)))
+        ctx.console.print(_markdown(ctx, plan, plan_file))
         return
     paint = ctx.console.paint if ctx.console.color_out else None
     text = (
@@ -221,6 +220,28 @@ def render(ctx: Context, plan: Plan, fmt: str) -> None:
         else render_text(plan, max_rows=ctx.args.max_rows)
     )
     ctx.console.out.write(text if text.endswith("\n") else text + "\n")
+
+
+def _markdown(ctx: Context, plan: Plan, plan_file: str | None) -> str:
+    """The PR comment, or with --max-bytes the job summary's fuller rendering; the comment
+    links to the run (its summary and artifact) when running in GitHub Actions."""
+    from bpsync.render.markdown import github_link_base, github_run_url, render_markdown
+
+    link_base = _link_base(ctx, github_link_base)
+    run_url = github_run_url(ctx.env)
+    max_bytes: int | None = getattr(ctx.args, "max_bytes", None)
+    if max_bytes is not None:
+        return render_markdown(
+            plan,
+            link_base=link_base,
+            limit=max_bytes,
+            unit="bytes",
+            run_url=run_url,
+            plan_file=plan_file,
+        )
+    return render_markdown(
+        plan, link_base=link_base, run_url=run_url, summary_url=run_url, plan_file=plan_file
+    )
 
 
 def _link_base(ctx: Context, base_of: Callable[[Mapping[str, str]], str | None]) -> str | None:
@@ -239,7 +260,7 @@ def _link_base(ctx: Context, base_of: Callable[[Mapping[str, str]], str | None])
 
 def plan(ctx: Context) -> int:
     the_plan = build_plan(ctx, refresh=_wants_refresh(ctx))
-    render(ctx, the_plan, ctx.args.format)
+    render(ctx, the_plan, ctx.args.format, plan_file=ctx.args.out)
     if ctx.args.out:
         from bpsync.planfile import save_plan
 
@@ -255,7 +276,8 @@ def plan(ctx: Context) -> int:
 def show(ctx: Context) -> int:
     from bpsync.planfile import load_plan
 
-    render(ctx, load_plan(ctx.path(ctx.args.planfile)), ctx.args.format)
+    planfile = ctx.args.planfile
+    render(ctx, load_plan(ctx.path(planfile)), ctx.args.format, plan_file=planfile)
     return EXIT_OK
 
 

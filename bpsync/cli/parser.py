@@ -17,6 +17,7 @@ from typing import NoReturn
 from bpsync import __version__
 from bpsync.cli.context import (
     Command,
+    int_at_least,
     non_negative_int,
     parse_duration,
     positive_int,
@@ -65,6 +66,14 @@ def _table() -> _Parser:
 def _plan_format() -> _Parser:
     p = _parent()
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.add_argument(
+        "--max-bytes",
+        type=int_at_least(2_000),
+        default=None,
+        metavar="N",
+        help="markdown: fit the rendering in N bytes of UTF-8 instead of a PR comment's "
+        "60,000 characters (GitHub's job summary takes 1,000,000)",
+    )
     return p
 
 

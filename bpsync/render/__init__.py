@@ -199,7 +199,7 @@ def delete_share(t: TablePlan) -> str:
     old = (
         t.old_rows if t.old_rows is not None else t.rows_removed + t.rows_changed + t.rows_unchanged
     )
-    pct = f" ({t.rows_removed / old:.0%})" if old else ""
+    pct = f" ({share(t.rows_removed, old)})" if old else ""
     return f"removes {t.rows_removed:,} of {old:,} rows{pct}"
 
 
@@ -226,7 +226,73 @@ def destructive_reasons(t: TablePlan) -> list[str]:
     if t.action == DEACTIVATE:
         eid = f" {t.enrichment_id}" if t.enrichment_id else ""
         out.append(f"manifest deleted: enrichment{eid} will be deactivated")
+    if sets_inactive(t):
+        out.append(
+            "active: true → false: the enrichment stops enriching alerts (like a deactivate)"
+        )
     return out
+
+
+def sets_inactive(t: TablePlan) -> bool:
+    """The manifest turns an active enrichment off (SPEC §3: flagged like a deactivate)."""
+    if t.action in (CREATE, DEACTIVATE, NO_OP) or t.schema is None:
+        return False
+    was = True if t.old_schema is None else t.old_schema.get("active", True)
+    return t.schema.get("active", True) is False and was is not False
+
+
+def risks(t: TablePlan) -> list[str]:
+    """Every destructive or risky thing about one table: destructive changes, then drift."""
+    return destructive_reasons(t) + [f"drift: {d}" for d in t.drift]
+
+
+def rows_summary(t: TablePlan) -> str:
+    """`6,172 rows added (3.0% of 211,858 after), 50 removed (<0.1% of 205,736 before)`."""
+    parts: list[str] = []
+    for n, word, whole, side in (
+        (t.rows_added, "added", t.new_rows, "after"),
+        (t.rows_changed, "changed", t.old_rows, "before"),
+        (t.rows_removed, "removed", t.old_rows, "before"),
+    ):
+        if not n:
+            continue
+        pct = share(n, whole)
+        of = f" ({pct} of {whole:,} {side})" if pct and whole is not None else ""
+        what = plural(n, "row") if not parts else f"{n:,}"
+        parts.append(f"{what} {word}{of}")
+    return ", ".join(parts) or "no row changes"
+
+
+def share(part: int, whole: int | None) -> str:
+    """`part` as a share of `whole`: `3.0%`, `<0.1%` for a tiny non-zero share, `` if unknown."""
+    if not whole:
+        return ""
+    pct = 100 * part / whole
+    if 0 < pct < 0.1:
+        return "<0.1%"
+    return f"{pct:.1f}%" if pct < 10 else f"{pct:.0f}%"
+
+
+def count_mark(rows: int, exact: bool) -> str:
+    """`×8,120`, or `×~8,120` for a count the bounded counter could only estimate."""
+    return f"×{rows:,}" if exact else f"×~{rows:,}"
+
+
+def op_counts_text(shown: dict[str, int], totals: dict[str, int]) -> str:
+    """`120 of 6,172 added, 120 of 49,567 changed, all 50 removed`."""
+    parts: list[str] = []
+    for op, word in ((ADD, "added"), (CHANGE, "changed"), (REMOVE, "removed")):
+        total = totals.get(op, 0)
+        if not total:
+            continue
+        n = shown.get(op, 0)
+        whole = f"all {total:,}" if total > 1 and n >= total else f"{min(n, total):,} of {total:,}"
+        parts.append(f"{whole} {word}")
+    return ", ".join(parts)
+
+
+def op_totals(t: TablePlan) -> dict[str, int]:
+    return {ADD: t.rows_added, CHANGE: t.rows_changed, REMOVE: t.rows_removed}
 
 
 def table_notes(t: TablePlan) -> list[str]:

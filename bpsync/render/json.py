@@ -14,6 +14,18 @@ Added keys: top level api_version, refreshed, created_at, warnings; per table ma
 baseline, destructive, mass_delete, max_delete_fraction, notes, upload, key_columns, columns,
 old_columns; per row change old_line (line in the snapshot, or null).
 
+The answer at a glance, per table, after its row_changes (gathered while they are written):
+  table_rows {before, after}: rows of the snapshot and of the new table (null if unknown);
+  risks: every destructive or risky change in words (removals, mass delete, replace,
+    deactivate, `active: false`, drift);
+  column_changes[]: each column some change alters, most rows first:
+    {column, rows, top: [{old, new, rows, exact}], more, example: {old, new}}. `old`/`new`
+    null mean the row has no such column on that side; values longer than 200 characters
+    end in `…` here (whole in row_changes). `rows` of a transition is exact when `exact`,
+    else an upper bound (the counter is bounded); `top` holds only transitions known to
+    repeat (or exact); `more`: other transitions exist; `example`: the first change seen.
+A saved plan (`exact`) leaves these out: it is loaded, not read.
+
 The document is written piece by piece, one row change per line, so five million row
 changes never become one string or one dict, and the output stays diffable.
 """
@@ -26,7 +38,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from bpsync.plan import FORMAT_VERSION, NO_OP, Plan, RowChange, TablePlan
-from bpsync.render import after_cells, before_cells, key_cells, sorted_changes
+from bpsync.render import after_cells, before_cells, key_cells, risks, sorted_changes
+from bpsync.render.digest import Digest, DigestBuilder
 
 ROW_INDENT = "      "
 
@@ -119,10 +132,38 @@ def _write_table(t: TablePlan, out: TextIO, exact: bool) -> None:
     opening = dump(table_object(t))
     out.write(opening[:-1] + ', "row_changes": [')
     first = True
+    builder = None if exact else DigestBuilder(t)
     for rc in _changes(t, exact):
+        if builder is not None:
+            builder.add(rc)
         out.write(("\n" if first else ",\n") + ROW_INDENT + dump(row_object(t, rc)))
         first = False
-    out.write("]}" if first else "\n    ]}")
+    out.write("]" if first else "\n    ]")
+    if builder is not None:
+        for name, value in glance_object(t, builder.result()).items():
+            out.write(f", {dump(name)}: {dump(value)}")
+    out.write("}")
+
+
+def glance_object(t: TablePlan, d: Digest) -> dict[str, Any]:
+    """The table's answer at a glance, as data (plain integers, full words)."""
+    return {
+        "table_rows": {"before": t.old_rows, "after": t.new_rows},
+        "risks": risks(t),
+        "column_changes": [
+            {
+                "column": c.column,
+                "rows": c.rows,
+                "top": [
+                    {"old": tr.old, "new": tr.new, "rows": tr.rows, "exact": tr.exact}
+                    for tr in c.top
+                ],
+                "more": c.more,
+                "example": {"old": c.example.old, "new": c.example.new},
+            }
+            for c in d.columns
+        ],
+    }
 
 
 def _changes(t: TablePlan, exact: bool) -> Iterable[RowChange]:
