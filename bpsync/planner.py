@@ -612,8 +612,22 @@ def _renames_structural(
     return tuple(out)
 
 
+_FIELD_KEYS = ("type", "tag_name", "override_existing")  # what a manifest's field manages
+
+
 def _field_map(fields: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {f["title"]: {k: v for k, v in f.items() if k != "title"} for f in fields}
+    """Fields by title, in the form a manifest writes them: only the keys bpsync manages, no
+    null values, no `tag_name` equal to the title (the same tag), so BigPanda's own spelling
+    of an equal field (as `import --generate` reads it) compares equal."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in fields:
+        title = f["title"]
+        out[title] = {
+            k: f[k]
+            for k in _FIELD_KEYS
+            if f.get(k) is not None and not (k == "tag_name" and f[k] == title)
+        }
+    return out
 
 
 def schema_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[SchemaChange, ...]:

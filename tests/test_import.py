@@ -240,3 +240,19 @@ def test_usage_errors(repo: Path, emu: Emulator) -> None:
     assert bp(repo, emu, "import", "only-a-name").code == 64
     assert bp(repo, emu, "import", "--all").code == 64
     assert bp(repo, emu, "import", "a", "b", "--csv", "x").code == 64
+
+
+def test_bigpandas_own_spelling_of_the_fields_still_plans_no_changes(
+    repo: Path, emu: Emulator
+) -> None:
+    fields = (
+        {"title": "application", "type": "query_tag", "tag_name": "application"},
+        {"title": "owner", "type": "result_tag"},
+    )
+    with BigPandaClient(emu.url, TOKEN, "v2.1", **fast_client_options()) as client:
+        eid = client.create_enrichment(EnrichmentSpec("Owners", fields)).id
+    emu.set_table(eid, [{"application": "a", "owner": "b"}])
+    assert bp(repo, emu, "import", "owners", eid, "--generate").code == 0
+    assert "tag_name" not in (repo / "tables" / "owners.yaml").read_text()
+    plan = bp(repo, emu, "plan", "--detailed-exitcode")
+    assert plan.code == 0, plan.out + plan.err
