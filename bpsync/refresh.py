@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from bpsync.bigpanda.models import Enrichment, ReadProgress, TableRead
-from bpsync.errors import NotFoundError
+from bpsync.errors import ApiError, AuthError, NotFoundError
 from bpsync.manifest import Manifest
 from bpsync.remote import Remote
 from bpsync.state import State, TableState
@@ -94,7 +94,21 @@ def refresh_remote(
         for name, remote in sorted(out.items()):
             managed = state.table(name)
             if name in present and managed is not None and remote.exists and remote.fields:
-                out[name] = _read_rows(reader, managed, remote, rows)
+                try:
+                    out[name] = _read_rows(reader, managed, remote, rows)
+                except AuthError as e:
+                    # A key without the read permission: plan as before, by version.
+                    note(
+                        f"Note: the token may not read tables' rows ({e.message}); the refresh "
+                        "checks each enrichment's version only (--refresh-rows 0 stops trying)"
+                    )
+                    break
+                except ApiError as e:
+                    out[name] = replace(
+                        remote,
+                        rows_note=f"{ROWS_NOT_READ}: the read failed ({e.message}), so "
+                        "BigPanda was checked by version only",
+                    )
                 read += out[name].table is not None
         if read:
             note(f"Read back the rows of {read} table(s) from BigPanda.")

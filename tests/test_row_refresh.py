@@ -146,3 +146,25 @@ def test_apply_refreshes_rows_too(tmp_path: Path, emu: Emulator, command: str) -
     assert "3 rows changed in BigPanda outside bpsync" in out
     if command == "apply":
         assert bp(root, emu, "plan", "--detailed-exitcode")[0] == 0
+
+
+def test_a_key_that_may_not_read_rows_plans_by_version_saying_so_once(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    root, _ = applied(tmp_path, emu)
+    emu.faults.forbid_read()
+    code, out, err = bp(root, emu, "plan", "--format", "json")
+    assert code == 0, err
+    assert err.count("may not read tables' rows") == 1
+    assert json.loads(out)["tables"][0]["baseline"] == "snapshot"
+
+
+def test_a_read_that_fails_falls_back_to_the_version_and_says_so(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    root, _ = applied(tmp_path, emu)
+    emu.faults.move_total_between_pages(times=None)
+    emu.faults.cap_per_page(3)
+    t = plan_json(root, emu)
+    assert t["baseline"] == "snapshot"
+    assert any("the read failed" in n and "kept changing" in n for n in t["notes"])

@@ -560,7 +560,7 @@ class BigPandaClient:
             items, count, per_page = self._read_page(enrichment_id, page, per_page, table)
             if page == facts.READ_FIRST_PAGE:
                 total = count
-            elif count is not None and count != total:
+            elif count is not None and total is not None and count != total:
                 return None, total, requests
             if not items:
                 break
