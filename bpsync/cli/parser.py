@@ -234,8 +234,10 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
         "manage yet.",
         parents=[g.lock_timeout],
     )
-    i.add_argument("name", nargs="?", metavar="NAME")
-    i.add_argument("enrichment_id", nargs="?", metavar="ENRICHMENT_ID")
+    i.add_argument("name", nargs="?", metavar="NAME", help="the table's name in this repository")
+    i.add_argument(
+        "enrichment_id", nargs="?", metavar="ENRICHMENT_ID", help="the enrichment's id in BigPanda"
+    )
     i.add_argument(
         "--generate",
         action="store_true",
