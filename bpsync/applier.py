@@ -17,23 +17,28 @@ A later run finds any pending job in state and re-attaches to it instead of uplo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
+from bpsync.bigpanda import facts
 from bpsync.bigpanda.models import (
     Enrichment,
     EnrichmentSpec,
     Job,
     ProgressCallback,
+    ReadProgress,
+    TableRead,
     UploadReceipt,
 )
 from bpsync.errors import (
@@ -44,6 +49,7 @@ from bpsync.errors import (
     JobFailed,
     NotFoundError,
     StalePlan,
+    VerifyFailed,
 )
 from bpsync.interrupt import Interrupts
 from bpsync.plan import (
@@ -97,6 +103,15 @@ class Client(Protocol):
         timeout: float,
         on_progress: ProgressCallback | None = None,
     ) -> Job: ...
+    def read_table(
+        self,
+        enrichment_id: str,
+        columns: Sequence[str],
+        dest: Path,
+        *,
+        table: str,
+        on_progress: ReadProgress | None = None,
+    ) -> TableRead: ...
 
 
 def _now() -> str:
@@ -211,6 +226,8 @@ class Applier:
     fault: FaultHook = field(default=lambda point: None)
     # On a terminal: set(table, line or None) redraws one live line per running job.
     live: Callable[[str, str | None], None] | None = None
+    # `apply --verify` (SPEC §7, v2.1): read each table back once its job is done.
+    verify: bool = False
     _job_ids: dict[str, str] = field(default_factory=dict, init=False)
     interrupts: Interrupts | None = None  # Ctrl-C: stop starting, then stop waiting
 
@@ -394,11 +411,35 @@ class Applier:
             job = self._upload(tp, eid, path)
         try:
             self._wait(tp.name, job.job_url or job.job_id, job.job_id)
-        except JobFailed:
+            if self.verify:
+                self._verify(tp, job)
+        except (JobFailed, VerifyFailed):
             self._forget_failed(tp.name, job)
             raise
         self._complete(tp.name, job)
-        return f"job {job.job_id} done"
+        return f"job {job.job_id} done" + (", verified" if self.verify else "")
+
+    def _verify(self, tp: TablePlan, job: PendingJob) -> None:
+        """Read the table back and compare it with what was uploaded (the stored snapshot),
+        as rows in any order. A difference fails the table; state is not moved."""
+        fd, tmp = tempfile.mkstemp(prefix="bpsync-verify-", suffix=".csv")
+        os.close(fd)
+        try:
+            self.client.read_table(job.enrichment_id, tp.columns, Path(tmp), table=tp.name)
+            with open(tmp, "rb") as fh:
+                held = _row_multiset(fh)
+            with self.store.backend.open_snapshot(job.sha256, table=tp.name) as fh:
+                sent = _row_multiset(fh)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        if held != sent:
+            raise VerifyFailed(
+                f"{tp.name}: verify failed: job {job.job_id} is done, but BigPanda holds "
+                f"{held[0]:,} rows that differ from the {sent[0]:,} rows uploaded",
+                hint="the state keeps the last verified table; run `bpsync plan` to see "
+                "BigPanda's rows, and check the enrichment in BigPanda's UI",
+            )
+        self.note(f"{tp.name}: verified: BigPanda holds the {sent[0]:,} rows uploaded")
 
     def _pending_job(self, name: str) -> str | None:
         ts = self.store.state.table(name)
@@ -642,7 +683,7 @@ class Applier:
         self.fault("job-done")
         if job.replaces and job.replaces != job.enrichment_id:
             try:
-                self.client.update_enrichment(job.replaces, active=False)
+                self._patch(job.replaces, active=False)
                 self.note(f"{name}: deactivated the replaced enrichment {job.replaces}")
             except NotFoundError:
                 self.note(f"{name}: the replaced enrichment {job.replaces} no longer exists")
@@ -671,7 +712,7 @@ class Applier:
     def _retire(self, name: str, eid: str) -> None:
         """Deactivate an enrichment an interrupted replace created for an older schema."""
         try:
-            self.client.update_enrichment(eid, active=False)
+            self._patch(eid, active=False)
             self.note(f"{name}: deactivated enrichment {eid}, left over by an interrupted apply")
         except ApiError as e:
             self.note(f"{name}: could not deactivate leftover enrichment {eid}: {e.message}")
@@ -689,7 +730,28 @@ class Applier:
             if schema.get(key) != old.get(key):
                 changes[arg] = schema.get(key)
         if changes:
-            self.client.update_enrichment(eid, **changes)
+            self._patch(eid, **changes)
+
+    def _patch(self, eid: str, **changes: Any) -> Enrichment:
+        """PATCH the enrichment, then check that BigPanda's answer holds every value sent
+        (SPEC §3): v2.1 ignores keys it does not apply instead of refusing them, and a
+        value that did not take must fail the table before state records it."""
+        answer = self.client.update_enrichment(eid, **changes)
+        missed = [
+            f"{arg} {_show(value)} (BigPanda has {_show(getattr(answer, attr))})"
+            for arg, attr, key in _PATCHED
+            if (value := changes.get(arg)) is not None
+            and _sent(self.api_version, key)
+            and getattr(answer, attr) != value
+        ]
+        if missed:
+            raise ApiError(
+                f"BigPanda accepted the update of enrichment {eid} but did not take "
+                + "; ".join(missed),
+                hint="the state keeps the old value; check the enrichment in BigPanda's UI, "
+                "then run `bpsync plan` again",
+            )
+        return answer
 
     def _update_in_place(self, tp: TablePlan) -> str:
         assert tp.enrichment_id is not None
@@ -701,7 +763,7 @@ class Applier:
     def _deactivate(self, tp: TablePlan) -> str:
         if tp.enrichment_id:
             try:
-                self.client.update_enrichment(tp.enrichment_id, active=False)
+                self._patch(tp.enrichment_id, active=False)
             except NotFoundError:
                 self.note(f"{tp.name}: enrichment {tp.enrichment_id} no longer exists")
         self.store.update(tp.name, lambda cur: None)
@@ -736,6 +798,35 @@ class Applier:
             self.store.backend.prune_snapshots(referenced_snapshots(self.store.state))
         except BpsyncError as e:  # pruning is housekeeping; never fail an apply for it
             self.note(f"could not prune old snapshots: {e.message}")
+
+
+def _row_multiset(fh: BinaryIO) -> tuple[int, int, bytes]:
+    """The data rows of a canonical CSV as a multiset: (count, sum of their SHA-256 digests
+    modulo 2**256, the header). Equal for the same rows in any order; memory stays flat."""
+    header = fh.readline()
+    count = total = 0
+    for line in fh:
+        total += int.from_bytes(hashlib.sha256(line.rstrip(b"\n")).digest(), "big")
+        count += 1
+    return count, total % (1 << 256), header
+
+
+# update_enrichment's argument, the Enrichment attribute that shows it, the PATCH body key.
+_PATCHED = (
+    ("active", "active", "active"),
+    ("name", "name", "config"),
+    ("description", "description", "note"),
+    ("when", "when", "when"),
+)
+
+
+def _sent(api_version: str, key: str) -> bool:
+    """Whether the client sends this PATCH key on this API version (SPEC §1)."""
+    return key in ("active", "config") or key in facts.API_VERSIONS[api_version].extra_keys
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _snapshot_size(path: Path) -> int:

@@ -16,6 +16,7 @@
     │   ├── AuthError                401/403
     │   ├── NotFoundError            404
     │   ├── JobFailed                an upload job ended `failed`
+    │   ├── VerifyFailed             `apply --verify`: BigPanda does not hold what was sent
     │   └── JobTimeout               the wait deadline passed; the job may still finish
 
 Messages are built by the exceptions themselves so the CLI only prints them. No
@@ -151,6 +152,10 @@ class JobFailed(ApiError):
         self.job_id = job_id
         self.reason = reason
         super().__init__(f"BigPanda job {job_id} failed: {reason}")
+
+
+class VerifyFailed(ApiError):
+    pass
 
 
 class JobTimeout(ApiError):

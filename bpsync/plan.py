@@ -96,7 +96,9 @@ class TablePlan:
     rows_removed: int
     rows_unchanged: int
     row_changes: RowChanges
-    baseline: str  # "snapshot" | "none" (create) | "unknown" (adopted, content unknown)
+    # "snapshot" | "bigpanda" (rows read back, SPEC §7) | "none" (create) | "unknown"
+    # (adopted, content unknown)
+    baseline: str
     new_sha256: str | None
     new_rows: int | None
     old_sha256: str | None
@@ -110,6 +112,9 @@ class TablePlan:
     # An enrichment an interrupted create made but never recorded, found in BigPanda by the
     # name and fields its recorded intent holds: apply records it as the table's first.
     adopt: str | None = None
+    # Row refresh (SPEC §7): BigPanda's rows relative to the snapshot, when they differ:
+    # {"added", "changed", "removed", "keys": [{"op", "key": {title: value}}, …] (bounded)}.
+    row_drift: Mapping[str, Any] | None = None
 
     @property
     def has_changes(self) -> bool:
@@ -167,6 +172,8 @@ class TablePlan:
         """The TablePlan `to_record` described, with its row changes read separately."""
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in record and f.default is not MISSING:
+                continue  # a plan file written before this field existed
             if f.name == "row_changes":
                 values[f.name] = row_changes
             elif f.name == "schema_changes":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bpsync.bigpanda import facts
 from bpsync.config import Config
 from bpsync.errors import InvalidInput, Problem
 from bpsync.manifest import Manifest
@@ -33,6 +34,7 @@ from bpsync.plan import (
     TablePlan,
     remote_findings,
 )
+from bpsync.refresh import ROWS_NOT_READ
 from bpsync.remote import Remote
 from bpsync.rowdiff import diff_table
 from bpsync.state import State, StateBackend, TableState, state_to_dict
@@ -92,7 +94,13 @@ def make_plan(
     for m in manifests:
         manifest_digests[m.display] = sha256_file(m.path)
         tp = _plan_table(
-            m, state.table(m.name), backend, problems, (remote or {}).get(m.name), digest
+            m,
+            state.table(m.name),
+            backend,
+            problems,
+            (remote or {}).get(m.name),
+            digest,
+            config.api.version,
         )
         if tp is not None:
             tables.append(tp)
@@ -128,9 +136,21 @@ def make_plan(
         api_version=config.api.version,
         refreshed=remote is not None,
         created_at=now,
-        warnings=tuple(str(p) for p in problems if p.severity == "warning"),
+        warnings=tuple(str(p) for p in problems if p.severity == "warning") + _unread_notes(tables),
         environment=config.environment,
         endpoint=endpoint,
+    )
+
+
+def _unread_notes(tables: list[TablePlan]) -> tuple[str, ...]:
+    """Tables the row refresh did not read, said plan-wide: an unchanged table's notes are
+    not rendered, and "checked by version only" must not go unseen (SPEC §7)."""
+    return tuple(
+        f"{t.name}: {n}"
+        for t in tables
+        if not t.has_changes
+        for n in t.notes
+        if n.startswith(ROWS_NOT_READ)
     )
 
 
@@ -176,6 +196,7 @@ def _plan_table(
     problems: list[Problem],
     remote: Remote | None,
     digest: Callable[[Path], str],
+    api_version: str = "v1",
 ) -> TablePlan | None:
     notes: list[str] = []
     ts, adopt = _settle_intent(ts, remote, notes)
@@ -199,8 +220,10 @@ def _plan_table(
         old_schema = {"map_name": remote.name, "fields": list(remote.fields)}
     schema = m.schema()
     changes = schema_changes(old_schema, schema) if old_schema else ()
+    changes = _renames_structural(changes, api_version, notes)
     sink = ProblemSink(m.csv_display)
-    rows = _rows(m, ts, enrichment_id, backend, sink, digest)
+    read = _read_back(m, ts, remote, notes)
+    rows = _rows(m, ts, enrichment_id, backend, sink, digest, read)
     problems += sink.finish()
     if rows.info is not None and not rows.info.ok:
         return None
@@ -214,6 +237,9 @@ def _plan_table(
             "the columns are in a new order; rows are compared cell by title, and apply "
             "uploads the table in its new column order"
         )
+    row_drift = _row_drift(m, ts, backend, read) if ts is not None and read else None
+    if row_drift is not None:
+        drift += (describe_row_drift(row_drift),)
     action = _action(m, enrichment_id, changes, rows, ts, remote, notes)
     retire = _leftover(ts, action, schema, notes)
     if ts and ts.pending and ts.pending.job_id:
@@ -238,6 +264,76 @@ def _plan_table(
         upload,
         retire,
         adopt,
+        row_drift,
+    )
+
+
+@dataclass(frozen=True)
+class _Read:
+    """BigPanda's rows as a row refresh read them (SPEC §7)."""
+
+    path: Path
+    sha256: str
+    rows: int
+
+
+def _read_back(
+    m: Manifest, ts: TableState | None, remote: Remote | None, notes: list[str]
+) -> _Read | None:
+    """The rows read back, when they can stand in for the snapshot as the baseline."""
+    if remote is None or ts is None:
+        return None
+    if remote.rows_note:
+        notes.append(remote.rows_note)
+    if remote.table is None:
+        return None
+    titles = tuple(str(f.get("title")) for f in remote.fields or ())
+    if titles != m.layout.titles:
+        notes.append(
+            "BigPanda's rows were read back but not compared: its columns "
+            f"({', '.join(titles)}) differ from the manifest's"
+        )
+        return None
+    return _Read(remote.table, sha256_file(remote.table), remote.table_rows or 0)
+
+
+ROW_DRIFT_KEYS = 20  # keys of drifted rows a plan lists per table (JSON); the text shows 3
+
+
+def _row_drift(
+    m: Manifest, ts: TableState, backend: StateBackend, read: _Read
+) -> dict[str, Any] | None:
+    """How BigPanda's rows differ from the snapshot, or None when they do not (or when no
+    snapshot is there to compare with)."""
+    sha = ts.sha256
+    if sha is None or sha == read.sha256 or not backend.has_snapshot(sha):
+        return None
+    sink = ProblemSink(str(read.path))
+    d = diff_table(read.path, m.layout, sink, lambda: backend.open_snapshot(sha, table=m.name))
+    keys = [
+        {"op": c.op, "key": dict(zip(m.key_titles, c.key, strict=True))}
+        for c in d.changes[:ROW_DRIFT_KEYS]
+    ]
+    if not d.info.ok and not (d.added or d.changed or d.removed):
+        # BigPanda's table breaks a CSV rule (an emptied table, duplicate keys): it differs,
+        # but not row by row.
+        return {"added": 0, "changed": 0, "removed": 0, "keys": [], "comparable": False}
+    return {"added": d.added, "changed": d.changed, "removed": d.removed, "keys": keys}
+
+
+def describe_row_drift(row_drift: Mapping[str, Any]) -> str:
+    """The drift line: "3 rows changed in BigPanda outside bpsync: 1 added, … (e.g. …)"."""
+    if row_drift.get("comparable") is False:
+        return (
+            "the rows in BigPanda were changed outside bpsync (they cannot be compared row by row)"
+        )
+    a, c, r = row_drift["added"], row_drift["changed"], row_drift["removed"]
+    n = a + c + r
+    keys = [", ".join(f"{k}={v}" for k, v in item["key"].items()) for item in row_drift["keys"][:3]]
+    more = f" (e.g. {'; '.join(keys)}{'; …' if n > len(keys) else ''})" if keys else ""
+    return (
+        f"{n} row{'' if n == 1 else 's'} changed in BigPanda outside bpsync: {a} added, "
+        f"{c} changed, {r} removed{more}; the plan below is against BigPanda's rows"
     )
 
 
@@ -344,11 +440,12 @@ def _table_plan(
     upload: bool,
     retire: tuple[str, ...] = (),
     adopt: str | None = None,
+    row_drift: Mapping[str, Any] | None = None,
 ) -> TablePlan:
     """The one place a TablePlan is assembled from the planner's findings."""
     old_rows = rows.old_rows
     mass = bool(
-        rows.baseline == "snapshot"
+        rows.baseline in ("snapshot", "bigpanda")
         and old_rows
         and rows.removed > table.max_delete_fraction * old_rows
     )
@@ -382,6 +479,7 @@ def _table_plan(
         upload=upload,
         retire=retire,
         adopt=adopt,
+        row_drift=row_drift,
     )
 
 
@@ -495,8 +593,11 @@ def _rows(
     backend: StateBackend,
     sink: ProblemSink,
     digest: Callable[[Path], str],
+    read: _Read | None = None,
 ) -> _Rows:
     layout = m.layout
+    if read is not None:
+        return _against_bigpanda(m, read, sink, digest)
     if ts is not None and ts.sha256:
         applied_titles = [f.get("title") for f in ts.schema.get("fields", [])]
         # (A .csv.gz never holds the canonical bytes themselves: it is always read.)
@@ -540,6 +641,40 @@ def _diffed(m: Manifest, ts: TableState, backend: StateBackend, sink: ProblemSin
     )
 
 
+def _against_bigpanda(
+    m: Manifest, read: _Read, sink: ProblemSink, digest: Callable[[Path], str]
+) -> _Rows:
+    """The row diff against BigPanda's rows read back (SPEC §7): what apply changes there."""
+    titles = m.layout.titles
+    if digest(m.csv_path) == read.sha256:
+        return _Rows(
+            None,
+            RowChanges(),
+            unchanged=read.rows,
+            old_rows=read.rows,
+            old_columns=titles,
+            columns=titles,
+            baseline="bigpanda",
+            same=True,
+            known_sha256=read.sha256,
+            known_rows=read.rows,
+        )
+    d = diff_table(m.csv_path, m.layout, sink, lambda: read.path.open("rb"))
+    return _Rows(
+        d.info,
+        RowChanges(d.changes),
+        d.added,
+        d.changed,
+        d.removed,
+        d.unchanged,
+        d.old_rows,
+        d.old_columns,
+        d.info.columns,
+        baseline="bigpanda",
+        same=d.info.ok and d.info.canonical_sha256 == read.sha256,
+    )
+
+
 def _all_added(m: Manifest, layout: TableLayout, sink: ProblemSink, baseline: str) -> _Rows:
     info = scan_table(m.csv_path, layout, sink)
     if not info.ok:
@@ -570,8 +705,42 @@ def _iter_rows(path: Path, layout: TableLayout, columns: tuple[str, ...]) -> Ite
 # -- schema -------------------------------------------------------------------------------
 
 
+def _renames_structural(
+    changes: tuple[SchemaChange, ...], api_version: str, notes: list[str]
+) -> tuple[SchemaChange, ...]:
+    """SPEC §3: where a schema PATCH ignores `config` (v2.1, api doc §15.2) a map_name change
+    cannot be made in place, so it needs a new enrichment (replace), and the plan says why."""
+    if facts.patch_applies(api_version, "config"):
+        return changes
+    out = []
+    for c in changes:
+        if c.subject == "map_name" and not c.structural:
+            c = SchemaChange(c.subject, c.detail, True)
+            notes.append(
+                f"map_name cannot change in place on API {api_version} (BigPanda ignores "
+                "config.name in a schema PATCH): apply creates a new enrichment with the new "
+                "name, uploads the table to it and deactivates the old one"
+            )
+        out.append(c)
+    return tuple(out)
+
+
+_FIELD_KEYS = ("type", "tag_name", "override_existing")  # what a manifest's field manages
+
+
 def _field_map(fields: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {f["title"]: {k: v for k, v in f.items() if k != "title"} for f in fields}
+    """Fields by title, in the form a manifest writes them: only the keys bpsync manages, no
+    null values, no `tag_name` equal to the title (the same tag), so BigPanda's own spelling
+    of an equal field (as `import --generate` reads it) compares equal."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in fields:
+        title = f["title"]
+        out[title] = {
+            k: f[k]
+            for k in _FIELD_KEYS
+            if f.get(k) is not None and not (k == "tag_name" and f[k] == title)
+        }
+    return out
 
 
 def schema_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[SchemaChange, ...]:

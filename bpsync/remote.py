@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -23,6 +24,12 @@ class Remote:
     fields: tuple[dict[str, Any], ...] | None = None
     name: str | None = None
     intent_found: tuple[str, ...] | None = None
+    # Row refresh (SPEC §7): BigPanda's rows, read back into a canonical CSV whose header is
+    # `fields`' titles; None when they were not read (`rows_note` then says why, if it is
+    # worth saying).
+    table: Path | None = None
+    table_rows: int | None = None
+    rows_note: str | None = None
 
 
 def same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> bool:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Context
@@ -172,27 +174,35 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
     binding = _bound(ctx, backend, backend.read())  # refuses another endpoint's state
     state = binding.state
     remote = None
-    if refresh:
-        from bpsync.refresh import refresh_remote
+    with tempfile.TemporaryDirectory(prefix="bpsync-refresh-") as scratch:
+        if refresh:
+            from bpsync.refresh import refresh_remote
 
-        with _client(ctx) as client:
-            remote = refresh_remote(client, state, manifests, ctx.args.table, ctx.console.note)
-        _check_found(ctx, state, remote)
-        if binding.adopted:
-            with backend.lock(
-                "bpsync plan", timeout=ctx.args.lock_timeout, notify=ctx.console.warn
-            ):
-                _record_adoption(ctx, backend, _bound(ctx, backend, backend.read()))
-    plan = make_plan(
-        config,
-        manifests,
-        state,
-        backend,
-        only=ctx.args.table,
-        remote=remote,
-        now=_now(),
-        digests=digests,
-    )
+            with _client(ctx) as client:
+                remote = refresh_remote(
+                    client,
+                    state,
+                    manifests,
+                    ctx.args.table,
+                    ctx.console.note,
+                    rows=_row_refresh(ctx, Path(scratch)),
+                )
+            _check_found(ctx, state, remote)
+            if binding.adopted:
+                with backend.lock(
+                    "bpsync plan", timeout=ctx.args.lock_timeout, notify=ctx.console.warn
+                ):
+                    _record_adoption(ctx, backend, _bound(ctx, backend, backend.read()))
+        plan = make_plan(
+            config,
+            manifests,
+            state,
+            backend,
+            only=ctx.args.table,
+            remote=remote,
+            now=_now(),
+            digests=digests,
+        )
     for w in plan.warnings:
         ctx.console.warn(w)
     return plan
@@ -239,6 +249,28 @@ def _check_found(ctx: Context, state: State, remote: Mapping[str, Remote]) -> No
         where=where,
         token_env=config.api.token_env,
         allow_missing=bool(getattr(ctx.args, "allow_missing", False)),
+    )
+
+
+def _row_refresh(ctx: Context, directory: Path) -> Any:
+    """The row refresh of a refresh (SPEC §7): its budget, where the rows go, its progress.
+    None on an API version that cannot read rows (saying so once when it was asked for)."""
+    from bpsync.bigpanda import facts
+    from bpsync.console import read_progress
+    from bpsync.refresh import RowRefresh
+
+    asked = getattr(ctx.args, "refresh_rows", None)
+    budget = ctx.config.refresh.max_rows if asked is None else asked
+    if ctx.config.api.version not in facts.TABLE_READ_API_VERSIONS:
+        if asked:
+            ctx.console.note(
+                f"Note: API {ctx.config.api.version} cannot read a table's rows; the refresh "
+                "checks each enrichment's version only (--refresh-rows needs v2.1)."
+            )
+        return None
+    live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
+    return RowRefresh(
+        budget, directory, progress=lambda name: read_progress(name, ctx.console.note, live)
     )
 
 
@@ -513,6 +545,7 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
 
     config = ctx.config
     config.token(ctx.env)  # fail before taking the lock when there is no token
+    _check_verify(ctx)
     fault = _fault_hook(ctx.env)
     backend = open_backend(config, fault=fault)  # test seam: kills mid state write too
     with backend.lock(
@@ -548,6 +581,7 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
                 fault=fault,
                 live=live.set if live else None,
                 interrupts=interrupts,
+                verify=ctx.args.verify,
             )
             with interrupts.installed():
                 resumed = applier.resume_pending()
@@ -565,20 +599,26 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
                     hint="run `bpsync plan` again and review it",
                 )
             manifests = _load_selected(ctx)
-            remote = refresh_remote(
-                client, store.state, manifests, ctx.args.table, ctx.console.note
-            )
-            _check_found(ctx, store.state, remote)  # before any write
-            store.state = _record_adoption(ctx, backend, _adoption(binding, store.state))
-            fresh = make_plan(
-                config,
-                manifests,
-                store.state,
-                backend,
-                only=ctx.args.table,
-                remote=remote,
-                now=_now(),
-            )
+            with tempfile.TemporaryDirectory(prefix="bpsync-refresh-") as scratch:
+                remote = refresh_remote(
+                    client,
+                    store.state,
+                    manifests,
+                    ctx.args.table,
+                    ctx.console.note,
+                    rows=_row_refresh(ctx, Path(scratch)),
+                )
+                _check_found(ctx, store.state, remote)  # before any write
+                store.state = _record_adoption(ctx, backend, _adoption(binding, store.state))
+                fresh = make_plan(
+                    config,
+                    manifests,
+                    store.state,
+                    backend,
+                    only=ctx.args.table,
+                    remote=remote,
+                    now=_now(),
+                )
             if ctx.args.planfile:
                 _check_saved_remote(the_plan, fresh)
             else:
@@ -612,6 +652,17 @@ def _adoption(first: Binding, state: State) -> Binding:
     from bpsync.binding import Binding
 
     return Binding(state, adopted=first.adopted)
+
+
+def _check_verify(ctx: Context) -> None:
+    from bpsync.bigpanda import facts
+
+    version = ctx.config.api.version
+    if ctx.args.verify and version not in facts.TABLE_READ_API_VERSIONS:
+        raise ConfigError(
+            f"apply --verify needs an API that can read a table's rows; API {version} cannot",
+            hint="apply without --verify (the job's `done` is what v1 confirms), or use v2.1",
+        )
 
 
 def _offline_plan(ctx: Context) -> Plan:
@@ -685,6 +736,160 @@ def remote_findings_of(plan: Plan) -> tuple[str, ...]:
 
 
 def import_(ctx: Context) -> int:
+    args = ctx.args
+    if args.import_all:
+        if not args.generate:
+            raise UsageError(
+                "bpsync import: --all needs --generate", hint="see `bpsync import --help`"
+            )
+        if args.name or args.enrichment_id or args.csv:
+            raise UsageError(
+                "import --all takes no NAME, ENRICHMENT_ID or --csv",
+                hint="import one table with `bpsync import NAME ID --generate [--csv FILE]`",
+            )
+        return _import_all(ctx)
+    if not args.name or not args.enrichment_id:
+        raise UsageError(
+            "bpsync import: needs NAME and ENRICHMENT_ID (or --all --generate)",
+            hint="see `bpsync import --help`",
+        )
+    if args.include_inactive:
+        raise UsageError("--include-inactive goes with --all --generate")
+    if (args.csv or args.dir) and not args.generate:
+        raise UsageError("--csv and --dir go with --generate")
+    if args.generate:
+        return _import_generate(ctx)
+    return _import_adopt(ctx)
+
+
+def _importer(ctx: Context, backend: Any, client: Any) -> Any:
+    from bpsync.console import read_progress
+    from bpsync.importer import Importer, default_directory
+
+    live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
+    directory = ctx.path(ctx.args.dir) if ctx.args.dir else default_directory(ctx.config)
+    return Importer(
+        ctx.config,
+        backend,
+        client,
+        directory,
+        progress=lambda name: read_progress(name, ctx.console.note, live),
+    )
+
+
+def _existing_manifests(ctx: Context) -> list[Manifest]:
+    manifests, problems = load_manifests(ctx.config)
+    if any(p.severity == "error" for p in problems):
+        raise InvalidInput(problems)  # names and ids cannot be checked against broken files
+    return manifests
+
+
+def _report_imported(ctx: Context, imported: Any, version: int | None) -> bool:
+    """One line for a written table; its table's problems after it. True when clean."""
+    ctx.console.note(
+        f"{imported.name}: wrote {imported.manifest} and {imported.csv} "
+        f"({imported.rows:,} rows) from enrichment {imported.enrichment_id}"
+        + (f", version {version}" if version is not None else "")
+    )
+    if not any(p.severity == "error" for p in imported.problems):
+        if imported.problems:
+            ctx.console.problems(imported.problems)
+        return True
+    ctx.console.problems(imported.problems)
+    ctx.console.error(
+        f"{imported.name}: BigPanda's table breaks the CSV rules above; it was written and "
+        f"adopted as it is: fix {imported.csv}, then `bpsync plan` shows the fix as a change"
+    )
+    return False
+
+
+def _import_generate(ctx: Context) -> int:
+    from bpsync.bigpanda import facts
+    from bpsync.errors import NotFoundError
+    from bpsync.importer import not_found
+    from bpsync.state import open_backend
+
+    config, args = ctx.config, ctx.args
+    if config.api.version not in facts.TABLE_READ_API_VERSIONS and not args.csv:
+        raise ConfigError(
+            f"API {config.api.version} documents no way to read a table's rows; nothing was "
+            "written",
+            hint="export the table from BigPanda's UI and run "
+            f"`bpsync import {args.name} {args.enrichment_id} --generate --csv FILE`",
+        )
+    manifests = _existing_manifests(ctx)
+    config.token(ctx.env)
+    backend = open_backend(config)
+    lock = backend.lock("bpsync import", timeout=args.lock_timeout, notify=ctx.console.warn)
+    with lock, _client(ctx) as client:
+        importer = _importer(ctx, backend, client)
+        importer.check_one(args.name, args.enrichment_id, manifests)
+        try:
+            e = client.get_enrichment(args.enrichment_id)
+        except NotFoundError as exc:
+            raise not_found(args.enrichment_id, exc) from None
+        source = ctx.path(args.csv) if args.csv else None
+        imported = importer.generate(args.name, e, source)
+    ok = _report_imported(ctx, imported, e.version)
+    if ok:
+        ctx.console.note(
+            f"Imported enrichment {e.id} as table {args.name}; `bpsync plan` now shows no "
+            "changes for it."
+        )
+    return EXIT_OK if ok else EXIT_ERROR
+
+
+def _import_all(ctx: Context) -> int:
+    from bpsync.bigpanda import facts
+    from bpsync.errors import AuthError, BpsyncError
+    from bpsync.state import open_backend
+
+    config, args = ctx.config, ctx.args
+    if config.api.version not in facts.TABLE_READ_API_VERSIONS:
+        raise ConfigError(
+            f"API {config.api.version} documents no way to read a table's rows, so "
+            "`import --all --generate` cannot write the CSVs; nothing was written",
+            hint="export each table from BigPanda's UI and run "
+            "`bpsync import NAME ID --generate --csv FILE` for it",
+        )
+    manifests = _existing_manifests(ctx)
+    config.token(ctx.env)
+    backend = open_backend(config)
+    clean = True
+    done: list[Any] = []
+    lock = backend.lock("bpsync import", timeout=args.lock_timeout, notify=ctx.console.warn)
+    with lock, _client(ctx) as client:
+        importer = _importer(ctx, backend, client)
+        found = importer.unknown(manifests, args.include_inactive)
+        if not found:
+            ctx.console.note(
+                "Nothing to import: every enrichment is managed by a manifest or the state."
+            )
+            return EXIT_OK
+        names = importer.names_for(found, manifests)
+        importer.check_discoverable(names[0])
+        for name, e in zip(names, found, strict=True):
+            try:
+                imported = importer.generate(name, e, None)
+            except AuthError:
+                raise  # the key cannot read: every other table would fail the same way
+            except BpsyncError as err:
+                ctx.console.error(f"{name} (enrichment {e.id}): {err.render()}")
+                clean = False
+                continue
+            done.append(imported)
+            clean = _report_imported(ctx, imported, e.version) and clean
+    rows = sum(i.rows for i in done)
+    failed = len(found) - len(done)
+    ctx.console.note(
+        f"Imported {len(done)} of {len(found)} enrichment(s) ({rows:,} rows)"
+        + (f"; {failed} failed (see above)" if failed else "")
+        + ". Review the files and open a pull request with them."
+    )
+    return EXIT_OK if clean else EXIT_ERROR
+
+
+def _import_adopt(ctx: Context) -> int:
     from bpsync.state import TableState, open_backend
 
     config = ctx.config

@@ -118,6 +118,17 @@ def _lock_timeout() -> _Parser:
     return p
 
 
+def _refresh_rows(p: argparse.ArgumentParser) -> None:
+    """plan and apply: the row refresh's budget (SPEC §7), overriding refresh.max_rows."""
+    p.add_argument(
+        "--refresh-rows",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="v2.1: read back the rows of tables up to N rows (default refresh.max_rows; 0: off)",
+    )
+
+
 class _Groups:
     """The shared option groups, built once per parser."""
 
@@ -253,6 +264,7 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
         action="store_false",
         help="stay offline even when a token is set",
     )
+    _refresh_rows(pl)
     _command(pl, "core:plan")
 
     a = sub.add_parser(
@@ -297,6 +309,12 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
         metavar="N",
         help="tables applied at once (default 4)",
     )
+    _refresh_rows(a)
+    a.add_argument(
+        "--verify",
+        action="store_true",
+        help="v2.1: read each table back after its job is done and compare it",
+    )
     _command(a, "core:apply")
 
     s = sub.add_parser("show", help="render a saved plan", parents=[g.plan_format, g.max_rows])
@@ -306,11 +324,40 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     _command(s, "core:show")
 
     i = sub.add_parser(
-        "import", help="adopt an existing enrichment into state", parents=[g.lock_timeout]
+        "import",
+        help="adopt an existing enrichment into state",
+        description="`import NAME ENRICHMENT_ID` adopts an enrichment for an existing manifest; "
+        "with --generate it first writes the manifest and CSV from BigPanda. "
+        "`import --all --generate` does that for every enrichment the repository does not "
+        "manage yet.",
+        parents=[g.lock_timeout],
     )
-    i.add_argument("name", metavar="NAME", help="the table (its manifest must exist)")
+    i.add_argument("name", nargs="?", metavar="NAME", help="the table's name in this repository")
     i.add_argument(
-        "enrichment_id", metavar="ENRICHMENT_ID", help="the BigPanda enrichment to manage"
+        "enrichment_id", nargs="?", metavar="ENRICHMENT_ID", help="the enrichment's id in BigPanda"
+    )
+    i.add_argument(
+        "--generate",
+        action="store_true",
+        help="write the manifest and CSV from BigPanda (v2.1 reads the rows; v1 needs --csv)",
+    )
+    i.add_argument(
+        "--all",
+        dest="import_all",
+        action="store_true",
+        help="every enrichment no manifest or state entry knows (with --generate)",
+    )
+    i.add_argument(
+        "--include-inactive", action="store_true", help="with --all: inactive enrichments too"
+    )
+    i.add_argument(
+        "--csv", type=Path, metavar="FILE", help="the rows, exported from BigPanda's UI (v1)"
+    )
+    i.add_argument(
+        "--dir",
+        type=Path,
+        metavar="DIR",
+        help="where to write the files (default: the first manifests pattern's directory)",
     )
     _command(i, "core:import_")
 
