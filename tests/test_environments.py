@@ -385,3 +385,13 @@ def test_state_that_records_no_enrichment_belongs_nowhere_yet() -> None:
     applied = intent.with_table(TableState("t", "e1", "v1", {}))
     with pytest.raises(EndpointMismatch, match="nothing was sent"):
         bind(applied, b, location=".bpsync", environment=None, environments=(), env={})
+
+
+def test_import_generate_refuses_state_of_another_endpoint(
+    tmp_path: Path, emu: Emulator, other_emu: Emulator
+) -> None:
+    root = applied(tmp_path, emu, "manifests: ['tables/*.yaml']\napi: {version: v2.1}\n")
+    for argv in (["import", "--all", "--generate"], ["import", "x", "e1", "--generate"]):
+        code, _, err = bp(root, other_emu, *argv)
+        assert code == 1 and "belongs to" in err, err
+    assert other_emu.requests == []

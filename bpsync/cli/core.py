@@ -822,6 +822,7 @@ def _import_generate(ctx: Context) -> int:
     backend = open_backend(config)
     lock = backend.lock("bpsync import", timeout=args.lock_timeout, notify=ctx.console.warn)
     with lock, _client(ctx) as client:
+        _bound(ctx, backend, backend.read())  # another endpoint's state: refused, nothing sent
         importer = _importer(ctx, backend, client)
         importer.check_one(args.name, args.enrichment_id, manifests)
         try:
@@ -859,6 +860,7 @@ def _import_all(ctx: Context) -> int:
     done: list[Any] = []
     lock = backend.lock("bpsync import", timeout=args.lock_timeout, notify=ctx.console.warn)
     with lock, _client(ctx) as client:
+        _bound(ctx, backend, backend.read())  # another endpoint's state: refused, nothing sent
         importer = _importer(ctx, backend, client)
         found = importer.unknown(manifests, args.include_inactive)
         if not found:
