@@ -38,11 +38,12 @@ from bpsync.state import State, StateBackend, TableState, state_to_dict
 from bpsync.table import (
     FileDigests,
     ProblemSink,
+    RowBlock,
     TableInfo,
     TableLayout,
     TableScan,
     parse_line,
-    scan_table,
+    read_blocks,
     sha256_file,
 )
 
@@ -428,30 +429,61 @@ def _diffed(m: Manifest, ts: TableState, backend: StateBackend, sink: ProblemSin
 
 
 def _all_added(m: Manifest, layout: TableLayout, sink: ProblemSink, baseline: str) -> _Rows:
-    info = scan_table(m.csv_path, layout, sink)
+    path = m.csv_path
+    stamp = _stamp(path)
+    scan = TableScan(path, layout, sink, track_order=True)
+    info = scan.run()
     if not info.ok:
         return _Rows(info, RowChanges(), baseline=baseline)
     columns = info.columns
-    path = m.csv_path
+    keys = tuple(columns.index(layout.titles[k]) for k in layout.key_indexes)
+    canonical = info.is_canonical
+
+    def blocks() -> Iterator[RowBlock]:
+        # The file's own lines when they were canonical and the file has not moved since.
+        return _add_blocks(path, layout, canonical and _stamp(path) == stamp)
 
     def read() -> Iterator[RowChange]:
-        return _iter_rows(path, layout, columns)
+        return _iter_rows(blocks(), keys)
 
     if info.rows <= MATERIALISE_ROWS:
         changes = RowChanges(sorted(read(), key=lambda c: c.key))
     else:
-        changes = RowChanges(lazy=read, count=info.rows)
+        changes = RowChanges(
+            lazy=read, count=info.rows, ordered=scan.keys_ascending, add_blocks=blocks
+        )
     return _Rows(info, changes, added=info.rows, old_rows=None, columns=columns, baseline=baseline)
 
 
-def _iter_rows(path: Path, layout: TableLayout, columns: tuple[str, ...]) -> Iterator[RowChange]:
-    keys = [columns.index(layout.titles[k]) for k in layout.key_indexes]
-    # Block by block, pulled as the rows are read: a 500 MB table is never held whole.
-    scan = TableScan(path, layout, ProblemSink(str(path)), keys="off")
-    for first, lines in scan.row_blocks():
-        for i, line in enumerate(lines):
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _add_blocks(path: Path, layout: TableLayout, canonical: bool) -> Iterator[RowBlock]:
+    """The data rows of a table the plan validated, block by block, pulled as read: a
+    500 MB table is never held whole."""
+    if not canonical:
+        yield from TableScan(path, layout, ProblemSink(str(path)), keys="off").row_blocks()
+        return
+    # Canonical bytes: every line is a row as it will be uploaded; no checks to repeat.
+    first = 1
+    with path.open("rb") as f:
+        for _offset, raw, _last in read_blocks(f):
+            lines = raw.decode("utf-8").split("\n")
+            lines.pop()  # a canonical file ends with a newline
+            if first == 1:
+                del lines[0]  # the header
+                first = 2
+            yield first, lines
+            first += len(lines)
+
+
+def _iter_rows(blocks: Iterator[RowBlock], keys: tuple[int, ...]) -> Iterator[RowChange]:
+    for first, lines in blocks:
+        for i, line in enumerate(lines, first):
             cells = tuple(parse_line(line))
-            yield RowChange(ADD, tuple(cells[k] for k in keys), None, cells, first + i)
+            yield RowChange(ADD, tuple(cells[k] for k in keys), None, cells, i)
 
 
 # -- schema -------------------------------------------------------------------------------
