@@ -7,6 +7,7 @@ digest is `no-op` after one SHA-256 pass; only a changed table is scanned and di
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -71,6 +72,53 @@ class _Rows:
     known_rows: int | None = None
 
 
+class RowsMemo:
+    """The rows of each table planned, for a second plan in the same command to reuse.
+
+    `apply` plans before any request and again after the refresh; the rows of a table are
+    the same both times unless its CSV, manifest layout or state entry moved, and reading
+    them (a full scan and diff) is most of a plan's time. A CSV counts as unmoved while
+    its size and modification time (ns) are those seen before the first read.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[tuple[Any, ...], TableState | None, _Rows, dict[str, Any]]] = {}
+
+    def rows(
+        self,
+        m: Manifest,
+        ts: TableState | None,
+        enrichment_id: str | None,
+        sink: ProblemSink,
+        compute: Callable[[], _Rows],
+    ) -> _Rows:
+        inputs = (m.csv_path, _stamp_or_none(m.csv_path), m.layout, enrichment_id is None)
+        kept = self._kept.get(m.name)
+        if kept is not None and kept[0] == inputs and kept[1] == ts:
+            # The fresh sink gets what the first read reported (warnings; an error would
+            # have stopped the first plan).
+            for name, value in kept[3].items():
+                setattr(sink, name, list(value) if isinstance(value, list) else value)
+            return kept[2]
+        rows = compute()
+        self._kept[m.name] = (inputs, ts, rows, _sink_fields(sink))
+        return rows
+
+
+_SINK_FIELDS = ("problems", "errors", "warnings", "suppressed_errors", "suppressed_warnings")
+
+
+def _sink_fields(sink: ProblemSink) -> dict[str, Any]:
+    return {name: copy.copy(getattr(sink, name)) for name in _SINK_FIELDS}
+
+
+def _stamp_or_none(path: Path) -> tuple[int, int] | None:
+    try:
+        return _stamp(path)
+    except OSError:
+        return None
+
+
 def make_plan(
     config: Config,
     manifests: list[Manifest],
@@ -81,6 +129,7 @@ def make_plan(
     remote: Mapping[str, Remote] | None = None,
     now: str,
     digests: FileDigests | None = None,
+    memo: RowsMemo | None = None,
 ) -> Plan:
     """The plan for `manifests` (already selected) and the deleted tables of `state`."""
     problems: list[Problem] = []
@@ -91,7 +140,7 @@ def make_plan(
     for m in manifests:
         manifest_digests[m.display] = sha256_file(m.path)
         tp = _plan_table(
-            m, state.table(m.name), backend, problems, (remote or {}).get(m.name), digest
+            m, state.table(m.name), backend, problems, (remote or {}).get(m.name), digest, memo
         )
         if tp is not None:
             tables.append(tp)
@@ -159,6 +208,7 @@ def _plan_table(
     problems: list[Problem],
     remote: Remote | None,
     digest: Callable[[Path], str],
+    memo: RowsMemo | None = None,
 ) -> TablePlan | None:
     enrichment_id = ts.enrichment_id if ts and ts.enrichment_id else m.enrichment_id
     if ts and ts.enrichment_id and m.enrichment_id and m.enrichment_id != ts.enrichment_id:
@@ -179,7 +229,12 @@ def _plan_table(
     schema = m.schema()
     changes = schema_changes(old_schema, schema) if old_schema else ()
     sink = ProblemSink(m.csv_display)
-    rows = _rows(m, ts, enrichment_id, backend, sink, digest)
+    if memo is None:
+        rows = _rows(m, ts, enrichment_id, backend, sink, digest)
+    else:
+        rows = memo.rows(
+            m, ts, enrichment_id, sink, lambda: _rows(m, ts, enrichment_id, backend, sink, digest)
+        )
     problems += sink.finish()
     if rows.info is not None and not rows.info.ok:
         return None

@@ -8,20 +8,33 @@ eager, sorted plan and `dump(row_object(...))`) on random tables, hostile values
 from __future__ import annotations
 
 import io
+import os
 import random
 import tempfile
 from itertools import pairwise
 from pathlib import Path
+from typing import Any, cast
 
 import plan_cases as pc
 import pytest
-from helpers import OWNERS_FIELDS, FieldSpec, make_repo, manifest_yaml, run_cli
+from helpers import (
+    OWNERS_FIELDS,
+    FieldSpec,
+    fast_client_options,
+    make_repo,
+    manifest_yaml,
+    run_cli,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bpsync import planner
+from bpsync.config import load_config
+from bpsync.emulator import Emulator
+from bpsync.manifest import load_manifests
 from bpsync.plan import ADD, CHANGE, REMOVE, RowChange
 from bpsync.render.json import RowEncoder, dump, row_object
+from bpsync.state import TableState
 from bpsync.table import ProblemSink, TableLayout, TableScan, format_row
 
 # Values that stress JSON escaping, CSV quoting and the row template's `%`.
@@ -184,3 +197,65 @@ def test_json_of_a_lazy_ordered_table_streams_in_blocks() -> None:
     write_json(pc.plan(t), buf)
     assert len(writes) < 40
     assert buf.getvalue().count('\n      {"op": "add"') == n
+
+
+# -- apply: one read of each table ------------------------------------------------------
+
+TOKEN = "tok-fastpath-1d2e"
+
+
+def test_apply_reads_each_table_once_across_its_two_plans(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, emu: Emulator
+) -> None:
+    """apply plans before the refresh and after it; the rows are read only the first time,
+    and the upload still holds exactly the table."""
+    csv = "application,owner,team\n" + "".join(f"app{i:03d},o{i},t\n" for i in range(50))
+    root = make_repo(
+        tmp_path, manifests={"owners": manifest_yaml("owners.csv")}, tables={"owners.csv": csv}
+    )
+    reads: list[str] = []
+    real = planner._rows
+
+    def counting(m: Any, *args: Any) -> Any:
+        reads.append(m.name)
+        return real(m, *args)
+
+    monkeypatch.setattr(planner, "_rows", counting)
+    env = {"BIGPANDA_API_URL": emu.url, "BIGPANDA_TOKEN": TOKEN}
+    code, _, err = run_cli(
+        ["apply", "--auto-approve"], root, env, client_options=fast_client_options()
+    )
+    assert code == 0, err
+    assert reads == ["owners"]
+    (eid,) = emu.store.enrichments
+    assert len(emu.table_rows(eid) or []) == 50
+
+
+def test_rows_memo_reads_again_when_the_csv_or_the_state_moved(tmp_path: Path) -> None:
+    root = make_repo(
+        tmp_path,
+        manifests={"owners": manifest_yaml("owners.csv")},
+        tables={"owners.csv": "application,owner,team\na,b|c,d\n"},
+    )
+    (m,), _ = load_manifests(load_config(root, {}))
+    memo = planner.RowsMemo()
+    computed: list[int] = []
+
+    def rows(sink: ProblemSink) -> Any:
+        def compute() -> Any:
+            computed.append(1)
+            sink.warning(2, "a pipe")
+            return object()
+
+        return memo.rows(m, None, None, sink, compute)
+
+    first, again = ProblemSink("x"), ProblemSink("x")
+    assert rows(first) is rows(again)
+    assert again.problems == first.problems and again.warnings == 1  # warnings kept
+    assert len(computed) == 1
+    ts = TableState("owners", "e1", "v1", {})
+    other, third = cast(Any, object()), cast(Any, object())
+    assert memo.rows(m, ts, "e1", ProblemSink("x"), lambda: other) is other
+    assert memo.rows(m, ts, "e1", ProblemSink("x"), lambda: third) is other  # nothing moved
+    os.utime(m.csv_path, ns=(1, 1))
+    assert memo.rows(m, ts, "e1", ProblemSink("x"), lambda: third) is third

@@ -19,6 +19,7 @@ from bpsync.validate import select, validate_project
 
 if TYPE_CHECKING:
     from bpsync.plan import Plan
+    from bpsync.planner import RowsMemo
 
 # Heavy modules (planner, renderers, applier, httpx) are imported inside the commands that
 # need them, so `bpsync validate` and `--help` start fast.
@@ -90,8 +91,8 @@ def select_known(manifests: list[Manifest], names: list[str]) -> list[Manifest]:
     return [m for m in manifests if m.name in names]
 
 
-def build_plan(ctx: Context, *, refresh: bool) -> Plan:
-    """Plan the selected tables; shared by `plan` and `apply`."""
+def build_plan(ctx: Context, *, refresh: bool, memo: RowsMemo | None = None) -> Plan:
+    """Plan the selected tables; shared by `plan` and `apply` (`memo`: see RowsMemo)."""
     from bpsync.planner import make_plan
     from bpsync.state import open_backend
 
@@ -115,6 +116,7 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
         remote=remote,
         now=_now(),
         digests=digests,
+        memo=memo,
     )
     for w in plan.warnings:
         ctx.console.warn(w)
@@ -319,7 +321,7 @@ def _check_saved(ctx: Context, saved: Plan) -> None:
 def apply(ctx: Context) -> int:
     from bpsync.applier import Applier, StateStore
     from bpsync.guards import check_mass_delete
-    from bpsync.planner import make_plan
+    from bpsync.planner import RowsMemo, make_plan
     from bpsync.refresh import refresh_remote
     from bpsync.state import open_backend
 
@@ -331,7 +333,8 @@ def apply(ctx: Context) -> int:
         "bpsync apply", timeout=ctx.args.lock_timeout, notify=ctx.console.warn
     ) as _lock:
         fault("locked")
-        the_plan = _offline_plan(ctx)
+        memo = RowsMemo()  # the plan after the refresh reuses the rows read before it
+        the_plan = _offline_plan(ctx, memo)
         needs_approval = not (ctx.args.planfile or ctx.args.auto_approve or ctx.stdin_isatty)
         if needs_approval and the_plan.has_changes:
             # Refused before any request: with no terminal nobody can say yes.
@@ -374,6 +377,7 @@ def apply(ctx: Context) -> int:
                     only=ctx.args.table,
                     remote=remote,
                     now=_now(),
+                    memo=memo,
                 )
                 check_mass_delete(the_plan, ctx.args.allow_mass_delete)
                 render(ctx, the_plan, "text")
@@ -389,7 +393,7 @@ def apply(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _offline_plan(ctx: Context) -> Plan:
+def _offline_plan(ctx: Context, memo: RowsMemo | None = None) -> Plan:
     """The plan checked before any request: saved plan digests, fingerprint, mass delete."""
     from bpsync.guards import check_mass_delete
     from bpsync.planfile import load_plan
@@ -399,7 +403,7 @@ def _offline_plan(ctx: Context) -> Plan:
         _check_saved(ctx, saved)
         the_plan = saved
     else:
-        the_plan = build_plan(ctx, refresh=False)
+        the_plan = build_plan(ctx, refresh=False, memo=memo)
         expected = ctx.args.expect_fingerprint
         if expected and expected != the_plan.fingerprint:
             raise ApplyRefused(
