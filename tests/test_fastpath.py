@@ -28,7 +28,7 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpsync import planner
+from bpsync import planner, rowdiff, table
 from bpsync.config import load_config
 from bpsync.emulator import Emulator
 from bpsync.manifest import load_manifests
@@ -259,3 +259,93 @@ def test_rows_memo_reads_again_when_the_csv_or_the_state_moved(tmp_path: Path) -
     assert memo.rows(m, ts, "e1", ProblemSink("x"), lambda: third) is other  # nothing moved
     os.utime(m.csv_path, ns=(1, 1))
     assert memo.rows(m, ts, "e1", ProblemSink("x"), lambda: third) is third
+
+
+# -- the aligner keeps in sync through dense edits ---------------------------------------
+
+
+def _mutate(rows: list[str], rnd: random.Random, fraction: float) -> list[str]:
+    """`fraction` of the rows touched where they stand: changed, removed, or a row added."""
+    out: list[str] = []
+    for i, row in enumerate(rows):
+        r = rnd.random()
+        if r < fraction / 2:
+            out.append(row + "x")  # changed (the last cell)
+        elif r < fraction * 3 / 4:
+            continue  # removed
+        elif r < fraction:
+            out += [row, f"new{i:06d},a,b"]  # added after it
+        else:
+            out.append(row)
+    return out
+
+
+def _aligned_and_hashed(
+    tmp: Path, old: list[str], new: list[str], limit: int = 1_000_000
+) -> tuple[Any, Any]:
+    layout = TableLayout(("host", "env", "owner"), (0,))
+    snap, path = tmp / "snap.csv", tmp / "t.csv"
+    snap.write_text("host,env,owner\n" + "".join(r + "\n" for r in old), "utf-8")
+    path.write_text("host,env,owner\n" + "".join(r + "\n" for r in new), "utf-8")
+    out = []
+    for align_limit in (limit, 0):  # 0: alignment gives up at once, hashing takes over
+        opener = lambda: snap.open("rb")  # noqa: E731
+        out.append(
+            rowdiff.diff_table(path, layout, ProblemSink("t"), opener, align_limit=align_limit)
+        )
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5])
+def test_dense_edits_stay_aligned_across_block_ends(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fraction: float
+) -> None:
+    """10% and 50% of 20,000 rows touched, read in 4 KiB blocks (hundreds of block ends):
+    alignment never loses sync (it used to, once a block ended on a changed row), keeps
+    about as many unmatched lines as rows touched, and gives the exact (hashed) diff."""
+    monkeypatch.setattr(table, "BLOCK_SIZE", 4096)
+    rnd = random.Random(7)
+    old = [f"host{i:06d},prod,team{i % 97}" for i in range(20_000)]
+    new = _mutate(old, rnd, fraction)
+    hashed_calls: list[int] = []
+    real = rowdiff._hashed_diff
+
+    def hashed(*args: Any) -> Any:
+        hashed_calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(rowdiff, "_hashed_diff", hashed)
+    # Unmatched lines: about two per changed row, one per added or removed one.
+    limit = int(2 * fraction * len(old)) + 200
+    aligned, by_hash = _aligned_and_hashed(tmp_path, old, new, limit)
+    assert hashed_calls == [1]  # only the limit-0 run hashed: alignment held
+    assert aligned == by_hash
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 400),
+    fraction=st.sampled_from([0.0, 0.05, 0.3, 0.9]),
+    block=st.sampled_from([64, 256, 4096]),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_aligned_diff_equals_hashed_diff_on_random_edits(
+    monkeypatch: pytest.MonkeyPatch,
+    n: int,
+    fraction: float,
+    block: int,
+    shuffle: bool,
+    seed: int,
+) -> None:
+    monkeypatch.setattr(table, "BLOCK_SIZE", block)
+    rnd = random.Random(seed)
+    old = [f"h{i:04d},e{rnd.randrange(3)},o" for i in range(n)]
+    new = _mutate(old, rnd, fraction)
+    if shuffle:
+        rnd.shuffle(new)
+    with tempfile.TemporaryDirectory() as tmp:
+        aligned, by_hash = _aligned_and_hashed(Path(tmp), old, new)
+    assert aligned == by_hash
