@@ -349,3 +349,26 @@ def test_aligned_diff_equals_hashed_diff_on_random_edits(
     with tempfile.TemporaryDirectory() as tmp:
         aligned, by_hash = _aligned_and_hashed(Path(tmp), old, new)
     assert aligned == by_hash
+
+
+def test_shuffled_rows_give_up_alignment_within_the_first_lines(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A re-ordered table is seen as such after EARLY_LINES lines, not at the unmatched
+    limit: the new table is not read through by a trial doomed to fail."""
+    rnd = random.Random(3)
+    old = [f"host{i:06d},prod,team{i % 97}" for i in range(60_000)]
+    new = old[:]
+    rnd.shuffle(new)
+    monkeypatch.setattr(table, "BLOCK_SIZE", 64 * 1024)
+    fed: list[int] = []
+    real = rowdiff._Aligner.feed
+
+    def feed(self: Any, first: int, lines: list[str]) -> None:
+        fed.append(len(lines))
+        real(self, first, lines)
+
+    monkeypatch.setattr(rowdiff._Aligner, "feed", feed)
+    aligned, by_hash = _aligned_and_hashed(tmp_path, old, new)
+    assert aligned == by_hash and aligned.unchanged == 60_000
+    assert sum(fed) < rowdiff._Aligner.EARLY_LINES + 5_000  # stopped after ~20,000 lines
