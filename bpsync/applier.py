@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,7 +56,15 @@ from bpsync.plan import (
     TablePlan,
 )
 from bpsync.state import PendingJob, State, StateBackend, TableState, referenced_snapshots
-from bpsync.table import ProblemSink, TableLayout, sha256_file, write_canonical
+from bpsync.state.snapshot import encoded_size
+from bpsync.table import (
+    ProblemSink,
+    TableLayout,
+    sha256_file,
+    table_bytes,
+    table_size_hint,
+    write_canonical,
+)
 from bpsync.units import format_duration
 
 Note = Callable[[str], None]
@@ -122,6 +131,10 @@ class TableResult:
     ok: bool
     message: str = ""
     rows: tuple[int, int, int] = (0, 0, 0)  # added, changed, removed
+    enrichment_id: str | None = None  # the enrichment the table now maps to (or was to)
+    job_id: str | None = None  # the upload job, when there was one
+    seconds: float = 0.0  # how long the table took
+    resumed: bool = False  # a job left pending by an interrupted apply, completed now
 
 
 @dataclass
@@ -170,6 +183,7 @@ class Applier:
     fault: FaultHook = field(default=lambda point: None)
     # On a terminal: set(table, line or None) redraws one live line per running job.
     live: Callable[[str, str | None], None] | None = None
+    _job_ids: dict[str, str] = field(default_factory=dict, init=False)
 
     # -- resume ---------------------------------------------------------------------------
     def resume_pending(self) -> list[TableResult]:
@@ -183,14 +197,26 @@ class Applier:
 
     def _resume(self, ts: TableState, job: PendingJob) -> TableResult:
         self.note(f"{ts.name}: re-attaching to job {job.job_id} left by an interrupted apply")
+        start = self.clock()
         try:
             self._wait(ts.name, job.job_url or job.job_id, job.job_id)
         except JobFailed as e:
             self._forget_failed(ts.name, job)
             self.note(f"{ts.name}: that job failed: {e.reason}; the change will be planned again")
-            return TableResult(ts.name, job.kind, True, f"earlier job failed: {e.reason}")
-        self._complete(ts.name, job)
-        return TableResult(ts.name, job.kind, True, f"completed job {job.job_id}")
+            message = f"earlier job failed: {e.reason}"
+        else:
+            self._complete(ts.name, job)
+            message = f"completed job {job.job_id}"
+        return TableResult(
+            ts.name,
+            job.kind,
+            True,
+            message,
+            enrichment_id=job.enrichment_id,
+            job_id=job.job_id,
+            seconds=self.clock() - start,
+            resumed=True,
+        )
 
     # -- apply ----------------------------------------------------------------------------
     def apply(self, plan: Plan) -> ApplyResult:
@@ -198,19 +224,49 @@ class Applier:
         todo = [t for t in plan.tables if t.action != NO_OP]
         if not todo:
             return result
+        self.check_snapshot_room(todo)
         with ThreadPoolExecutor(max_workers=max(1, self.parallelism)) as pool:
             for r in pool.map(self._apply_one, todo):
                 result.results.append(r)
         self._prune()
         return result
 
+    def check_snapshot_room(self, tables: Iterable[TablePlan]) -> None:
+        """Before any upload: the state backend can keep every snapshot this apply records
+        (a snapshot too big for git is refused here, not after BigPanda took the table)."""
+        backend = self.store.backend
+        for tp in tables:
+            if not tp.upload or tp.csv is None or not tp.new_sha256:
+                continue
+            if backend.has_snapshot(tp.new_sha256):
+                continue
+            path = self.root / tp.csv
+            backend.check_snapshot_room(
+                tp.name,
+                table_size_hint(path),
+                partial(_snapshot_size, path),
+                self.note,
+            )
+
     def _apply_one(self, tp: TablePlan) -> TableResult:
         counts = (tp.rows_added, tp.rows_changed, tp.rows_removed)
+        start = self.clock()
         try:
             msg = self._run(tp)
+            ok = True
         except BpsyncError as e:
-            return TableResult(tp.name, tp.action, False, e.render(), counts)
-        return TableResult(tp.name, tp.action, True, msg, counts)
+            msg, ok = e.render(), False
+        current = self.store.state.table(tp.name)
+        return TableResult(
+            tp.name,
+            tp.action,
+            ok,
+            msg,
+            counts,
+            enrichment_id=(current.enrichment_id if current else None) or tp.enrichment_id,
+            job_id=self._job_ids.get(tp.name),
+            seconds=self.clock() - start,
+        )
 
     def _run(self, tp: TablePlan) -> str:
         if tp.action == DEACTIVATE:
@@ -363,6 +419,7 @@ class Applier:
         self.note(f"{tp.name}: uploading {tp.new_rows:,} rows to enrichment {eid}")
         self.fault("before-upload")
         receipt = self.client.upload_table(eid, path)
+        self._job_ids[tp.name] = receipt.job_id  # one key per table: safe across threads
         if receipt.sha256 != tp.new_sha256:
             # Never record a digest BigPanda did not get.
             raise StalePlan(
@@ -525,6 +582,10 @@ class Applier:
             self.store.backend.prune_snapshots(referenced_snapshots(self.store.state))
         except BpsyncError as e:  # pruning is housekeeping; never fail an apply for it
             self.note(f"could not prune old snapshots: {e.message}")
+
+
+def _snapshot_size(path: Path) -> int:
+    return encoded_size(table_bytes(path))
 
 
 def _same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> bool:

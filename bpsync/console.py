@@ -52,13 +52,18 @@ class Console:
         self.note(self.paint("Error:", "red bold", stream="err") + " " + text)
 
     def problems(self, problems: Iterable[Problem], fmt: str = "text") -> None:
-        for p in sorted(problems, key=_problem_order):
+        for p in sorted_problems(problems):
             if fmt == "github":
                 self.out.write(github_annotation(p) + "\n")
             elif p.severity == "warning":
                 self.warn(str(p))
             else:
                 self.error(str(p))
+
+
+def sorted_problems(problems: Iterable[Problem]) -> list[Problem]:
+    """Problems in the order they are shown (and listed by `validate --format json`)."""
+    return sorted(problems, key=_problem_order)
 
 
 def _problem_order(p: Problem) -> tuple[str, bool, int, int]:

@@ -1,7 +1,14 @@
-"""`bpsync fmt`: rewrite tables in canonical form (SPEC §4), atomically."""
+"""`bpsync fmt`: rewrite tables in canonical form (SPEC §4), atomically.
+
+A compressed table (`csv: table.csv.gz`) stays compressed: fmt looks at the table inside it and,
+only when that is not canonical, writes the canonical table gzip-compressed again (no file name,
+mtime 0, so the same table always gives the same bytes). Its compression is the user's choice and
+is never redone for its own sake.
+"""
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 from dataclasses import dataclass
@@ -9,7 +16,7 @@ from pathlib import Path
 
 from bpsync.errors import Problem
 from bpsync.manifest import Manifest
-from bpsync.table import ProblemSink, TableInfo, write_canonical
+from bpsync.table import ProblemSink, TableInfo, is_gzip_path, write_canonical
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,11 @@ def format_table(manifest: Manifest, *, check: bool) -> FmtResult:
     try:
         sink = ProblemSink(manifest.csv_display)
         with os.fdopen(fd, "wb") as out:
-            info = write_canonical(path, out, manifest.layout, sink)
+            if is_gzip_path(path):
+                with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as packed:
+                    info = write_canonical(path, packed, manifest.layout, sink)
+            else:
+                info = write_canonical(path, out, manifest.layout, sink)
             out.flush()
             os.fsync(out.fileno())
         if not info.ok:

@@ -43,6 +43,7 @@ from bpsync.table import (
     TableInfo,
     TableLayout,
     TableScan,
+    is_gzip_path,
     parse_line,
     read_blocks,
     sha256_file,
@@ -444,7 +445,9 @@ def _rows(
     layout = m.layout
     if ts is not None and ts.sha256:
         applied_titles = [f.get("title") for f in ts.schema.get("fields", [])]
-        if list(layout.titles) == applied_titles and digest(m.csv_path) == ts.sha256:
+        # (A .csv.gz never holds the canonical bytes themselves: it is always read.)
+        plain = not is_gzip_path(m.csv_path)
+        if list(layout.titles) == applied_titles and plain and digest(m.csv_path) == ts.sha256:
             # Byte-identical to what was applied, and validated then against the same
             # columns: nothing to read. (New columns need the full check of the header.)
             return _Rows(

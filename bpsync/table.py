@@ -16,24 +16,30 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import hashlib
 import io
 import operator
 import queue
 import threading
+import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol, cast
 
 from bpsync.bigpanda import facts
 from bpsync.errors import Problem
 
 BLOCK_SIZE = 1 << 20
 BOM = b"\xef\xbb\xbf"
+# What git leaves in place of a table kept in Git LFS when the objects were not fetched.
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_SUFFIX = ".gz"
 # A value longer than this many characters may exceed MAX_VALUE_BYTES once UTF-8 encoded
 # (4 bytes per character at most); shorter lines need no per-value check.
 _SAFE_LINE_CHARS = facts.MAX_VALUE_BYTES // 4
@@ -129,7 +135,8 @@ class TableInfo:
 
     rows: int
     canonical_sha256: str  # hex digest of the canonical form (what apply uploads)
-    is_canonical: bool  # the file's bytes already are the canonical form
+    is_canonical: bool  # the file's bytes (decompressed, for a .gz) already are the canonical form
+    # `size` is of the table itself: decompressed, for a .gz (what the 500 MB limit is about).
     size: int
     ok: bool  # no errors were found
     line_endings_crlf: bool
@@ -175,6 +182,64 @@ def parse_line(line: str) -> list[str]:
     return next(csv.reader([line], strict=True))
 
 
+def is_gzip_path(path: Path) -> bool:
+    """Whether `path` names a gzip-compressed table (`csv: table.csv.gz`)."""
+    return path.name.endswith(GZIP_SUFFIX)
+
+
+def lfs_pointer_problem(path: Path, display: str) -> Problem:
+    """The one problem reported for a Git LFS pointer found where a table should be."""
+    return Problem(
+        display,
+        1,
+        1,
+        f"{path.name} is a Git LFS pointer, not the table (its content was not fetched)",
+        "run `git lfs pull`, and set `lfs: true` on actions/checkout in CI",
+    )
+
+
+def table_bytes(path: Path) -> Iterator[bytes]:
+    """The bytes of a table file in 1 MiB chunks, decompressed (on a second core) for a .gz."""
+    if is_gzip_path(path):
+
+        def open_gzip() -> BinaryIO:
+            return cast(BinaryIO, gzip.open(path, "rb"))
+
+        return prefetched(open_gzip)
+
+    def plain() -> Iterator[bytes]:
+        with path.open("rb") as f:
+            yield from iter(lambda: f.read(BLOCK_SIZE), b"")
+
+    return plain()
+
+
+def table_size_hint(path: Path) -> int:
+    """The size of a table file's content without reading it: a .gz's trailer holds it
+    (modulo 4 GiB, far above any table BigPanda accepts)."""
+    size = path.stat().st_size
+    if not is_gzip_path(path) or size < 18:
+        return size
+    with path.open("rb") as f:
+        f.seek(-4, 2)
+        return int.from_bytes(f.read(4), "little")
+
+
+class _TooLarge(Exception):
+    """A compressed table grew past BigPanda's file size limit while being decompressed."""
+
+
+def _capped(chunks: Iterable[bytes], limit: int, seen: Callable[[int], None]) -> Iterator[bytes]:
+    """`chunks`, reporting the running total to `seen`; _TooLarge once past `limit` bytes."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        seen(total)
+        if total > limit:
+            raise _TooLarge
+        yield chunk
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB pieces into one reused buffer."""
     digest = hashlib.sha256()
@@ -213,8 +278,8 @@ class FileDigests:
         self._threads: dict[Path, threading.Thread] = {}
 
     def request(self, path: Path) -> None:
-        if path in self._threads or not path.is_file():
-            return
+        if path in self._threads or not path.is_file() or is_gzip_path(path):
+            return  # a .gz's own digest is never that of a canonical table: not worth it
         result: list[str | BaseException] = []
 
         def work() -> None:
@@ -343,6 +408,7 @@ class TableScan:
         self.header_done = False
         self.header_line = layout.header_line
         self.columns: tuple[str, ...] = ()
+        self.size = 0  # bytes of the table (decompressed, for a .gz) read so far
         self._track_keys = keys == "check"  # turned off when the header lacks a key column
         # Instead of the dict of key hashes: every key's hash in file order (8 bytes a row).
         self.key_log: array[int] | None = array("q") if keys == "log" else None
@@ -369,50 +435,57 @@ class TableScan:
         """
         size = self.path.stat().st_size
         self.result = self._info(size)
-        if size == 0:
-            self.sink.error(1, "the file is empty", "add the header row and at least one data row")
+        if not self._usable(size):
             self.result = self._info(size)
             return
-        if size > facts.MAX_FILE_BYTES:
+        gz = is_gzip_path(self.path)
+        if not gz:
+            self.size = size
+        try:
+            for offset, raw, last in split_blocks(self._chunks(gz), max_line_bytes(self.width)):
+                if offset == 0 and raw.startswith(BOM):
+                    self.sink.error(
+                        1,
+                        "the file starts with a UTF-8 byte order mark (BOM)",
+                        "save it as UTF-8 without BOM",
+                        col=1,
+                    )
+                    self.result = self._info(self.size)
+                    return
+                text = self._decode(raw, offset)
+                if text is None:
+                    self.result = self._info(self.size)
+                    return
+                if last:
+                    self.missing_newline = True
+                    self.canonical = False
+                    text += "\n"
+                    raw += b"\n"
+                yield from self._block(raw, text)
+        except LineTooLong as e:
+            self.sink.error(
+                self.line + 1,
+                f"no line break within {e.limit:,} bytes (from byte offset {e.offset}), "
+                "longer than any valid row; CR-only line endings?",
+                "save the file with LF line endings",
+            )
+            self.result = self._info(self.size)
+            return
+        except _TooLarge:
+            self._too_large(f"more than {facts.MAX_FILE_BYTES:,} bytes once decompressed")
+            self.result = self._info(self.size)
+            return
+        except (OSError, EOFError, zlib.error) as e:
+            if not gz:
+                raise
             self.sink.error(
                 None,
-                f"the file is {size:,} bytes; BigPanda accepts at most {facts.MAX_FILE_BYTES:,}",
-                "split the table into several manifests",
+                f"{self.path.name} is truncated or damaged: gzip could not decompress it "
+                f"past byte {self.size:,} of the table ({e or type(e).__name__})",
+                "compress the table again (`gzip -k table.csv`), or check it out again",
             )
-            self.result = self._info(size)
+            self.result = self._info(self.size)
             return
-        with self.path.open("rb") as f:
-            if f.read(3) == BOM:
-                self.sink.error(
-                    1,
-                    "the file starts with a UTF-8 byte order mark (BOM)",
-                    "save it as UTF-8 without BOM",
-                    col=1,
-                )
-                self.result = self._info(size)
-                return
-            f.seek(0)
-            try:
-                for offset, raw, last in read_blocks(f, max_line_bytes(self.width)):
-                    text = self._decode(raw, offset)
-                    if text is None:
-                        self.result = self._info(size)
-                        return
-                    if last:
-                        self.missing_newline = True
-                        self.canonical = False
-                        text += "\n"
-                        raw += b"\n"
-                    yield from self._block(raw, text)
-            except LineTooLong as e:
-                self.sink.error(
-                    self.line + 1,
-                    f"no line break within {e.limit:,} bytes (from byte offset {e.offset}), "
-                    "longer than any valid row; CR-only line endings?",
-                    "save the file with LF line endings",
-                )
-                self.result = self._info(size)
-                return
         if not self.header_done:
             self.sink.error(1, "the file has no header row", "add the header row")
         elif self.rows == 0 and self.sink.errors == 0:
@@ -423,7 +496,49 @@ class TableScan:
             )
         if self.dup_suspects and self.sink.errors < self.sink.cap:
             self.report_duplicates()
-        self.result = self._info(size)
+        self.result = self._info(self.size)
+
+    def _usable(self, size: int) -> bool:
+        """Refuse, as one problem each, files that are not a table at all: empty, a Git LFS
+        pointer, too large, or named .gz without being gzip."""
+        with self.path.open("rb") as f:
+            head = f.read(len(LFS_POINTER))
+        if size == 0:
+            self.sink.error(1, "the file is empty", "add the header row and at least one data row")
+            return False
+        if head.startswith(LFS_POINTER):
+            p = lfs_pointer_problem(self.path, self.sink.path)
+            self.sink.error(p.line, p.message, p.hint, col=p.col)
+            return False
+        if size > facts.MAX_FILE_BYTES:
+            self._too_large(f"{size:,} bytes")
+            return False
+        if is_gzip_path(self.path) and not head.startswith(GZIP_MAGIC):
+            self.sink.error(
+                None,
+                f"{self.path.name} is not gzip-compressed, yet its name ends in .gz",
+                "compress it with `gzip`, or drop .gz from its name and from the manifest's csv",
+            )
+            return False
+        return True
+
+    def _too_large(self, what: str) -> None:
+        self.sink.error(
+            None,
+            f"the table is {what}; BigPanda accepts at most {facts.MAX_FILE_BYTES:,}",
+            "split the table into several manifests",
+        )
+
+    def _chunks(self, gz: bool) -> Iterator[bytes]:
+        """The table's bytes in 1 MiB chunks; a .gz is decompressed on a second core and
+        counted against the size limit as it streams (its size is known only at the end)."""
+        if not gz:
+            return table_bytes(self.path)
+
+        def seen(total: int) -> None:
+            self.size = total
+
+        return _capped(table_bytes(self.path), facts.MAX_FILE_BYTES, seen)
 
     def _info(self, size: int) -> TableInfo:
         return TableInfo(
@@ -777,9 +892,15 @@ def scan_table(path: Path, layout: TableLayout, sink: ProblemSink) -> TableInfo:
     return TableScan(path, layout, sink).run()
 
 
+class Writable(Protocol):
+    """Where a canonical table is written: a file, or a gzip stream around one."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
 def write_canonical(
     source: Path,
-    dest: BinaryIO,
+    dest: Writable,
     layout: TableLayout,
     sink: ProblemSink | None = None,
     *,

@@ -125,7 +125,8 @@ def test_10000_columns_in_a_manifest(tmp_path: Path) -> None:
     assert code == 1
     assert "9999 distinct result tags; BigPanda allows 200" in err
     assert "Traceback" not in err and "unexpected" not in err
-    assert elapsed < 10, f"validate took {elapsed:.1f}s"
+    # ~5 s on an idle machine; the bound catches a quadratic check, not a slow CI runner.
+    assert elapsed < 25, f"validate took {elapsed:.1f}s"
 
 
 def test_199_result_columns_and_a_10000_column_csv(tmp_path: Path) -> None:
@@ -177,7 +178,8 @@ def test_5000_manifests(tmp_path: Path) -> None:
     assert code == 0, err[-2000:]
     assert "Plan: 5,000 tables to change; 5,000 rows to add" in out
     print(f"5,000 manifests: validate {validated:.1f}s, plan {planned:.1f}s")
-    assert validated < 30 and planned < 30
+    # Each takes 5-10 s idle; the bound catches quadratic work, not a loaded machine.
+    assert validated < 60 and planned < 60
 
 
 # ------------------------------------------------------------------------------- paths

@@ -75,7 +75,7 @@ def test_the_readme_quick_start_matches_ci() -> None:
     assert test_command in readme and test_command in ci
 
 
-@pytest.mark.parametrize("name", ["config", "manifest"])
+@pytest.mark.parametrize("name", ["config", "manifest", "validate-result", "apply-result"])
 def test_the_shipped_schemas_equal_the_package_copies(name: str) -> None:
     top = json.loads((ROOT / "schemas" / f"{name}.schema.json").read_text())
     packaged = json.loads((ROOT / "bpsync" / "schemas" / f"{name}.schema.json").read_text())

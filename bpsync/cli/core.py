@@ -7,17 +7,27 @@ import io
 import os
 import signal
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
-from bpsync.console import LiveLines
-from bpsync.errors import ApplyRefused, ConfigError, InvalidInput, StalePlan, UsageError
+from bpsync.console import Console, LiveLines, sorted_problems
+from bpsync.errors import (
+    ApplyRefused,
+    BpsyncError,
+    ConfigError,
+    InvalidInput,
+    Problem,
+    StalePlan,
+    UsageError,
+)
 from bpsync.manifest import Manifest, load_manifests
 from bpsync.table import FileDigests
 from bpsync.validate import select, validate_project
 
 if TYPE_CHECKING:
+    from bpsync.applier import TableResult
     from bpsync.plan import Plan
     from bpsync.planner import RowsMemo
 
@@ -26,6 +36,8 @@ if TYPE_CHECKING:
 
 
 def validate(ctx: Context) -> int:
+    if ctx.args.format == "json":
+        return _validate_json(ctx)
     report = validate_project(ctx.config, ctx.args.table)
     ctx.console.problems(report.problems, ctx.args.format)
     rows = sum(t.info.rows for t in report.tables)
@@ -39,6 +51,49 @@ def validate(ctx: Context) -> int:
         return EXIT_OK
     ctx.console.note(summary)
     return EXIT_ERROR
+
+
+def _validate_json(ctx: Context) -> int:
+    """`validate --format json`: the document alone on stdout, whatever is wrong (even
+    bpsync.yaml itself); the problems also go to stderr as text; the exit code is the same."""
+    from bpsync.render.results import validate_document, write_document
+
+    try:
+        report = validate_project(ctx.config, ctx.args.table)
+    except (InvalidInput, ConfigError) as e:
+        problems = (
+            e.problems
+            if isinstance(e, InvalidInput)
+            else [Problem("", None, None, e.message, e.hint)]
+        )
+        errors = sum(1 for p in problems if p.severity == "error")
+        doc = validate_document(
+            sorted_problems(problems),
+            manifests=0,
+            tables=0,
+            rows=0,
+            errors=errors,
+            warnings=len(problems) - errors,
+        )
+        write_document(doc, ctx.console.out)
+        raise
+    write_document(
+        validate_document(
+            sorted_problems(report.problems),
+            manifests=len(report.manifests),
+            tables=len(report.tables),
+            rows=sum(t.info.rows for t in report.tables),
+            errors=report.error_count,
+            warnings=report.warning_count,
+        ),
+        ctx.console.out,
+    )
+    ctx.console.problems(report.problems)
+    ctx.console.note(
+        f"{'Valid.' if report.ok else 'Invalid.'} {report.error_count} error(s), "
+        f"{report.warning_count} warning(s)"
+    )
+    return EXIT_OK if report.ok else EXIT_ERROR
 
 
 def fmt(ctx: Context) -> int:
@@ -318,7 +373,36 @@ def _check_saved(ctx: Context, saved: Plan) -> None:
         )
 
 
+@dataclass
+class _ApplyReport:
+    """What an apply did, for `apply --format json`."""
+
+    plan: Plan | None = None
+    results: list[TableResult] = field(default_factory=list)
+
+
 def apply(ctx: Context) -> int:
+    if getattr(ctx.args, "format", "text") != "json":
+        return _apply(ctx, _ApplyReport())
+    from bpsync.render.results import apply_document, write_document
+
+    # The document goes alone to stdout; the plan, progress and summary go to stderr.
+    stdout = ctx.console.out
+    err = ctx.console.err
+    ctx.console = Console(
+        out=err, err=err, color_out=ctx.console.color_err, color_err=ctx.console.color_err
+    )
+    report = _ApplyReport()
+    try:
+        code = _apply(ctx, report)
+    except BpsyncError as e:
+        write_document(apply_document(report.plan, report.results, e.render()), stdout)
+        raise
+    write_document(apply_document(report.plan, report.results), stdout)
+    return code
+
+
+def _apply(ctx: Context, report: _ApplyReport) -> int:
     from bpsync.applier import Applier, StateStore
     from bpsync.guards import check_mass_delete
     from bpsync.planner import RowsMemo, make_plan
@@ -335,6 +419,7 @@ def apply(ctx: Context) -> int:
         fault("locked")
         memo = RowsMemo()  # the plan after the refresh reuses the rows read before it
         the_plan = _offline_plan(ctx, memo)
+        report.plan = the_plan
         needs_approval = not (ctx.args.planfile or ctx.args.auto_approve or ctx.stdin_isatty)
         if needs_approval and the_plan.has_changes:
             # Refused before any request: with no terminal nobody can say yes.
@@ -358,6 +443,7 @@ def apply(ctx: Context) -> int:
                 live=live.set if live else None,
             )
             resumed = applier.resume_pending()
+            report.results += resumed
             if resumed and (ctx.args.planfile or ctx.args.expect_fingerprint):
                 raise StalePlan(
                     "a job left pending by an interrupted apply was completed, "
@@ -379,12 +465,14 @@ def apply(ctx: Context) -> int:
                     now=_now(),
                     memo=memo,
                 )
+                report.plan = the_plan
                 check_mass_delete(the_plan, ctx.args.allow_mass_delete)
                 render(ctx, the_plan, "text")
                 if not the_plan.has_changes:
                     return EXIT_OK
                 _confirm(ctx, the_plan)
             result = applier.apply(the_plan)
+            report.results += result.results
     for r in result.failed:
         ctx.console.error(f"{r.name}: {r.message}")
     ctx.console.print(result.summary())

@@ -65,7 +65,12 @@ def _table() -> _Parser:
 
 def _plan_format() -> _Parser:
     p = _parent()
-    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.add_argument(
+        "--format",
+        choices=("text", "markdown", "json"),
+        default="text",
+        help="text (default), markdown (the pull-request comment) or json (versioned)",
+    )
     p.add_argument(
         "--max-bytes",
         type=int_at_least(2_000),
@@ -111,6 +116,53 @@ class _Groups:
         self.lock_timeout = _lock_timeout()
 
 
+# One example per command, shown at the end of its --help (a test requires one for each).
+EXAMPLES: dict[str, str] = {
+    "validate": "bpsync validate --format github",
+    "fmt": "bpsync fmt --check",
+    "plan": "bpsync plan --out plan.out --detailed-exitcode",
+    "apply": "bpsync apply plan.out",
+    "show": "bpsync show plan.out --format markdown",
+    "import": "bpsync import service-owners 5f3c9a1e2b7d4c0011aa22bb",
+    "force-unlock": "bpsync force-unlock 0b6f3c5e-8f1d-4a7e-9c2b-5d4e3f2a1b0c",
+    "init": "bpsync init --from tables/owners.csv --key application",
+    "completion": "bpsync completion bash > ~/.local/share/bash-completion/completions/bpsync",
+    "ci": "bpsync ci comment --body-file plan.md",
+    "ci comment": "bpsync ci comment --body-file plan.md --pr 42",
+    "ci fingerprint": 'bpsync ci fingerprint --from-comment-of-commit "$GITHUB_SHA"',
+    "ci issue": "bpsync ci issue --title 'BigPanda drift' --body-file drift.md",
+    "state": "bpsync state migrate --to s3",
+    "state migrate": "bpsync state migrate --to s3 --bucket acme-bpsync --prefix bigpanda/prod",
+}
+TOP_EXAMPLES = (
+    "bpsync validate",
+    "bpsync plan",
+    "bpsync apply --auto-approve",
+)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the layout of an epilog (the examples, which hold line breaks), but wraps
+    one-line descriptions to the terminal as usual."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
+def _add_examples(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
+    """Give every command its example (and the formatter that keeps it as written)."""
+    parser.formatter_class = _Formatter
+    example = EXAMPLES.get(" ".join(path))
+    if example:
+        parser.epilog = f"example:\n  {example}"
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _add_examples(sub, (*path, name))
+
+
 def _command(p: argparse.ArgumentParser, target: str) -> None:
     """Name the function that runs the command: `module:function` in bpsync.cli."""
     p.set_defaults(command_target=target)
@@ -128,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     _core_commands(sub, groups)
     _ci_commands(sub)
     _state_commands(sub, groups)
+    _add_examples(p)
+    p.epilog = "examples:\n" + "\n".join(f"  {e}" for e in TOP_EXAMPLES)
     return p
 
 
@@ -135,9 +189,10 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     v = sub.add_parser("validate", help="check manifests and tables offline", parents=[g.table])
     v.add_argument(
         "--format",
-        choices=("text", "github"),
+        choices=("text", "github", "json"),
         default="text",
-        help="github: one ::error annotation per problem on stdout",
+        help="github: one ::error annotation per problem on stdout; json: every problem "
+        "(file, line, column, severity, message, hint) as one versioned document on stdout",
     )
     _command(v, "core:validate")
 
@@ -177,8 +232,21 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
         help="make BigPanda match the manifests",
         parents=[g.table, g.max_rows, g.lock_timeout],
     )
-    a.add_argument("planfile", nargs="?", type=Path, metavar="PLANFILE")
+    a.add_argument(
+        "planfile",
+        nargs="?",
+        type=Path,
+        metavar="PLANFILE",
+        help="apply exactly this plan (from `bpsync plan --out FILE`); refused if anything moved",
+    )
     a.add_argument("--auto-approve", action="store_true", help="do not ask for `yes`")
+    a.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: the result per table (action, enrichment id, job id, rows, duration, "
+        "outcome, error) as one versioned document on stdout; everything else on stderr",
+    )
     a.add_argument(
         "--expect-fingerprint", metavar="FP", help="refuse unless a fresh plan has this fingerprint"
     )
@@ -204,19 +272,60 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     _command(a, "core:apply")
 
     s = sub.add_parser("show", help="render a saved plan", parents=[g.plan_format, g.max_rows])
-    s.add_argument("planfile", type=Path, metavar="PLANFILE")
+    s.add_argument(
+        "planfile", type=Path, metavar="PLANFILE", help="a plan saved by `bpsync plan --out FILE`"
+    )
     _command(s, "core:show")
 
     i = sub.add_parser(
         "import", help="adopt an existing enrichment into state", parents=[g.lock_timeout]
     )
-    i.add_argument("name", metavar="NAME")
-    i.add_argument("enrichment_id", metavar="ENRICHMENT_ID")
+    i.add_argument("name", metavar="NAME", help="the table (its manifest must exist)")
+    i.add_argument(
+        "enrichment_id", metavar="ENRICHMENT_ID", help="the BigPanda enrichment to manage"
+    )
     _command(i, "core:import_")
 
     u = sub.add_parser("force-unlock", help="clear a stale state lock")
-    u.add_argument("lock_id", metavar="LOCK_ID")
+    u.add_argument("lock_id", metavar="LOCK_ID", help="the id a command refused by the lock showed")
     _command(u, "core:force_unlock")
+
+    n = sub.add_parser(
+        "init",
+        help="write a starter bpsync.yaml, or a manifest for an existing CSV",
+        description="Without --from: write a starter bpsync.yaml here. With --from: write "
+        "the manifest of an existing table beside it (the first column, or the --key "
+        "columns, as the key; every other column a result tag, with a valid tag_name "
+        "suggested where the title is not one). Never overwrites a file; the table must "
+        "pass `bpsync validate`'s rules first.",
+    )
+    n.add_argument(
+        "--from",
+        dest="csv",
+        type=Path,
+        metavar="FILE.csv",
+        help="the existing table (.csv or .csv.gz) to write a manifest for",
+    )
+    n.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="a column that identifies a row (query_tag; repeatable; default: the first)",
+    )
+    n.add_argument(
+        "--name", metavar="NAME", help="the table's name and manifest file (default: the CSV's)"
+    )
+    _command(n, "init:init")
+
+    c = sub.add_parser(
+        "completion",
+        help="print the shell completion script",
+        description="Print a completion script for bash, zsh or fish, generated from this "
+        "parser (so it always knows every command and option of this version).",
+    )
+    c.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
+    _command(c, "completion:completion")
 
 
 def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -286,7 +395,7 @@ def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         description="Upsert the open issue by --author that holds the marker (its title and "
         "body are replaced), or with --close close it if open.",
     )
-    i.add_argument("--title", required=True, metavar="TITLE")
+    i.add_argument("--title", required=True, metavar="TITLE", help="the issue's title")
     i.add_argument("--body-file", type=Path, metavar="FILE", help="the issue body")
     i.add_argument(
         "--close",

@@ -252,6 +252,14 @@ class StateBackend(ABC):
                 hint="the table changed while bpsync read it; run the command again",
             )
 
+    def check_snapshot_room(
+        self, table: str, plain_size: int, measure: Callable[[], int], warn: Callable[[str], None]
+    ) -> None:
+        """Before any upload: refuse (StateError) a snapshot this backend cannot keep, or warn.
+        ``plain_size`` is the table's size, ``measure()`` computes the snapshot's (a pass over
+        the table, so only called when needed). A bucket keeps any size."""
+        del table, plain_size, measure, warn
+
     def _encode_and_store(self, sha256: str, source: Path, where: str) -> str:
         encoder, stream = encode_snapshot(open(source, "rb"), sha256)  # noqa: SIM115 - closed below
         try:

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -97,6 +98,40 @@ def _is_json(raw: bytes) -> bool:
     return True
 
 
+# Snapshots are committed to git with the state (the apply workflow pushes .bpsync/). GitHub
+# warns about files over 50 MB and refuses files over 100 MiB.
+SNAPSHOT_WARN_BYTES = 50_000_000
+SNAPSHOT_REFUSE_BYTES = 95_000_000
+_S3_ADVICE = (
+    "keep the state in S3 instead: set `state: {backend: s3, bucket: NAME}` in bpsync.yaml and "
+    'run `bpsync state migrate --to s3` (see the README, "Big tables")'
+)
+
+
+def tracked_by_git(path: Path) -> bool:
+    """Whether git keeps `path`: inside a work tree and not ignored, or already tracked.
+    No git, or no repository: not tracked."""
+    here = next((p for p in (path, *path.parents) if p.is_dir()), Path.cwd())
+
+    def git(*args: str) -> subprocess.CompletedProcess[bytes] | None:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(here), *args], capture_output=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    # A file inside: a `.bpsync/` pattern matches directories, and the directory may not exist.
+    target = str(path.resolve() / "state.json")
+    ignored = git("check-ignore", "-q", "--no-index", target)
+    if ignored is None or ignored.returncode not in (0, 1):
+        return False  # no git, or not inside a repository
+    if ignored.returncode == 1:
+        return True
+    listed = git("ls-files", "--", str(path.resolve()))
+    return bool(listed and listed.returncode == 0 and listed.stdout.strip())
+
+
 class LocalBackend(StateBackend):
     """State in a local directory. ``fault`` is a test seam: it is called with each of
     :data:`FAULT_POINTS` as a write reaches it, so tests can crash a write half-way."""
@@ -126,6 +161,28 @@ class LocalBackend(StateBackend):
 
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.path)!r})"
+
+    def check_snapshot_room(
+        self, table: str, plain_size: int, measure: Callable[[], int], warn: Callable[[str], None]
+    ) -> None:
+        # Deflate grows incompressible data by well under 0.1%: no need to measure small tables.
+        if plain_size + plain_size // 1000 + 64 <= SNAPSHOT_WARN_BYTES:
+            return
+        size = measure()
+        if size <= SNAPSHOT_WARN_BYTES:
+            return
+        shown = f"{size / 1e6:,.1f} MB"
+        if size > SNAPSHOT_REFUSE_BYTES and tracked_by_git(self.path):
+            raise StateError(
+                f"refusing to apply table {table}: its snapshot would take {shown} in "
+                f"{self.snapshots_dir}, which git tracks, and GitHub refuses files over 100 MB, "
+                "so the state could not be pushed (nothing was uploaded)",
+                hint=_S3_ADVICE,
+            )
+        warn(
+            f"the snapshot of table {table} takes {shown} in {self.snapshots_dir}; git hosts "
+            f"warn about such files and GitHub refuses them past 100 MB: {_S3_ADVICE}"
+        )
 
     @property
     def location(self) -> str:

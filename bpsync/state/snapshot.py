@@ -21,6 +21,7 @@ import io
 import re
 import struct
 import zlib
+from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from bpsync.errors import StateCorrupt, StateError
@@ -114,6 +115,16 @@ class SnapshotEncoder(io.RawIOBase):
         if not self.closed:
             self._source.close()
         super().close()
+
+
+def encoded_size(chunks: Iterable[bytes]) -> int:
+    """How many bytes a snapshot of a table made of ``chunks`` takes: the same deflate settings
+    as :class:`SnapshotEncoder`, output counted, not kept."""
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0)
+    size = len(_GZIP_HEADER) + 8  # header and trailer (CRC-32, length)
+    for chunk in chunks:
+        size += len(deflate.compress(chunk))
+    return size + len(deflate.flush())
 
 
 def encode_snapshot(source: IO[bytes], sha256: str) -> tuple[SnapshotEncoder, BinaryIO]:
