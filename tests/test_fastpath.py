@@ -372,3 +372,23 @@ def test_shuffled_rows_give_up_alignment_within_the_first_lines(
     aligned, by_hash = _aligned_and_hashed(tmp_path, old, new)
     assert aligned == by_hash and aligned.unchanged == 60_000
     assert sum(fed) < rowdiff._Aligner.EARLY_LINES + 5_000  # stopped after ~20,000 lines
+
+
+def test_batched_output_passes_big_pieces_on_whole_and_keeps_the_order() -> None:
+    from bpsync.cli.core import _Batched
+
+    target = io.StringIO()
+    writes: list[int] = []
+    real = target.write
+
+    def write(s: str) -> int:
+        writes.append(len(s))
+        return real(s)
+
+    target.write = write  # type: ignore[method-assign]
+    pieces = ["a" * 10, "B" * 100, "c" * 3, "D" * 50, "e"]
+    with _Batched(target, size=40) as out:
+        for p in pieces:
+            out.write(p)
+    assert target.getvalue() == "".join(pieces)
+    assert writes[:2] == [10, 100]  # what was pending goes first, then the big piece whole

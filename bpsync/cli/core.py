@@ -211,6 +211,11 @@ class _Batched(io.StringIO):
         self.target, self.size = target, size
 
     def write(self, text: str) -> int:
+        if len(text) >= self.size:  # a big piece already (a block of JSON rows): no copy
+            if self.tell():
+                self.drain()
+            self.target.write(text)
+            return len(text)
         n = super().write(text)
         if self.tell() >= self.size:
             self.drain()
