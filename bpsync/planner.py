@@ -78,8 +78,10 @@ class RowsMemo:
 
     `apply` plans before any request and again after the refresh; the rows of a table are
     the same both times unless its CSV, manifest layout or state entry moved, and reading
-    them (a full scan and diff) is most of a plan's time. A CSV counts as unmoved while
-    its size and modification time (ns) are those seen before the first read.
+    them (a full scan and diff) is most of a plan's time. Whether the CSV moved is decided
+    by the SHA-256 of its bytes (as the first plan's digest thread took it, and again for
+    the second plan), after a cheap look at its size and modification time (ns): a table
+    can never be reused as unchanged when its bytes differ.
     """
 
     def __init__(self) -> None:
@@ -92,18 +94,33 @@ class RowsMemo:
         enrichment_id: str | None,
         sink: ProblemSink,
         compute: Callable[[], _Rows],
+        digest: Callable[[Path], str] = sha256_file,
     ) -> _Rows:
         inputs = (m.csv_path, _stamp_or_none(m.csv_path), m.layout, enrichment_id is None)
-        kept = self._kept.get(m.name)
-        if kept is not None and kept[0] == inputs and kept[1] == ts:
+        kept = self._kept.pop(m.name, None)
+        if (
+            kept is not None
+            and kept[0][:-1] == inputs
+            and kept[1] == ts
+            and _digest_or_none(digest, m.csv_path) == kept[0][-1]
+        ):
             # The fresh sink gets what the first read reported (warnings; an error would
             # have stopped the first plan).
             for name, value in kept[3].items():
                 setattr(sink, name, list(value) if isinstance(value, list) else value)
             return kept[2]
         rows = compute()
-        self._kept[m.name] = (inputs, ts, rows, _sink_fields(sink))
+        file_sha = _digest_or_none(digest, m.csv_path)  # the digest thread's, by now
+        if file_sha is not None:
+            self._kept[m.name] = ((*inputs, file_sha), ts, rows, _sink_fields(sink))
         return rows
+
+
+def _digest_or_none(digest: Callable[[Path], str], path: Path) -> str | None:
+    try:
+        return digest(path)
+    except OSError:
+        return None
 
 
 _SINK_FIELDS = ("problems", "errors", "warnings", "suppressed_errors", "suppressed_warnings")
@@ -234,7 +251,12 @@ def _plan_table(
         rows = _rows(m, ts, enrichment_id, backend, sink, digest)
     else:
         rows = memo.rows(
-            m, ts, enrichment_id, sink, lambda: _rows(m, ts, enrichment_id, backend, sink, digest)
+            m,
+            ts,
+            enrichment_id,
+            sink,
+            lambda: _rows(m, ts, enrichment_id, backend, sink, digest),
+            digest,
         )
     problems += sink.finish()
     if rows.info is not None and not rows.info.ok:

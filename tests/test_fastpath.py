@@ -254,11 +254,16 @@ def test_rows_memo_reads_again_when_the_csv_or_the_state_moved(tmp_path: Path) -
     assert again.problems == first.problems and again.warnings == 1  # warnings kept
     assert len(computed) == 1
     ts = TableState("owners", "e1", "v1", {})
-    other, third = cast(Any, object()), cast(Any, object())
+    other, third, fourth = (cast(Any, object()) for _ in range(3))
     assert memo.rows(m, ts, "e1", ProblemSink("x"), lambda: other) is other
     assert memo.rows(m, ts, "e1", ProblemSink("x"), lambda: third) is other  # nothing moved
     os.utime(m.csv_path, ns=(1, 1))
     assert memo.rows(m, ts, "e1", ProblemSink("x"), lambda: third) is third
+    # Other bytes with the same size and mtime: the SHA-256 tells, never reused.
+    st = m.csv_path.stat()
+    m.csv_path.write_text("application,owner,team\nb,b|c,d\n", "utf-8")
+    os.utime(m.csv_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert memo.rows(m, ts, "e1", ProblemSink("x"), lambda: fourth) is fourth
 
 
 # -- the aligner keeps in sync through dense edits ---------------------------------------
