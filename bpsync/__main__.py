@@ -1,3 +1,3 @@
-from bpsync.cli import main
+from bpsync.entry import main
 
 main()

@@ -17,34 +17,41 @@ A later run finds any pending job in state and re-attaches to it instead of uplo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
+from bpsync.bigpanda import facts
 from bpsync.bigpanda.models import (
     Enrichment,
     EnrichmentSpec,
     Job,
     ProgressCallback,
+    ReadProgress,
+    TableRead,
     UploadReceipt,
 )
 from bpsync.errors import (
     ApiError,
     ApplyRefused,
     BpsyncError,
+    Interrupted,
     JobFailed,
     NotFoundError,
     StalePlan,
+    VerifyFailed,
 )
+from bpsync.interrupt import Interrupts
 from bpsync.plan import (
     CREATE,
     DEACTIVATE,
@@ -55,6 +62,8 @@ from bpsync.plan import (
     Plan,
     TablePlan,
 )
+from bpsync.planner import adopted
+from bpsync.remote import same_fields
 from bpsync.state import PendingJob, State, StateBackend, TableState, referenced_snapshots
 from bpsync.state.snapshot import encoded_size
 from bpsync.table import (
@@ -94,6 +103,15 @@ class Client(Protocol):
         timeout: float,
         on_progress: ProgressCallback | None = None,
     ) -> Job: ...
+    def read_table(
+        self,
+        enrichment_id: str,
+        columns: Sequence[str],
+        dest: Path,
+        *,
+        table: str,
+        on_progress: ReadProgress | None = None,
+    ) -> TableRead: ...
 
 
 def _now() -> str:
@@ -131,6 +149,9 @@ class TableResult:
     ok: bool
     message: str = ""
     rows: tuple[int, int, int] = (0, 0, 0)  # added, changed, removed
+    # Not finished because of Ctrl-C: "pending" (its job stays recorded, re-attached on the
+    # next apply), "running" (stopped before its job was recorded) or "not started".
+    interrupted: str | None = None
     enrichment_id: str | None = None  # the enrichment the table now maps to (or was to)
     job_id: str | None = None  # the upload job, when there was one
     seconds: float = 0.0  # how long the table took
@@ -140,12 +161,34 @@ class TableResult:
 @dataclass
 class ApplyResult:
     results: list[TableResult] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def failed(self) -> list[TableResult]:
         return [r for r in self.results if not r.ok]
 
     def summary(self) -> str:
+        if self.interrupted:
+            return self._interrupted_summary()
+        return self._summary()
+
+    def _interrupted_summary(self) -> str:
+        done = [r.name for r in self.results if r.ok]
+        parts = [f"Apply interrupted. Applied: {', '.join(done) or 'nothing'}"]
+        for kind, words in (
+            ("pending", "left pending (the next apply re-attaches to the job)"),
+            ("running", "stopped before its job was recorded (the next apply plans it again)"),
+            ("not started", "not started"),
+        ):
+            names = [r.name for r in self.results if r.interrupted == kind]
+            if names:
+                parts.append(f"{words}: {', '.join(names)}")
+        failed = [r.name for r in self.failed if r.interrupted is None]
+        if failed:
+            parts.append(f"failed: {', '.join(failed)}")
+        return "; ".join(parts) + ". " + self._summary().split(". ", 1)[-1]
+
+    def _summary(self) -> str:
         ok = [r for r in self.results if r.ok]
         counts = {
             a: sum(1 for r in ok if r.action == a)
@@ -183,7 +226,10 @@ class Applier:
     fault: FaultHook = field(default=lambda point: None)
     # On a terminal: set(table, line or None) redraws one live line per running job.
     live: Callable[[str, str | None], None] | None = None
+    # `apply --verify` (SPEC §7, v2.1): read each table back once its job is done.
+    verify: bool = False
     _job_ids: dict[str, str] = field(default_factory=dict, init=False)
+    interrupts: Interrupts | None = None  # Ctrl-C: stop starting, then stop waiting
 
     # -- resume ---------------------------------------------------------------------------
     def resume_pending(self) -> list[TableResult]:
@@ -220,16 +266,80 @@ class Applier:
 
     # -- apply ----------------------------------------------------------------------------
     def apply(self, plan: Plan) -> ApplyResult:
-        result = ApplyResult()
-        todo = [t for t in plan.tables if t.action != NO_OP]
+        todo = [t for t in plan.tables if t.has_changes]
         if not todo:
-            return result
+            return ApplyResult()
         self.check_snapshot_room(todo)
-        with ThreadPoolExecutor(max_workers=max(1, self.parallelism)) as pool:
-            for r in pool.map(self._apply_one, todo):
-                result.results.append(r)
-        self._prune()
-        return result
+        results = self._run_all(todo)
+        interrupted = any(r.interrupted for r in results)
+        if not interrupted:
+            self._prune()
+        return ApplyResult(results, interrupted=interrupted)
+
+    def _run_all(self, todo: list[TablePlan]) -> list[TableResult]:
+        """Apply the tables, `parallelism` at a time, in order; a first Ctrl-C stops taking
+        new ones, a second stops waiting for the running ones.
+
+        Daemon threads, not an executor: after a second Ctrl-C a thread still sending an
+        upload must not keep the process alive (what it leaves is what a kill leaves, which
+        the next apply recovers from).
+        """
+        stop = self.interrupts.stop_starting if self.interrupts else threading.Event()
+        abandon = self.interrupts.stop_waiting if self.interrupts else threading.Event()
+        queue = list(enumerate(todo))
+        results: dict[int, TableResult] = {}
+        errors: list[BaseException] = []  # a bug in a worker: raised again in this thread
+        guard = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with guard:
+                    if not queue or stop.is_set():
+                        return
+                    i, tp = queue.pop(0)
+                try:
+                    results[i] = self._apply_one(tp)
+                except BaseException as e:
+                    errors.append(e)
+                    return
+
+        threads = [
+            threading.Thread(target=worker, name=f"apply-{n}", daemon=True)
+            for n in range(max(1, min(self.parallelism, len(todo))))
+        ]
+        for t in threads:
+            t.start()
+        deadline: float | None = None
+        while any(t.is_alive() for t in threads):
+            if abandon.is_set():
+                deadline = deadline or time.monotonic() + 0.8
+                if time.monotonic() > deadline:
+                    break  # a thread stuck in a request: leave it, as a kill would
+            for t in threads:
+                t.join(0.05)
+        if errors and not abandon.is_set():
+            raise errors[0]
+        out = []
+        for i, tp in enumerate(todo):
+            counts = (tp.rows_added, tp.rows_changed, tp.rows_removed)
+            if i in results:
+                out.append(results[i])
+            elif any(i == j for j, _ in queue):
+                out.append(
+                    TableResult(tp.name, tp.action, False, "not started", counts, "not started")
+                )
+            else:
+                out.append(
+                    TableResult(
+                        tp.name,
+                        tp.action,
+                        False,
+                        "stopped before its upload job was recorded",
+                        counts,
+                        "running",
+                    )
+                )
+        return out
 
     def check_snapshot_room(self, tables: Iterable[TablePlan]) -> None:
         """Before any upload: the state backend can keep every snapshot this apply records
@@ -254,6 +364,19 @@ class Applier:
         try:
             msg = self._run(tp)
             ok = True
+        except Interrupted as e:
+            kind = "pending" if self._pending_job(tp.name) else "running"
+            return TableResult(
+                tp.name,
+                tp.action,
+                False,
+                e.render(),
+                counts,
+                kind,
+                enrichment_id=tp.enrichment_id,
+                job_id=self._job_ids.get(tp.name),
+                seconds=self.clock() - start,
+            )
         except BpsyncError as e:
             msg, ok = e.render(), False
         current = self.store.state.table(tp.name)
@@ -269,6 +392,9 @@ class Applier:
         )
 
     def _run(self, tp: TablePlan) -> str:
+        self._settle(tp)
+        if tp.action == NO_OP:
+            return "left-over enrichments deactivated"
         if tp.action == DEACTIVATE:
             return self._deactivate(tp)
         if tp.action == UPDATE_IN_PLACE:
@@ -285,11 +411,72 @@ class Applier:
             job = self._upload(tp, eid, path)
         try:
             self._wait(tp.name, job.job_url or job.job_id, job.job_id)
-        except JobFailed:
+            if self.verify:
+                self._verify(tp, job)
+        except (JobFailed, VerifyFailed):
             self._forget_failed(tp.name, job)
             raise
         self._complete(tp.name, job)
-        return f"job {job.job_id} done"
+        return f"job {job.job_id} done" + (", verified" if self.verify else "")
+
+    def _verify(self, tp: TablePlan, job: PendingJob) -> None:
+        """Read the table back and compare it with what was uploaded (the stored snapshot),
+        as rows in any order. A difference fails the table; state is not moved."""
+        fd, tmp = tempfile.mkstemp(prefix="bpsync-verify-", suffix=".csv")
+        os.close(fd)
+        try:
+            self.client.read_table(job.enrichment_id, tp.columns, Path(tmp), table=tp.name)
+            with open(tmp, "rb") as fh:
+                held = _row_multiset(fh)
+            with self.store.backend.open_snapshot(job.sha256, table=tp.name) as fh:
+                sent = _row_multiset(fh)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        if held != sent:
+            raise VerifyFailed(
+                f"{tp.name}: verify failed: job {job.job_id} is done, but BigPanda holds "
+                f"{held[0]:,} rows that differ from the {sent[0]:,} rows uploaded",
+                hint="the state keeps the last verified table; run `bpsync plan` to see "
+                "BigPanda's rows, and check the enrichment in BigPanda's UI",
+            )
+        self.note(f"{tp.name}: verified: BigPanda holds the {sent[0]:,} rows uploaded")
+
+    def _pending_job(self, name: str) -> str | None:
+        ts = self.store.state.table(name)
+        return ts.pending.job_id if ts and ts.pending and ts.pending.job_id else None
+
+    def _settle(self, tp: TablePlan) -> None:
+        """Settle what an interrupted apply left, as the plan showed, before anything else.
+
+        An enrichment a killed create made is recorded as the table's; the new enrichment of
+        a replace that did not finish is deactivated when this plan does not use it (and its
+        pending entry cleared). Deactivating twice is harmless, so a crash in between is too.
+        """
+        if tp.adopt:
+            eid = tp.adopt
+
+            def adopt(cur: TableState | None) -> TableState | None:
+                p = cur.pending if cur else None
+                if cur is None or p is None or p.job_id or p.enrichment_id:
+                    return cur
+                return adopted(cur, eid)
+
+            self.store.update(tp.name, adopt)
+            self.note(f"{tp.name}: adopted enrichment {eid}, created by an interrupted apply")
+        for eid in tp.retire:
+            try:
+                self.client.update_enrichment(eid, active=False)
+                self.note(f"{tp.name}: deactivated enrichment {eid}, left by an earlier replace")
+            except NotFoundError:
+                self.note(f"{tp.name}: the left-over enrichment {eid} no longer exists")
+
+            def clear(cur: TableState | None, eid: str = eid) -> TableState | None:
+                p = cur.pending if cur else None
+                if cur is None or p is None or p.job_id or p.enrichment_id != eid:
+                    return cur
+                return replace(cur, pending=None)
+
+            self.store.update(tp.name, clear)
 
     def _forget_failed(self, name: str, job: PendingJob) -> None:
         """A failed job changed nothing in BigPanda: drop it, keep the old snapshot.
@@ -335,7 +522,7 @@ class Applier:
             self.note(f"{tp.name}: could not list enrichments to check the name ({e.message})")
             orphans = []
         if creating:
-            adopted = [e for e in orphans if _same_fields(e.fields, schema["fields"])]
+            adopted = [e for e in orphans if same_fields(e.fields, schema["fields"])]
             if len(adopted) == 1:
                 eid: str = adopted[0].id
                 self.note(f"{tp.name}: adopting enrichment {eid}, created by an interrupted apply")
@@ -476,7 +663,15 @@ class Applier:
             last_status[0] = status
 
         self.fault("waiting")
-        return self.client.wait_for_job(job_ref, timeout=self.timeout, on_progress=progress)
+        try:
+            return self.client.wait_for_job(job_ref, timeout=self.timeout, on_progress=progress)
+        except Interrupted:
+            if self.live is not None:
+                self.live(name, None)
+            raise Interrupted(
+                f"{name}: stopped waiting on job {job_id}; it stays pending in state and the "
+                "next apply re-attaches to it"
+            ) from None
 
     def _complete(self, name: str, job: PendingJob) -> None:
         """The job is done: retire the replaced enrichment, then record the new state.
@@ -488,7 +683,7 @@ class Applier:
         self.fault("job-done")
         if job.replaces and job.replaces != job.enrichment_id:
             try:
-                self.client.update_enrichment(job.replaces, active=False)
+                self._patch(job.replaces, active=False)
                 self.note(f"{name}: deactivated the replaced enrichment {job.replaces}")
             except NotFoundError:
                 self.note(f"{name}: the replaced enrichment {job.replaces} no longer exists")
@@ -517,7 +712,7 @@ class Applier:
     def _retire(self, name: str, eid: str) -> None:
         """Deactivate an enrichment an interrupted replace created for an older schema."""
         try:
-            self.client.update_enrichment(eid, active=False)
+            self._patch(eid, active=False)
             self.note(f"{name}: deactivated enrichment {eid}, left over by an interrupted apply")
         except ApiError as e:
             self.note(f"{name}: could not deactivate leftover enrichment {eid}: {e.message}")
@@ -535,7 +730,28 @@ class Applier:
             if schema.get(key) != old.get(key):
                 changes[arg] = schema.get(key)
         if changes:
-            self.client.update_enrichment(eid, **changes)
+            self._patch(eid, **changes)
+
+    def _patch(self, eid: str, **changes: Any) -> Enrichment:
+        """PATCH the enrichment, then check that BigPanda's answer holds every value sent
+        (SPEC §3): v2.1 ignores keys it does not apply instead of refusing them, and a
+        value that did not take must fail the table before state records it."""
+        answer = self.client.update_enrichment(eid, **changes)
+        missed = [
+            f"{arg} {_show(value)} (BigPanda has {_show(getattr(answer, attr))})"
+            for arg, attr, key in _PATCHED
+            if (value := changes.get(arg)) is not None
+            and _sent(self.api_version, key)
+            and getattr(answer, attr) != value
+        ]
+        if missed:
+            raise ApiError(
+                f"BigPanda accepted the update of enrichment {eid} but did not take "
+                + "; ".join(missed),
+                hint="the state keeps the old value; check the enrichment in BigPanda's UI, "
+                "then run `bpsync plan` again",
+            )
+        return answer
 
     def _update_in_place(self, tp: TablePlan) -> str:
         assert tp.enrichment_id is not None
@@ -547,7 +763,7 @@ class Applier:
     def _deactivate(self, tp: TablePlan) -> str:
         if tp.enrichment_id:
             try:
-                self.client.update_enrichment(tp.enrichment_id, active=False)
+                self._patch(tp.enrichment_id, active=False)
             except NotFoundError:
                 self.note(f"{tp.name}: enrichment {tp.enrichment_id} no longer exists")
         self.store.update(tp.name, lambda cur: None)
@@ -584,12 +800,34 @@ class Applier:
             self.note(f"could not prune old snapshots: {e.message}")
 
 
+def _row_multiset(fh: BinaryIO) -> tuple[int, int, bytes]:
+    """The data rows of a canonical CSV as a multiset: (count, sum of their SHA-256 digests
+    modulo 2**256, the header). Equal for the same rows in any order; memory stays flat."""
+    header = fh.readline()
+    count = total = 0
+    for line in fh:
+        total += int.from_bytes(hashlib.sha256(line.rstrip(b"\n")).digest(), "big")
+        count += 1
+    return count, total % (1 << 256), header
+
+
+# update_enrichment's argument, the Enrichment attribute that shows it, the PATCH body key.
+_PATCHED = (
+    ("active", "active", "active"),
+    ("name", "name", "config"),
+    ("description", "description", "note"),
+    ("when", "when", "when"),
+)
+
+
+def _sent(api_version: str, key: str) -> bool:
+    """Whether the client sends this PATCH key on this API version (SPEC §1)."""
+    return key in ("active", "config") or key in facts.API_VERSIONS[api_version].extra_keys
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def _snapshot_size(path: Path) -> int:
     return encoded_size(table_bytes(path))
-
-
-def _same_fields(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> bool:
-    def by_title(fields: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {f["title"]: {k: v for k, v in f.items() if v is not None} for f in fields}
-
-    return by_title(a) == by_title(b)

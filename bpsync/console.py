@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from bpsync.errors import Problem
 
@@ -128,3 +129,59 @@ class LiveLines:
             self._clear()
             self.stream.write(text + "\n")
             self._draw()
+
+
+class Progress:
+    """Progress of one long operation: a live line on a terminal (`live`), else a plain note
+    at most every `every` seconds (CI logs); nothing during the first `after` seconds, so
+    quick operations stay quiet."""
+
+    def __init__(
+        self,
+        key: str,
+        note: Callable[[str], None],
+        live: LiveLines | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        after: float = 3.0,
+        every: float = 15.0,
+    ) -> None:
+        self.key, self._note, self._live, self._clock = key, note, live, clock
+        self._start = clock()
+        self._after, self._every = after, every
+        self._last: float | None = None
+        self.shown = False
+
+    def update(self, line: str) -> None:
+        now = self._clock()
+        if now - self._start < self._after:
+            return
+        if self._live is not None:
+            self._live.set(self.key, line)
+            self.shown = True
+        elif self._last is None or now - self._last >= self._every:
+            self._note(line)
+            self._last = now
+            self.shown = True
+
+    def done(self) -> None:
+        if self._live is not None and self.shown:
+            self._live.set(self.key, None)
+
+
+def read_progress(
+    table: str, note: Callable[[str], None], live: LiveLines | None = None, **kw: Any
+) -> Callable[[int, int | None], None]:
+    """A table read's progress callback: "TABLE: read N of T rows (P%)"."""
+    progress = Progress(table, note, live, **kw)
+
+    def on_rows(rows: int, total: int | None) -> None:
+        if total:
+            text = f"{table}: read {rows:,} of {total:,} rows ({min(rows / total, 1):.0%})"
+        else:
+            text = f"{table}: read {rows:,} rows"
+        progress.update(text)
+        if total is not None and rows >= total:
+            progress.done()
+
+    return on_rows

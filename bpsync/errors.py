@@ -14,6 +14,7 @@
     │   ├── AuthError                401/403
     │   ├── NotFoundError            404
     │   ├── JobFailed                an upload job ended `failed`
+    │   ├── VerifyFailed             `apply --verify`: BigPanda does not hold what was sent
     │   └── JobTimeout               the wait deadline passed; the job may still finish
 
 Messages are built by the exceptions themselves so the CLI only prints them. No
@@ -143,6 +144,10 @@ class JobFailed(ApiError):
         super().__init__(f"BigPanda job {job_id} failed: {reason}")
 
 
+class VerifyFailed(ApiError):
+    pass
+
+
 class JobTimeout(ApiError):
     def __init__(self, job_id: str, waited: float, status: str) -> None:
         self.job_id = job_id
@@ -151,3 +156,9 @@ class JobTimeout(ApiError):
             hint="the job may still complete; the next `bpsync apply` re-attaches to it "
             "instead of uploading again",
         )
+
+
+class Interrupted(BpsyncError):
+    """The user pressed Ctrl-C (twice while apply waits on jobs: stop waiting)."""
+
+    exit_code = 130

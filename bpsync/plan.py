@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 FORMAT_VERSION = "1"
@@ -110,7 +110,9 @@ class TablePlan:
     rows_removed: int
     rows_unchanged: int
     row_changes: RowChanges
-    baseline: str  # "snapshot" | "none" (create) | "unknown" (adopted, content unknown)
+    # "snapshot" | "bigpanda" (rows read back, SPEC §7) | "none" (create) | "unknown"
+    # (adopted, content unknown)
+    baseline: str
     new_sha256: str | None
     new_rows: int | None
     old_sha256: str | None
@@ -118,14 +120,37 @@ class TablePlan:
     max_delete_fraction: float
     mass_delete: bool
     upload: bool  # apply uploads the table
+    # Enrichments an interrupted apply created for this table that this plan does not use:
+    # apply deactivates them first (a failed or killed replace, a create whose id was lost).
+    retire: tuple[str, ...] = ()
+    # An enrichment an interrupted create made but never recorded, found in BigPanda by the
+    # name and fields its recorded intent holds: apply records it as the table's first.
+    adopt: str | None = None
+    # Row refresh (SPEC §7): BigPanda's rows relative to the snapshot, when they differ:
+    # {"added", "changed", "removed", "keys": [{"op", "key": {title: value}}, …] (bounded)}.
+    row_drift: Mapping[str, Any] | None = None
 
     @property
     def has_changes(self) -> bool:
-        return self.action != NO_OP
+        return self.action != NO_OP or bool(self.retire)
+
+    @property
+    def deactivates(self) -> bool:
+        """The manifest sets `active: false` on an active enrichment: alerts stop being
+        enriched, as with a deactivate (SPEC §3)."""
+        if self.action in (CREATE, DEACTIVATE, NO_OP) or self.schema is None:
+            return False
+        was = True if self.old_schema is None else self.old_schema.get("active", True)
+        return self.schema.get("active", True) is False and was is not False
 
     @property
     def destructive(self) -> bool:
-        return self.rows_removed > 0 or self.action in (REPLACE, DEACTIVATE) or self.mass_delete
+        return (
+            self.rows_removed > 0
+            or self.action in (REPLACE, DEACTIVATE)
+            or self.mass_delete
+            or self.deactivates
+        )
 
     def counts(self) -> dict[str, int]:
         return {
@@ -161,15 +186,33 @@ class TablePlan:
         """The TablePlan `to_record` described, with its row changes read separately."""
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in record and f.default is not MISSING:
+                continue  # a plan file written before this field existed
             if f.name == "row_changes":
                 values[f.name] = row_changes
             elif f.name == "schema_changes":
                 values[f.name] = tuple(SchemaChange(s, d, bool(x)) for s, d, x in record[f.name])
+            elif f.name not in record and f.default is not MISSING:
+                values[f.name] = f.default  # a plan file written before the field existed
             elif isinstance(record[f.name], list):
                 values[f.name] = tuple(record[f.name])
             else:
                 values[f.name] = record[f.name]
         return cls(**values)
+
+
+def remote_findings(tables: Iterable[TablePlan]) -> tuple[str, ...]:
+    """What the refresh found on BigPanda's side, per table, as the plan shows it: drift,
+    and what an interrupted apply left there (adopted or deactivated). Part of what a
+    reviewer approves, so part of the fingerprint; generic over `drift`, so every kind of
+    drift a refresh reports (enrichment objects, rows read back) is covered."""
+    out: list[str] = []
+    for t in tables:
+        out += [f"{t.name}: {d}" for d in t.drift]
+        if t.adopt:
+            out.append(f"{t.name}: adopts enrichment {t.adopt}, left by an interrupted apply")
+        out += [f"{t.name}: deactivates left-over enrichment {e}" for e in t.retire]
+    return tuple(sorted(out))
 
 
 @dataclass(frozen=True)

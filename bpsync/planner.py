@@ -11,10 +11,11 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bpsync.bigpanda import facts
 from bpsync.config import Config
 from bpsync.errors import InvalidInput, Problem
 from bpsync.manifest import Manifest
@@ -32,7 +33,9 @@ from bpsync.plan import (
     RowChanges,
     SchemaChange,
     TablePlan,
+    remote_findings,
 )
+from bpsync.refresh import ROWS_NOT_READ
 from bpsync.remote import Remote
 from bpsync.rowdiff import diff_table
 from bpsync.state import State, StateBackend, TableState, state_to_dict
@@ -95,8 +98,10 @@ class RowsMemo:
         sink: ProblemSink,
         compute: Callable[[], _Rows],
         digest: Callable[[Path], str] = sha256_file,
+        read: _Read | None = None,
     ) -> _Rows:
-        inputs = (m.csv_path, _stamp_or_none(m.csv_path), m.layout, enrichment_id is None)
+        # `read`: BigPanda's rows read back by a refresh, the baseline when present.
+        inputs = (m.csv_path, _stamp_or_none(m.csv_path), m.layout, enrichment_id is None, read)
         kept = self._kept.pop(m.name, None)
         if (
             kept is not None
@@ -158,7 +163,14 @@ def make_plan(
     for m in manifests:
         manifest_digests[m.display] = sha256_file(m.path)
         tp = _plan_table(
-            m, state.table(m.name), backend, problems, (remote or {}).get(m.name), digest, memo
+            m,
+            state.table(m.name),
+            backend,
+            problems,
+            (remote or {}).get(m.name),
+            digest,
+            config.api.version,
+            memo,
         )
         if tp is not None:
             tables.append(tp)
@@ -187,24 +199,40 @@ def make_plan(
     )
     tables.sort(key=lambda t: t.name)
     return Plan(
-        fingerprint=fingerprint(inputs),
+        fingerprint=fingerprint(inputs, remote_findings(tables)),
         tables=tuple(tables),
         inputs=inputs,
         api_version=config.api.version,
         refreshed=remote is not None,
         created_at=now,
-        warnings=tuple(str(p) for p in problems if p.severity == "warning"),
+        warnings=tuple(str(p) for p in problems if p.severity == "warning") + _unread_notes(tables),
     )
 
 
-def fingerprint(inputs: Inputs) -> str:
-    """Digest of the state planned against and of every manifest and table covered."""
-    doc = {
+def _unread_notes(tables: list[TablePlan]) -> tuple[str, ...]:
+    """Tables the row refresh did not read, said plan-wide: an unchanged table's notes are
+    not rendered, and "checked by version only" must not go unseen (SPEC §7)."""
+    return tuple(
+        f"{t.name}: {n}"
+        for t in tables
+        if not t.has_changes
+        for n in t.notes
+        if n.startswith(ROWS_NOT_READ)
+    )
+
+
+def fingerprint(inputs: Inputs, findings: tuple[str, ...] = ()) -> str:
+    """Digest of the state planned against, of every manifest and table covered, and of
+    what the refresh found in BigPanda (drift; left-overs to adopt or deactivate): an apply
+    bound to it refuses when BigPanda's side moved since the review (SPEC §2)."""
+    doc: dict[str, Any] = {
         "manifests": dict(inputs.manifests),
         "tables": dict(inputs.tables),
         "state": inputs.state,
         "deleted": list(inputs.deleted),
     }
+    if findings:  # without any, the digest is the one plans had before it covered them
+        doc["remote"] = list(findings)
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
@@ -226,8 +254,13 @@ def _plan_table(
     problems: list[Problem],
     remote: Remote | None,
     digest: Callable[[Path], str],
+    api_version: str = "v1",
     memo: RowsMemo | None = None,
 ) -> TablePlan | None:
+    notes: list[str] = []
+    ts, adopt = _settle_intent(ts, remote, notes)
+    if adopt and ts and ts.enrichment_id == adopt:
+        remote = None  # the refresh read no enrichment for the table: nothing to compare
     enrichment_id = ts.enrichment_id if ts and ts.enrichment_id else m.enrichment_id
     if ts and ts.enrichment_id and m.enrichment_id and m.enrichment_id != ts.enrichment_id:
         problems.append(
@@ -246,38 +279,43 @@ def _plan_table(
         old_schema = {"map_name": remote.name, "fields": list(remote.fields)}
     schema = m.schema()
     changes = schema_changes(old_schema, schema) if old_schema else ()
+    changes = _renames_structural(changes, api_version, notes)
     sink = ProblemSink(m.csv_display)
+    read = _read_back(m, ts, remote, notes)
     if memo is None:
-        rows = _rows(m, ts, enrichment_id, backend, sink, digest)
+        rows = _rows(m, ts, enrichment_id, backend, sink, digest, read)
     else:
         rows = memo.rows(
             m,
             ts,
             enrichment_id,
             sink,
-            lambda: _rows(m, ts, enrichment_id, backend, sink, digest),
+            lambda: _rows(m, ts, enrichment_id, backend, sink, digest, read),
             digest,
+            read,
         )
     problems += sink.finish()
     if rows.info is not None and not rows.info.ok:
         return None
     drift = _drift(ts, remote) if ts and ts.enrichment_id else ()
-    notes: list[str] = []
+    if (
+        rows.old_columns
+        and rows.columns != rows.old_columns
+        and sorted(rows.columns) == sorted(rows.old_columns)
+    ):
+        notes.append(
+            "the columns are in a new order; rows are compared cell by title, and apply "
+            "uploads the table in its new column order"
+        )
+    row_drift = _row_drift(m, ts, backend, read) if ts is not None and read else None
+    if row_drift is not None:
+        drift += (describe_row_drift(row_drift),)
     action = _action(m, enrichment_id, changes, rows, ts, remote, notes)
+    retire = _leftover(ts, action, schema, notes)
     if ts and ts.pending and ts.pending.job_id:
         notes.append(
             f"an interrupted apply left job {ts.pending.job_id} pending; apply checks "
             "it before uploading again"
-        )
-    elif ts and ts.pending and not ts.pending.enrichment_id:
-        notes.append(
-            "an earlier apply stopped while creating the enrichment; apply adopts what it "
-            "created rather than creating another"
-        )
-    elif ts and ts.pending:
-        notes.append(
-            f"enrichment {ts.pending.enrichment_id} was created for this replace by an earlier "
-            "apply; apply uploads to it rather than creating another"
         )
     if action == CREATE:
         enrichment_id = None
@@ -294,7 +332,157 @@ def _plan_table(
         tuple(notes),
         rows,
         upload,
+        retire,
+        adopt,
+        row_drift,
     )
+
+
+@dataclass(frozen=True)
+class _Read:
+    """BigPanda's rows as a row refresh read them (SPEC §7)."""
+
+    path: Path
+    sha256: str
+    rows: int
+
+
+def _read_back(
+    m: Manifest, ts: TableState | None, remote: Remote | None, notes: list[str]
+) -> _Read | None:
+    """The rows read back, when they can stand in for the snapshot as the baseline."""
+    if remote is None or ts is None:
+        return None
+    if remote.rows_note:
+        notes.append(remote.rows_note)
+    if remote.table is None:
+        return None
+    titles = tuple(str(f.get("title")) for f in remote.fields or ())
+    if titles != m.layout.titles:
+        notes.append(
+            "BigPanda's rows were read back but not compared: its columns "
+            f"({', '.join(titles)}) differ from the manifest's"
+        )
+        return None
+    return _Read(remote.table, sha256_file(remote.table), remote.table_rows or 0)
+
+
+ROW_DRIFT_KEYS = 20  # keys of drifted rows a plan lists per table (JSON); the text shows 3
+
+
+def _row_drift(
+    m: Manifest, ts: TableState, backend: StateBackend, read: _Read
+) -> dict[str, Any] | None:
+    """How BigPanda's rows differ from the snapshot, or None when they do not (or when no
+    snapshot is there to compare with)."""
+    sha = ts.sha256
+    if sha is None or sha == read.sha256 or not backend.has_snapshot(sha):
+        return None
+    sink = ProblemSink(str(read.path))
+    d = diff_table(read.path, m.layout, sink, lambda: backend.open_snapshot(sha, table=m.name))
+    keys = [
+        {"op": c.op, "key": dict(zip(m.key_titles, c.key, strict=True))}
+        for c in d.changes[:ROW_DRIFT_KEYS]
+    ]
+    if not d.info.ok and not (d.added or d.changed or d.removed):
+        # BigPanda's table breaks a CSV rule (an emptied table, duplicate keys): it differs,
+        # but not row by row.
+        return {"added": 0, "changed": 0, "removed": 0, "keys": [], "comparable": False}
+    return {"added": d.added, "changed": d.changed, "removed": d.removed, "keys": keys}
+
+
+def describe_row_drift(row_drift: Mapping[str, Any]) -> str:
+    """The drift line: "3 rows changed in BigPanda outside bpsync: 1 added, … (e.g. …)"."""
+    if row_drift.get("comparable") is False:
+        return (
+            "the rows in BigPanda were changed outside bpsync (they cannot be compared row by row)"
+        )
+    a, c, r = row_drift["added"], row_drift["changed"], row_drift["removed"]
+    n = a + c + r
+    keys = [", ".join(f"{k}={v}" for k, v in item["key"].items()) for item in row_drift["keys"][:3]]
+    more = f" (e.g. {'; '.join(keys)}{'; …' if n > len(keys) else ''})" if keys else ""
+    return (
+        f"{n} row{'' if n == 1 else 's'} changed in BigPanda outside bpsync: {a} added, "
+        f"{c} changed, {r} removed{more}; the plan below is against BigPanda's rows"
+    )
+
+
+def _settle_intent(
+    ts: TableState | None, remote: Remote | None, notes: list[str]
+) -> tuple[TableState | None, str | None]:
+    """The table's state once a recorded intent to create is resolved (SPEC §5).
+
+    A create killed while its request was in flight leaves an intent with no id. What it
+    became is looked up in BigPanda by the name and fields the intent recorded (the refresh
+    does that), so the plan starts from the truth whatever the manifest says now: the
+    enrichment found is adopted (and then updated, replaced or deactivated like any other);
+    none found means nothing was created.
+    """
+    p = ts.pending if ts else None
+    if ts is None or p is None or p.job_id or p.enrichment_id:
+        return ts, None
+    found = remote.intent_found if remote else None
+    if found is None:
+        notes.append(
+            "an earlier apply stopped while creating the enrichment; apply looks it up in "
+            "BigPanda (by the name and fields it recorded) and adopts it rather than "
+            "creating another"
+        )
+        return ts, None
+    if len(found) > 1:
+        notes.append(
+            f"an earlier apply stopped while creating the enrichment, and BigPanda has "
+            f"{len(found)} active enrichments unknown to the state with its name and fields "
+            f"({', '.join(found)}); apply refuses to guess: `bpsync import` the right one"
+        )
+        return ts, None
+    if not found:
+        notes.append(
+            "an earlier apply stopped while creating the enrichment; BigPanda has none with "
+            "the name and fields it recorded, so nothing was created"
+        )
+        return replace(ts, pending=None), None
+    eid = found[0]
+    notes.append(
+        f"enrichment {eid} was created by an interrupted apply (found in BigPanda by the "
+        f"name {p.schema.get('map_name')!r} and the fields it recorded); apply adopts it"
+    )
+    return adopted(ts, eid), eid
+
+
+def adopted(ts: TableState, eid: str) -> TableState:
+    """`ts` with the enrichment its intent to create made, `eid`, recorded."""
+    p = ts.pending
+    assert p is not None
+    if p.kind == REPLACE and ts.enrichment_id:
+        return replace(ts, pending=replace(p, enrichment_id=eid))
+    return TableState(ts.name, eid, ts.api_version, p.schema)
+
+
+def _leftover(
+    ts: TableState | None, action: str, schema: Mapping[str, Any] | None, notes: list[str]
+) -> tuple[str, ...]:
+    """The new enrichment of a replace that did not finish, unless this plan reuses it.
+
+    A replace whose job failed, or that was killed before its upload, leaves its new
+    enrichment recorded in state. A plan that replaces with the same schema uploads to it;
+    any other plan (manifest restored, changed again, or deleted) deactivates it, so it is
+    never left active and forgotten.
+    """
+    p = ts.pending if ts else None
+    if p is None or p.job_id or not p.enrichment_id:
+        return ()
+    if action == REPLACE and schema is not None and p.schema == dict(schema):
+        notes.append(
+            f"enrichment {p.enrichment_id} was created for this replace by an earlier "
+            "apply; apply uploads to it rather than creating another"
+        )
+        return ()
+    notes.append(
+        f"enrichment {p.enrichment_id}, created by an earlier replace that did not finish, "
+        "is not used by this plan: apply deactivates it"
+    )
+    return (p.enrichment_id,)
 
 
 @dataclass(frozen=True)
@@ -320,11 +508,14 @@ def _table_plan(
     notes: tuple[str, ...],
     rows: _Rows,
     upload: bool,
+    retire: tuple[str, ...] = (),
+    adopt: str | None = None,
+    row_drift: Mapping[str, Any] | None = None,
 ) -> TablePlan:
     """The one place a TablePlan is assembled from the planner's findings."""
     old_rows = rows.old_rows
     mass = bool(
-        rows.baseline == "snapshot"
+        rows.baseline in ("snapshot", "bigpanda")
         and old_rows
         and rows.removed > table.max_delete_fraction * old_rows
     )
@@ -356,6 +547,9 @@ def _table_plan(
         max_delete_fraction=table.max_delete_fraction,
         mass_delete=mass,
         upload=upload,
+        retire=retire,
+        adopt=adopt,
+        row_drift=row_drift,
     )
 
 
@@ -428,6 +622,10 @@ def _drift(ts: TableState, remote: Remote | None) -> tuple[str, ...]:
 
 
 def _plan_deleted(ts: TableState, remote: Remote | None) -> TablePlan:
+    notes = ["manifest deleted: the enrichment is deactivated (its rows stay in BigPanda, unused)"]
+    settled, adopt = _settle_intent(ts, remote, notes)
+    ts = settled or ts
+    retire = _leftover(ts, DEACTIVATE, None, notes)
     old_columns = tuple(f["title"] for f in ts.schema.get("fields", []))
     keys = tuple(f["title"] for f in ts.schema.get("fields", []) if f.get("type") == "query_tag")
     rows = _Rows(
@@ -446,10 +644,12 @@ def _plan_deleted(ts: TableState, remote: Remote | None) -> TablePlan:
         None,
         ts.schema,
         (),
-        _drift(ts, remote) if ts.enrichment_id else (),
-        ("manifest deleted: the enrichment is deactivated (its rows stay in BigPanda, unused)",),
+        _drift(ts, remote) if ts.enrichment_id and not adopt else (),
+        tuple(notes),
         rows,
-        upload=False,
+        False,
+        retire,
+        adopt,
     )
 
 
@@ -463,8 +663,11 @@ def _rows(
     backend: StateBackend,
     sink: ProblemSink,
     digest: Callable[[Path], str],
+    read: _Read | None = None,
 ) -> _Rows:
     layout = m.layout
+    if read is not None:
+        return _against_bigpanda(m, read, sink, digest)
     if ts is not None and ts.sha256:
         applied_titles = [f.get("title") for f in ts.schema.get("fields", [])]
         # (A .csv.gz never holds the canonical bytes themselves: it is always read.)
@@ -505,6 +708,40 @@ def _diffed(m: Manifest, ts: TableState, backend: StateBackend, sink: ProblemSin
         d.old_columns,
         d.info.columns,
         same=same,
+    )
+
+
+def _against_bigpanda(
+    m: Manifest, read: _Read, sink: ProblemSink, digest: Callable[[Path], str]
+) -> _Rows:
+    """The row diff against BigPanda's rows read back (SPEC §7): what apply changes there."""
+    titles = m.layout.titles
+    if digest(m.csv_path) == read.sha256:
+        return _Rows(
+            None,
+            RowChanges(),
+            unchanged=read.rows,
+            old_rows=read.rows,
+            old_columns=titles,
+            columns=titles,
+            baseline="bigpanda",
+            same=True,
+            known_sha256=read.sha256,
+            known_rows=read.rows,
+        )
+    d = diff_table(m.csv_path, m.layout, sink, lambda: read.path.open("rb"))
+    return _Rows(
+        d.info,
+        RowChanges(d.changes),
+        d.added,
+        d.changed,
+        d.removed,
+        d.unchanged,
+        d.old_rows,
+        d.old_columns,
+        d.info.columns,
+        baseline="bigpanda",
+        same=d.info.ok and d.info.canonical_sha256 == read.sha256,
     )
 
 
@@ -569,8 +806,42 @@ def _iter_rows(blocks: Iterator[RowBlock], keys: tuple[int, ...]) -> Iterator[Ro
 # -- schema -------------------------------------------------------------------------------
 
 
+def _renames_structural(
+    changes: tuple[SchemaChange, ...], api_version: str, notes: list[str]
+) -> tuple[SchemaChange, ...]:
+    """SPEC §3: where a schema PATCH ignores `config` (v2.1, api doc §15.2) a map_name change
+    cannot be made in place, so it needs a new enrichment (replace), and the plan says why."""
+    if facts.patch_applies(api_version, "config"):
+        return changes
+    out = []
+    for c in changes:
+        if c.subject == "map_name" and not c.structural:
+            c = SchemaChange(c.subject, c.detail, True)
+            notes.append(
+                f"map_name cannot change in place on API {api_version} (BigPanda ignores "
+                "config.name in a schema PATCH): apply creates a new enrichment with the new "
+                "name, uploads the table to it and deactivates the old one"
+            )
+        out.append(c)
+    return tuple(out)
+
+
+_FIELD_KEYS = ("type", "tag_name", "override_existing")  # what a manifest's field manages
+
+
 def _field_map(fields: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {f["title"]: {k: v for k, v in f.items() if k != "title"} for f in fields}
+    """Fields by title, in the form a manifest writes them: only the keys bpsync manages, no
+    null values, no `tag_name` equal to the title (the same tag), so BigPanda's own spelling
+    of an equal field (as `import --generate` reads it) compares equal."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in fields:
+        title = f["title"]
+        out[title] = {
+            k: f[k]
+            for k in _FIELD_KEYS
+            if f.get(k) is not None and not (k == "tag_name" and f[k] == title)
+        }
+    return out
 
 
 def schema_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[SchemaChange, ...]:

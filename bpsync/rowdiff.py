@@ -433,27 +433,34 @@ def _classify(
     fresh: list[tuple[int, str]],
     key_titles: list[str],
 ) -> RowDiff:
-    """Pair removed-or-changed old rows with added-or-changed new rows by key."""
+    """Pair removed-or-changed old rows with added-or-changed new rows by key.
+
+    Rows are compared cell by title, not as lines: with the columns in a new order every
+    line differs, yet a row whose cells are equal title by title did not change.
+    """
     old_key_idx = _key_indexes(old_columns, key_titles)
+    same_cells = _cell_comparer(old_columns, info.columns)
     leftover: dict[tuple[str, ...], tuple[int, tuple[str, ...]]] = {}
     for lineno, line in gone:
         cells = tuple(parse_line(line))
         leftover[tuple(cells[k] for k in old_key_idx)] = (lineno, cells)
     changes: list[RowChange] = []
-    changed = 0
+    changed = unmoved = 0  # unmoved: equal by title, different as lines (columns re-ordered)
     for lineno, line in fresh:
         cells = tuple(parse_line(line))
         key = tuple(cells[k] for k in new_key_idx)
         old = leftover.pop(key, None)
         if old is None:
             changes.append(RowChange(ADD, key, None, cells, lineno))
+        elif same_cells(old[1], cells):
+            unmoved += 1
         else:
             changed += 1
             changes.append(RowChange(CHANGE, key, old[1], cells, lineno, old[0]))
     for key, (old_line, cells) in leftover.items():
         changes.append(RowChange(REMOVE, key, cells, None, old_line, old_line))
     changes.sort(key=lambda c: c.key)
-    added = len(fresh) - changed
+    added = len(fresh) - changed - unmoved
     return RowDiff(
         info,
         tuple(changes),
@@ -464,6 +471,16 @@ def _classify(
         old_rows,
         old_columns,
     )
+
+
+def _cell_comparer(
+    old_columns: tuple[str, ...], new_columns: tuple[str, ...]
+) -> Callable[[tuple[str, ...], tuple[str, ...]], bool]:
+    """Whether an old row's cells equal a new row's, title by title."""
+    if sorted(old_columns) != sorted(new_columns) or old_columns == new_columns:
+        return lambda old, new: False  # equal lines were matched already; other titles differ
+    order = [old_columns.index(t) for t in new_columns]
+    return lambda old, new: len(old) == len(order) and tuple(old[i] for i in order) == new
 
 
 def _key_indexes(old_columns: tuple[str, ...], key_titles: list[str]) -> tuple[int, ...]:

@@ -40,6 +40,7 @@ BOM = b"\xef\xbb\xbf"
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_SUFFIX = ".gz"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # A value longer than this many characters may exceed MAX_VALUE_BYTES once UTF-8 encoded
 # (4 bytes per character at most); shorter lines need no per-value check.
 _SAFE_LINE_CHARS = facts.MAX_VALUE_BYTES // 4
@@ -404,6 +405,8 @@ class TableScan:
         self.line = 0  # last physical line consumed
         self.canonical = True
         self.crlf = False
+        # This block's first line number and text before CRLF endings became LF (split lazily).
+        self._crlf_block: tuple[int, str, list[str] | None] | None = None
         self.missing_newline = False
         self.header_done = False
         self.header_line = layout.header_line
@@ -443,13 +446,8 @@ class TableScan:
             self.size = size
         try:
             for offset, raw, last in split_blocks(self._chunks(gz), max_line_bytes(self.width)):
-                if offset == 0 and raw.startswith(BOM):
-                    self.sink.error(
-                        1,
-                        "the file starts with a UTF-8 byte order mark (BOM)",
-                        "save it as UTF-8 without BOM",
-                        col=1,
-                    )
+                if offset == 0 and (raw.startswith(BOM) or raw[:2] in UTF16_BOMS):
+                    self._bom(raw)
                     self.result = self._info(self.size)
                     return
                 text = self._decode(raw, offset)
@@ -497,6 +495,23 @@ class TableScan:
         if self.dup_suspects and self.sink.errors < self.sink.cap:
             self.report_duplicates()
         self.result = self._info(self.size)
+
+    def _bom(self, start: bytes) -> None:
+        """A byte order mark: Excel's "CSV UTF-8" (UTF-8 BOM) or "Unicode text" (UTF-16)."""
+        if start.startswith(BOM):
+            self.sink.error(
+                1,
+                "the file starts with a UTF-8 byte order mark (BOM)",
+                "run `bpsync fmt` (it removes the BOM), or save it as UTF-8 without BOM",
+                col=1,
+            )
+            return
+        self.sink.error(
+            1,
+            "the file is UTF-16 (it starts with a UTF-16 byte order mark); bpsync reads UTF-8",
+            "run `bpsync fmt` (it re-encodes the file as UTF-8)",
+            col=1,
+        )
 
     def _usable(self, size: int) -> bool:
         """Refuse, as one problem each, files that are not a table at all: empty, a Git LFS
@@ -561,7 +576,8 @@ class TableScan:
             self.sink.error(
                 line,
                 f"invalid UTF-8 at byte offset {offset + e.start} (byte 0x{raw[e.start]:02x})",
-                "save the file as UTF-8",
+                "save the file as UTF-8, or convert it with `bpsync fmt --encoding cp1252` "
+                '(Excel\'s "CSV (Comma delimited)"; or the encoding it was saved in)',
                 col=col,
             )
             return None
@@ -569,6 +585,7 @@ class TableScan:
     # -- one block ---------------------------------------------------------------------------
     def _block(self, raw: bytes, text: str) -> list[RowBlock]:
         """Check one block; the runs of its valid rows that are to be passed on."""
+        self._crlf_block = None
         if "\r" in text:
             self.canonical = False
             raw = b""
@@ -576,6 +593,8 @@ class TableScan:
                 # CRLF endings: accepted on read, canonicalised on write (SPEC §4). A CR left
                 # after this is a lone one: the slow path reports it.
                 self.crlf = True
+                # Kept to name a line break inside a value as it was written (CRLF or LF).
+                self._crlf_block = (self.line + 1, text, None)
                 text = text.replace("\r\n", "\n")
         lines = text.split("\n")
         lines.pop()  # text ends with "\n"
@@ -654,20 +673,36 @@ class TableScan:
                     col=col,
                 )
             seen.add(title)
-            if title not in expected:
+        missing = [t for t in expected if t not in seen]
+        meant = {}
+        for col, title in enumerate(titles, 1):
+            if title in expected:
+                continue
+            near = _near_title(title, missing)
+            if near is not None:
+                meant[near] = title
                 self.sink.error(
                     lineno,
-                    f"column {title!r} is not a field of the manifest",
-                    "remove the column, or add it to the manifest's fields",
+                    f"column {title!r} is not a field of the manifest; it differs from the "
+                    f"field {near!r} only in case or spaces",
+                    f"rename the column to {near!r} exactly (titles must match exactly)",
                     col=col,
                 )
-        for title in expected:
-            if title not in seen:
-                self.sink.error(
-                    lineno,
-                    f"column {title!r} of the manifest is missing",
-                    "add the column to the header and every row",
-                )
+                continue
+            self.sink.error(
+                lineno,
+                f"column {title!r} is not a field of the manifest",
+                "remove the column, or add it to the manifest's fields",
+                col=col,
+            )
+        for title in missing:
+            if title in meant:
+                continue  # said above, with the column that was meant to be it
+            self.sink.error(
+                lineno,
+                f"column {title!r} of the manifest is missing",
+                "add the column to the header and every row",
+            )
         if not self.sink.errors and len(titles) == len(expected):
             # Same titles in another order: BigPanda matches by title, but rows must follow
             # the header, so we simply read columns in the header's order.
@@ -786,6 +821,19 @@ class TableScan:
         self.rows += len(rows)
         return out
 
+    def _breaks_between(self, line: int, span: int) -> str:
+        """How the line breaks inside a row spanning `span` lines from `line` were written."""
+        block = self._crlf_block
+        if block is None or not block[0] <= line:
+            return "LF"
+        first, text, split = block
+        if split is None:
+            split = text.split("\n")
+            self._crlf_block = (first, text, split)
+        ends = split[line - first : line - first + span - 1]
+        crlf = sum(1 for e in ends if e.endswith("\r"))
+        return "CRLF" if crlf == len(ends) else "LF" if crlf == 0 else "CRLF and LF"
+
     def _no_bare_cr(self, row: list[str], physical: list[str], line: int) -> bool:
         """csv drops a CR outside quotes as if it ended the line; BigPanda would not."""
         if any("\r" in text for text in physical) and not any("\r" in v for v in row):
@@ -804,9 +852,11 @@ class TableScan:
             return False
         ok = True
         if span > 1:
+            kind = self._breaks_between(line, span)
             self.sink.error(
                 line,
-                "a value holds a line break (LF); BigPanda does not support line breaks in values",
+                f"a value holds a line break ({kind}); BigPanda does not support line breaks "
+                "in values",
                 "remove the line break from the value",
             )
             ok = False
@@ -821,7 +871,7 @@ class TableScan:
             if "\r" in value or "\n" in value:
                 self.sink.error(
                     line,
-                    "a value holds a line break (CR or LF); BigPanda does not "
+                    f"a value holds a line break ({_break_kind(value)}); BigPanda does not "
                     "support line breaks in values",
                     "remove it",
                     col=col,
@@ -920,3 +970,26 @@ def write_canonical(
             started = True
         dest.write(("\n".join(lines) + "\n").encode("utf-8"))
     return scan.result
+
+
+def _break_kind(text: str) -> str:
+    """The line breaks in `text`, named as editors name them: CRLF, LF, CR (or several)."""
+    kinds = []
+    if "\r\n" in text:
+        kinds.append("CRLF")
+    rest = text.replace("\r\n", "")
+    if "\n" in rest:
+        kinds.append("LF")
+    if "\r" in rest:
+        kinds.append("CR")
+    return " and ".join(kinds) or "LF"
+
+
+def _near_title(title: str, candidates: list[str]) -> str | None:
+    """The one candidate equal to `title` but for case and spaces, if exactly one is."""
+
+    def folded(t: str) -> str:
+        return "".join(t.split()).casefold()
+
+    found = [c for c in candidates if folded(c) == folded(title)]
+    return found[0] if len(found) == 1 else None

@@ -6,7 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from bpsync.config import Config
-from bpsync.errors import Problem, UsageError
+from bpsync.errors import InvalidInput, Problem, UsageError
 from bpsync.manifest import Manifest, load_manifests
 from bpsync.table import ProblemSink, TableInfo, scan_table
 
@@ -38,12 +38,17 @@ class ValidationReport:
         return self.error_count == 0
 
 
-def select(manifests: list[Manifest], names: Collection[str]) -> list[Manifest]:
-    """The manifests named by `--table`; an unknown name is a usage error."""
+def select(
+    manifests: list[Manifest], names: Collection[str], problems: Collection[Problem] = ()
+) -> list[Manifest]:
+    """The manifests named by `--table`; an unknown name is a usage error, unless a manifest
+    failed to load (the name may be that manifest's: its real error is what to show)."""
     if not names:
         return manifests
     known = {m.name for m in manifests}
     unknown = sorted(set(names) - known)
+    if unknown and any(p.severity == "error" for p in problems):
+        raise InvalidInput(list(problems))
     if unknown:
         raise UsageError(
             f"unknown table(s): {', '.join(unknown)}",
@@ -58,7 +63,7 @@ def validate_project(config: Config, tables: Collection[str] = ()) -> Validation
     errors = sum(1 for p in problems if p.severity == "error")
     warnings = len(problems) - errors
     checked = []
-    for manifest in select(manifests, tables):
+    for manifest in select(manifests, tables, problems):
         sink = ProblemSink(manifest.csv_display)
         info = scan_table(manifest.csv_path, manifest.layout, sink)
         problems += sink.finish()

@@ -317,22 +317,26 @@ def test_module_cli_starts_answers_and_stops_on_sigterm() -> None:
     assert code == 0
 
 
-def test_fate_unknown_when_the_answer_never_comes(tmp_path: Path) -> None:
-    """A read timeout after the full body: no second upload reaches the emulator (§9)."""
+def test_upload_is_resent_when_the_answer_never_comes(tmp_path: Path) -> None:
+    """A read timeout after the full body: the whole table is sent again, within the retry
+    budget (issue 13: a full-table upload is idempotent); every copy BigPanda accepted holds
+    the same bytes, so the table is what was sent."""
     with Emulator(job_seconds=0.05, rate_limit=False) as emulator:
         client = fast_client(emulator, "v2.1")
         created = client.create_enrichment(EnrichmentSpec("owners", FIELDS))
         emulator.faults.set_latency(1.0)
         slow = fast_client(
-            emulator, "v2.1", timeout=httpx.Timeout(5.0, read=0.3)
-        )  # answers take 1 s
-        with pytest.raises(ApiError, match="may have accepted"):
-            slow.upload_table(created.id, write(tmp_path, GOOD))
+            emulator, "v2.1", timeout=httpx.Timeout(5.0, read=0.3), max_attempts=3
+        )  # answers take 1 s: every attempt times out
+        path = write(tmp_path, GOOD)
+        with pytest.raises(ApiError, match="gave up after 3 attempt"):
+            slow.upload_table(created.id, path)
         emulator.faults.set_latency(0)
         deadline = time.monotonic() + 5
-        while not uploads(emulator) and time.monotonic() < deadline:
+        while len(uploads(emulator)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)  # the emulator records a request when it has answered it
         emulator.wait_jobs()
-        (only,) = uploads(emulator)
-        # The emulator did accept it: exactly why the client must not blindly send it again.
-        assert only.sha256 is not None and emulator.table_rows(created.id) is not None
+        sent = uploads(emulator)
+        assert len(sent) == 3
+        assert {r.sha256 for r in sent} == {hashlib.sha256(path.read_bytes()).hexdigest()}
+        assert emulator.table_rows(created.id) is not None

@@ -201,3 +201,18 @@ def test_alignment_across_blocks_agrees_with_hashing_and_brute_force(tmp_path: P
             assert c.line == old[c.key[0]][0]
         else:
             assert c.line == new[c.key[0]][0]
+
+
+def test_new_column_order_compares_cells_by_title(tmp_path: Path) -> None:
+    # Issue 13, defect 6: `k,v` then `v,k` with the same rows is no changed row (csv-diff and
+    # daff agree); only rows whose cells differ by title are changes.
+    a = {("web1", "prod"): "ana", ("web2", "prod"): "bob", ("db1", "prod"): "eve"}
+    reordered = ["owner,host,env", "ana,web1,prod", "carl,web2,prod", "eve,db1,prod"]
+    d = _diff(tmp_path, a, "\n".join(reordered) + "\n")
+    assert (d.added, d.changed, d.removed, d.unchanged) == (0, 1, 0, 2)
+    (change,) = d.changes
+    assert change.key == ("web2", "prod")
+    assert change.before == ("web2", "prod", "bob") and change.after == ("carl", "web2", "prod")
+    same = ["env,owner,host", "prod,ana,web1", "prod,bob,web2", "prod,eve,db1"]
+    d = _diff(tmp_path, a, "\n".join(same) + "\n")
+    assert (d.added, d.changed, d.removed, d.unchanged, d.changes) == (0, 0, 0, 3, ())

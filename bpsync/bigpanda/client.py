@@ -20,14 +20,15 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin, urlsplit
 
 import h11
@@ -39,12 +40,16 @@ from bpsync.bigpanda.models import (
     EnrichmentSpec,
     Job,
     ProgressCallback,
+    ReadProgress,
+    TableRead,
     UploadReceipt,
+    cell_text,
     parse_enrichment,
 )
 from bpsync.bigpanda.models import excerpt as _excerpt
 from bpsync.bigpanda.urls import check_base_url
 from bpsync.errors import ApiError, AuthError, JobFailed, JobTimeout, NotFoundError
+from bpsync.table import format_row
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -190,6 +195,9 @@ class _Body:
     content_type: str
     length: Callable[[], int]  # re-read per attempt: the file may have changed
     stream: _TrackedBody
+    # Sending it twice has the effect of sending it once: a full-table upload replaces the
+    # table with the same bytes. A create is not: a lost answer may hide a new enrichment.
+    idempotent: bool = False
 
 
 def _json_body(payload: Mapping[str, Any]) -> _Body:
@@ -202,6 +210,7 @@ def _file_body(path: Path, fault: Callable[[str], None] | None = None) -> _Body:
         facts.UPLOAD_CONTENT_TYPE,
         lambda: path.stat().st_size,
         _TrackedBody(_file_chunks(path, fault)),
+        idempotent=True,
     )
 
 
@@ -260,6 +269,7 @@ class BigPandaClient:
         job_not_found_grace: float = 15.0,
         rng: random.Random | None = None,
         fault: Callable[[str], None] | None = None,
+        on_retry: Log | None = None,
     ) -> None:
         if api_version not in facts.API_VERSIONS:
             known = ", ".join(facts.API_VERSIONS)
@@ -280,6 +290,7 @@ class BigPandaClient:
         self.job_not_found_grace = job_not_found_grace
         self._rng = rng or random.Random()
         self._fault = fault  # test seam: called with "mid-upload" half-way through an upload
+        self._on_retry = on_retry  # each retry, as it happens (the CLI: on stderr)
         # verify=True always: TLS verification is not configurable on purpose.
         if transport is None:
             # TCP_NODELAY: headers and a small JSON body go out in two writes; with Nagle
@@ -483,6 +494,140 @@ class BigPandaClient:
             raise ApiError(f"job URL {job_id_or_url!r} is not on {self.base_url}")
         return url
 
+    # -------------------------------------------------------------- reading rows (v2.1)
+
+    @property
+    def can_read_rows(self) -> bool:
+        return self.api.name in facts.TABLE_READ_API_VERSIONS
+
+    def read_table(
+        self,
+        enrichment_id: str,
+        columns: Sequence[str],
+        dest: Path,
+        *,
+        table: str,
+        per_page: int = facts.READ_REQUEST_PER_PAGE,
+        on_progress: ReadProgress | None = None,
+    ) -> TableRead:
+        """Read the enrichment's rows page by page into `dest`, a canonical CSV with `columns`
+        as its header (api doc §15.1, SPEC §7).
+
+        Rows stream to a temporary file beside `dest`, renamed over it only when the read is
+        complete: `dest` is never half-written. Pages go until the announced total is held or
+        a page comes back empty, whatever `per_page` was served. A total that moves between
+        pages (a concurrent upload) restarts the read once; moving again fails. `table` names
+        the table in messages.
+        """
+        if not self.can_read_rows:
+            raise ApiError(
+                f"{table}: API {self.api.name} documents no way to read a table's rows",
+                hint="export the table from BigPanda's UI and pass it with --csv FILE",
+            )
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
+        requests = 0
+        try:
+            for restarts in (0, 1):
+                with tmp.open("wb") as out:
+                    outcome = self._read_pages(
+                        enrichment_id, columns, out, table, per_page, on_progress
+                    )
+                    out.flush()
+                    os.fsync(out.fileno())
+                requests += outcome[2]
+                if outcome[0] is not None:
+                    os.replace(tmp, dest)
+                    return TableRead(outcome[0], outcome[1], requests, restarts)
+                self._emit(f"{table}: the row count moved during the read; reading again")
+            raise ApiError(
+                f"{table}: the rows of enrichment {enrichment_id} kept changing while they were "
+                "read (the announced total moved twice; an upload is probably running)",
+                hint="wait until no upload to this enrichment is running (in BigPanda's UI or "
+                "another bpsync apply), then run the command again",
+            )
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _read_pages(
+        self,
+        enrichment_id: str,
+        columns: Sequence[str],
+        out: BinaryIO,
+        table: str,
+        per_page: int,
+        on_progress: ReadProgress | None,
+    ) -> tuple[int | None, int | None, int]:
+        """One pass over the pages: (rows written or None when the total moved, the total,
+        requests sent)."""
+        out.write((format_row(columns) + "\n").encode("utf-8"))
+        known = frozenset(columns)
+        rows = requests = 0
+        total: int | None = None
+        page = facts.READ_FIRST_PAGE
+        while True:
+            requests += 1
+            items, count, per_page = self._read_page(enrichment_id, page, per_page, table)
+            if page == facts.READ_FIRST_PAGE:
+                total = count
+            elif count is not None and total is not None and count != total:
+                return None, total, requests
+            if not items:
+                break
+            lines = [
+                _row_line(item, columns, known, table, rows + i) for i, item in enumerate(items)
+            ]
+            out.write(("\n".join(lines) + "\n").encode("utf-8"))
+            rows += len(items)
+            if on_progress is not None:
+                on_progress(rows, total)
+            if total is not None and rows >= total:
+                break
+            page += 1
+        return rows, total, requests
+
+    def _read_page(
+        self, enrichment_id: str, page: int, per_page: int, table: str
+    ) -> tuple[list[Any], int | None, int]:
+        """One page's items and announced count, and the per_page to ask from now on."""
+        what = f"reading page {page} of table {table} (enrichment {enrichment_id})"
+        query = f"?{facts.READ_PAGE_PARAM}={page}&{facts.READ_PER_PAGE_PARAM}={per_page}"
+        path = self.api.upload(_seg(enrichment_id)) + query
+        try:
+            response = self._call("GET", path, what=what)
+        except AuthError as e:
+            raise AuthError(
+                e.message,
+                hint=f"the {self.api.token_kind} needs permission to read mapping enrichment "
+                "tables; ask a BigPanda admin for a key with that permission",
+                status=e.status,
+            ) from None
+        except NotFoundError as e:
+            raise NotFoundError(
+                f"{table}: enrichment {enrichment_id} was not found in BigPanda (HTTP 404)",
+                hint="check the id (`bpsync import --all --generate` lists what exists) and "
+                "that BIGPANDA_API_URL / api.region point at the right organisation",
+                status=e.status,
+            ) from None
+        except ApiError as e:
+            if e.status == 400 and per_page > facts.READ_DEFAULT_PER_PAGE and page == 1:
+                self._emit(
+                    f"{table}: per_page={per_page} refused; asking {facts.READ_DEFAULT_PER_PAGE}"
+                )
+                return self._read_page(enrichment_id, page, facts.READ_DEFAULT_PER_PAGE, table)
+            raise ApiError(
+                f"{table}: {e.message}",
+                hint=e.hint or "BigPanda did not serve the table; try again later",
+                status=e.status,
+            ) from None
+        body = self._json_object(response)
+        items = body.get(facts.READ_ITEMS_KEY)
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise ApiError(f"{what}: `{facts.READ_ITEMS_KEY}` is not a list: {_excerpt(body)}")
+        return items, _count_of(body), per_page
+
     # -------------------------------------------------------------- transport
 
     def _call(
@@ -520,16 +665,36 @@ class BigPandaClient:
                 after = _retry_after_seconds(outcome.headers.get("retry-after"), self._wall())
                 delay = max(delay, after or 0.0)
             if attempt >= self.max_attempts or elapsed + delay > self.max_retry_seconds:
-                raise ApiError(
-                    f"{what}: gave up after {attempt} attempt(s) over {elapsed:.1f}s; "
-                    f"last result: {last}",
-                    hint="BigPanda is unavailable or rate limiting; try again later",
-                    status=outcome.status_code if isinstance(outcome, httpx.Response) else None,
-                )
-            self._emit(
-                f"retrying {method} {_path(url)} in {delay:.1f}s (attempt {attempt}: {last})"
-            )
+                raise self._gave_up(what, attempt, elapsed, outcome, last)
+            line = f"retrying {method} {_path(url)} in {delay:.1f}s (attempt {attempt}: {last})"
+            if self._on_retry is not None:
+                self._on_retry(self._token.redact(line))
+            else:
+                self._emit(line)
             self._sleep(delay)
+
+    def _gave_up(
+        self,
+        what: str,
+        attempt: int,
+        elapsed: float,
+        outcome: httpx.Response | BaseException,
+        last: str,
+    ) -> ApiError:
+        tried = f"after {attempt} attempt(s) over {elapsed:.1f}s"
+        if isinstance(outcome, httpx.ConnectError):
+            refused = "refused" in str(outcome).lower()
+            how = "refused the connection" if refused else "could not be reached"
+            return ApiError(
+                f"{what}: {self.base_url} {how} ({tried}; last result: {last})",
+                hint="check the endpoint (BIGPANDA_API_URL or api.base_url in bpsync.yaml) "
+                "and the region: a typo or the wrong region is likelier than a BigPanda outage",
+            )
+        return ApiError(
+            f"{what}: gave up {tried} at {self.base_url}; last result: {last}",
+            hint="BigPanda is unavailable or rate limiting; try again later",
+            status=outcome.status_code if isinstance(outcome, httpx.Response) else None,
+        )
 
     def _attempt(
         self, method: str, url: str, body: _Body | None, what: str
@@ -545,6 +710,12 @@ class BigPandaClient:
             summary = self._token.redact(_describe_error(exc))
             self._emit(f"{method} {_path(url)} -> {summary} ({self._clock() - began:.2f}s)")
             if method == "POST" and body is not None and body.stream.fully_sent:
+                if body.idempotent:
+                    self._emit(
+                        f"{method} {_path(url)}: the whole body was sent but no answer came; "
+                        "sending it again (a full-table upload is idempotent)"
+                    )
+                    return exc, summary
                 raise ApiError(
                     f"{what}: the request was sent completely but no answer came ({summary}); "
                     "BigPanda may have accepted it, so it was not sent again",
@@ -645,6 +816,35 @@ def _message_of(response: httpx.Response) -> str:
                 value = body[key]
                 return value if isinstance(value, str) else json.dumps(value)
     return json.dumps(body)
+
+
+def _count_of(body: Mapping[str, Any]) -> int | None:
+    """The announced row count: the first count key present (api doc §15.1)."""
+    for key in facts.READ_COUNT_KEYS:
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _row_line(
+    item: Any, columns: Sequence[str], known: frozenset[str], table: str, index: int
+) -> str:
+    """One read row as a canonical CSV line, cells in `columns` order (a missing cell is
+    empty: BigPanda may leave out empty values)."""
+    if not isinstance(item, dict):
+        raise ApiError(
+            f"{table}: row {index + 1} read from BigPanda is not an object: {_excerpt(item)}"
+        )
+    extra = [k for k in item if k not in known]
+    if extra:
+        raise ApiError(
+            f"{table}: row {index + 1} read from BigPanda has column(s) "
+            f"{', '.join(map(repr, extra))} that the enrichment's fields "
+            f"({', '.join(columns)}) do not have",
+            hint="the enrichment's schema and table disagree in BigPanda; check it in the UI",
+        )
+    return format_row([cell_text(item.get(c)) for c in columns])
 
 
 def _seg(value: str) -> str:

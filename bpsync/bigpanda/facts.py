@@ -141,3 +141,15 @@ READ_COUNT_KEYS: Final = ("total_results", "total_count")
 # §15.2 [C R2]: a v2.1 schema PATCH applies only these keys and ignores (does not refuse)
 # every other one, config.name and config.fields included.
 V21_PATCH_MUTABLE_KEYS: Final = frozenset({"active", "when", "note"})
+# What bpsync asks for [I]: R1 states no maximum, so bpsync asks for bigger pages than the
+# default (10x fewer requests under the 5 req/s limit) and never relies on getting them; a
+# server that refuses the size (HTTP 400) is asked again with the documented default.
+READ_REQUEST_PER_PAGE: Final = 1000
+
+
+def patch_applies(api_version: str, key: str) -> bool:
+    """Whether a schema PATCH of this API version applies top-level `key` (`active`, `when`,
+    `note`, `config`) rather than ignoring it (§15.2: v2.1 ignores all but three keys)."""
+    if api_version == "v2.1":
+        return key in V21_PATCH_MUTABLE_KEYS
+    return True

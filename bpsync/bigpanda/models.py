@@ -16,6 +16,8 @@ from bpsync.errors import ApiError
 
 BODY_EXCERPT_CHARS = 500  # how much of an error body a message shows
 ProgressCallback = Callable[["Job", float], None]
+# A table read's progress: (rows read so far, the announced total or None).
+ReadProgress = Callable[[int, "int | None"], None]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,29 @@ class UploadReceipt:
     job_url: str
     sha256: str
     bytes_sent: int
+
+
+@dataclass(frozen=True)
+class TableRead:
+    """What a paged read of a table's rows (SPEC §7) wrote and what it took."""
+
+    rows: int
+    total: int | None  # the count BigPanda announced (None: it announced none)
+    requests: int  # page requests sent, the failed attempt of a restart included
+    restarts: int  # 1 when the total moved mid-read and the read started over
+
+
+def cell_text(value: Any) -> str:
+    """A cell of a read row as CSV text (SPEC §7): a string as it is, null as an empty cell,
+    a number or boolean as its JSON text. A list (BigPanda splits `|` values into lists,
+    api doc §5.2) is joined back with `|`; any other JSON value is written as JSON."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return facts.ARRAY_DELIMITER.join(cell_text(v) for v in value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 @dataclass(frozen=True)

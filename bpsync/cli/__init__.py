@@ -15,14 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bpsync.cli.context import EXIT_ERROR, EXIT_INTERRUPTED, Context
 from bpsync.cli.parser import build_parser, parse, resolve
 from bpsync.console import Console, wants_color
 from bpsync.errors import BpsyncError, InvalidInput
+
+if TYPE_CHECKING:
+    from bpsync.interrupt import Interrupts
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -35,6 +38,8 @@ def run(
     console: Console | None = None,
     stdin_isatty: bool | None = None,
     client_options: Mapping[str, Any] | None = None,
+    read_line: Callable[[], str] | None = None,
+    interrupts: Interrupts | None = None,
 ) -> int:
     """Run one command; returns the exit code. Every error becomes a code here, and only here."""
     env = dict(os.environ) if env is None else env
@@ -43,6 +48,9 @@ def run(
     try:
         args = parse(build_parser(), argv)
         ctx = _context(args, console, env, cwd, stdin_isatty, client_options)
+        if read_line is not None:
+            ctx.read_line = read_line
+        ctx.interrupts = interrupts
         code: int = resolve(args.command_target)(ctx)
         return code
     except InvalidInput as e:

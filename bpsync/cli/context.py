@@ -16,6 +16,7 @@ from bpsync.console import Console
 
 if TYPE_CHECKING:
     from bpsync.config import Config
+    from bpsync.interrupt import Interrupts
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -34,6 +35,10 @@ class Context:
     stdin_isatty: bool
     # Extra BigPandaClient keyword arguments (tests: transport, poll intervals, limiter).
     client_options: Mapping[str, Any] = field(default_factory=dict)
+    # The confirmation prompt's answer (tests: a function raising EOFError for Ctrl-D).
+    read_line: Callable[[], str] = input
+    # Ctrl-C handling for apply (tests inject one and call it as a signal would).
+    interrupts: Interrupts | None = None
     _config: Config | None = field(default=None, init=False)
 
     @property

@@ -6,17 +6,20 @@ from __future__ import annotations
 import io
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, Context
+from bpsync.cli.context import EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Context
 from bpsync.console import Console, LiveLines, sorted_problems
 from bpsync.errors import (
     ApplyRefused,
     BpsyncError,
     ConfigError,
+    Interrupted,
     InvalidInput,
     Problem,
     StalePlan,
@@ -28,6 +31,7 @@ from bpsync.validate import select, validate_project
 
 if TYPE_CHECKING:
     from bpsync.applier import TableResult
+    from bpsync.interrupt import Interrupts
     from bpsync.plan import Plan
     from bpsync.planner import RowsMemo
 
@@ -103,10 +107,20 @@ def fmt(ctx: Context) -> int:
     if any(p.severity == "error" for p in problems):
         raise InvalidInput(problems)
     check = bool(ctx.args.check)
+    encoding = ctx.args.encoding
+    if encoding is not None:
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise UsageError(
+                f"unknown encoding {encoding!r}", hint="e.g. --encoding cp1252 or latin-1"
+            ) from None
     failed = False
     changed = 0
     for manifest in select(manifests, ctx.args.table):
-        result = format_table(manifest, check=check)
+        result = format_table(manifest, check=check, encoding=encoding)
         if result.problems:
             ctx.console.problems(result.problems)
             failed = True
@@ -157,39 +171,88 @@ def build_plan(ctx: Context, *, refresh: bool, memo: RowsMemo | None = None) -> 
     backend = open_backend(config)
     state = backend.read()
     remote = None
-    if refresh:
-        from bpsync.refresh import refresh_remote
+    with tempfile.TemporaryDirectory(prefix="bpsync-refresh-") as scratch:
+        if refresh:
+            from bpsync.refresh import refresh_remote
 
-        with _client(ctx) as client:
-            remote = refresh_remote(client, state, manifests, ctx.args.table, ctx.console.note)
-    plan = make_plan(
-        config,
-        manifests,
-        state,
-        backend,
-        only=ctx.args.table,
-        remote=remote,
-        now=_now(),
-        digests=digests,
-        memo=memo,
-    )
+            with _client(ctx) as client:
+                remote = refresh_remote(
+                    client,
+                    state,
+                    manifests,
+                    ctx.args.table,
+                    ctx.console.note,
+                    rows=_row_refresh(ctx, Path(scratch)),
+                )
+        plan = make_plan(
+            config,
+            manifests,
+            state,
+            backend,
+            only=ctx.args.table,
+            remote=remote,
+            now=_now(),
+            digests=digests,
+            memo=memo,
+        )
     for w in plan.warnings:
         ctx.console.warn(w)
     return plan
 
 
-def _client(ctx: Context, fault: Callable[[str], None] | None = None) -> Any:
+def _row_refresh(ctx: Context, directory: Path) -> Any:
+    """The row refresh of a refresh (SPEC §7): its budget, where the rows go, its progress.
+    None on an API version that cannot read rows (saying so once when it was asked for)."""
+    from bpsync.bigpanda import facts
+    from bpsync.console import read_progress
+    from bpsync.refresh import RowRefresh
+
+    asked = getattr(ctx.args, "refresh_rows", None)
+    budget = ctx.config.refresh.max_rows if asked is None else asked
+    if ctx.config.api.version not in facts.TABLE_READ_API_VERSIONS:
+        if asked:
+            ctx.console.note(
+                f"Note: API {ctx.config.api.version} cannot read a table's rows; the refresh "
+                "checks each enrichment's version only (--refresh-rows needs v2.1)."
+            )
+        return None
+    live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
+    return RowRefresh(
+        budget, directory, progress=lambda name: read_progress(name, ctx.console.note, live)
+    )
+
+
+def _client(
+    ctx: Context,
+    fault: Callable[[str], None] | None = None,
+    interrupts: Interrupts | None = None,
+) -> Any:
     from bpsync.bigpanda.client import BigPandaClient
 
     config = ctx.config
     log = ctx.console.note if ctx.args.debug else None
+    options = dict(ctx.client_options)
+    if interrupts is not None:
+        # Every sleep of the client (polls, backoff, rate limit) ends at a second Ctrl-C.
+        inner = options.get("sleep")
+        if inner is None:
+            options["sleep"] = interrupts.sleep
+        else:
+
+            def sleep(seconds: float) -> None:
+                interrupts.check()
+                inner(seconds)
+                interrupts.check()
+
+            options["sleep"] = sleep
     return BigPandaClient(
         config.resolved_base_url,
         config.token(ctx.env),
         config.api.version,
         log=log,
         fault=fault,  # test seam: the crash matrix's "mid-upload" point (see _fault_hook)
-        **ctx.client_options,
+        on_retry=None if log else ctx.console.note,  # --debug logs them with the rest
+        **options,
     )
 
 
@@ -289,7 +352,13 @@ def _link_base(ctx: Context, base_of: Callable[[Mapping[str, str]], str | None])
 
 
 def plan(ctx: Context) -> int:
-    the_plan = build_plan(ctx, refresh=_wants_refresh(ctx))
+    refresh = _wants_refresh(ctx)
+    the_plan = build_plan(ctx, refresh=refresh)
+    if not refresh and ctx.args.refresh is None and _has_remote(ctx, the_plan):
+        ctx.console.note(
+            f"Note: not refreshed: {ctx.config.api.token_env} is not set, so BigPanda's side "
+            "was not read (no drift check); the plan compares with the state only."
+        )
     render(ctx, the_plan, ctx.args.format, plan_file=ctx.args.out)
     if ctx.args.out:
         from bpsync.planfile import save_plan
@@ -301,6 +370,14 @@ def plan(ctx: Context) -> int:
     if ctx.args.detailed_exitcode and the_plan.has_changes:
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def _has_remote(ctx: Context, the_plan: Plan) -> bool:
+    """An endpoint is configured, or a table is known to live in BigPanda: a refresh was due."""
+    from bpsync.config import API_URL_ENV
+
+    configured = bool(ctx.env.get(API_URL_ENV) or ctx.config.api.base_url)
+    return configured or any(t.enrichment_id for t in the_plan.tables)
 
 
 def show(ctx: Context) -> int:
@@ -359,7 +436,11 @@ def _confirm(ctx: Context, the_plan: Plan) -> None:
     ctx.console.note("Do you want to perform these actions? Only 'yes' will be accepted.")
     ctx.console.err.write("  Enter a value: ")
     ctx.console.err.flush()
-    answer = input().strip()
+    try:
+        answer = ctx.read_line().strip()
+    except (EOFError, KeyboardInterrupt):
+        ctx.console.err.write("\n")  # the prompt's line was left open
+        answer = ""
     if answer != "yes":
         raise ApplyRefused("apply cancelled", hint="nothing was changed")
 
@@ -410,12 +491,14 @@ def apply(ctx: Context) -> int:
 def _apply(ctx: Context, report: _ApplyReport) -> int:
     from bpsync.applier import Applier, StateStore
     from bpsync.guards import check_mass_delete
+    from bpsync.interrupt import Interrupts
     from bpsync.planner import RowsMemo, make_plan
     from bpsync.refresh import refresh_remote
     from bpsync.state import open_backend
 
     config = ctx.config
     config.token(ctx.env)  # fail before taking the lock when there is no token
+    _check_verify(ctx)
     fault = _fault_hook(ctx.env)
     backend = open_backend(config, fault=fault)  # test seam: kills mid state write too
     with backend.lock(
@@ -433,9 +516,13 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
                 hint="review `bpsync plan` and run `bpsync apply --auto-approve`, or apply a "
                 "saved plan file (`bpsync plan --out FILE`, then `bpsync apply FILE`)",
             )
-        with _client(ctx, fault=fault) as client:
+        say = [ctx.console.note]  # the live lines' note once they exist (a terminal)
+        interrupts = ctx.interrupts or Interrupts(lambda text: say[0](text))
+        with _client(ctx, fault=fault, interrupts=interrupts) as client:
             store = StateStore(backend, backend.read(), fault)
             live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
+            if live is not None:
+                say[0] = live.note
             applier = Applier(
                 client,
                 store,
@@ -446,21 +533,35 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
                 parallelism=ctx.args.parallelism,
                 fault=fault,
                 live=live.set if live else None,
+                interrupts=interrupts,
+                verify=ctx.args.verify,
             )
-            resumed = applier.resume_pending()
+            with interrupts.installed():
+                resumed = applier.resume_pending()
             report.results += resumed
+            if interrupts.count:
+                raise Interrupted(
+                    "apply interrupted while re-attaching to the jobs of an earlier apply; "
+                    "nothing new was started",
+                    hint="run `bpsync apply` again: it re-attaches to any job still pending",
+                )
             if resumed and (ctx.args.planfile or ctx.args.expect_fingerprint):
                 raise StalePlan(
                     "a job left pending by an interrupted apply was completed, "
                     "so the state moved since the plan was made",
                     hint="run `bpsync plan` again and review it",
                 )
-            if not ctx.args.planfile:
-                manifests = _load_selected(ctx)
+            manifests = _load_selected(ctx)
+            with tempfile.TemporaryDirectory(prefix="bpsync-refresh-") as scratch:
                 remote = refresh_remote(
-                    client, store.state, manifests, ctx.args.table, ctx.console.note
+                    client,
+                    store.state,
+                    manifests,
+                    ctx.args.table,
+                    ctx.console.note,
+                    rows=_row_refresh(ctx, Path(scratch)),
                 )
-                the_plan = make_plan(
+                fresh = make_plan(
                     config,
                     manifests,
                     store.state,
@@ -470,20 +571,42 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
                     now=_now(),
                     memo=memo,
                 )
+            if ctx.args.planfile:
+                _check_saved_remote(the_plan, fresh)
+            else:
+                the_plan = fresh
                 report.plan = the_plan
+                expected = ctx.args.expect_fingerprint
+                if expected and expected != the_plan.fingerprint:
+                    _fingerprint_mismatch(expected, the_plan)
                 check_mass_delete(the_plan, ctx.args.allow_mass_delete)
                 render(ctx, the_plan, "text")
                 if not the_plan.has_changes:
                     return EXIT_OK
                 _confirm(ctx, the_plan)
-            result = applier.apply(the_plan)
+            with interrupts.installed():
+                result = applier.apply(the_plan)
             report.results += result.results
     for r in result.failed:
-        ctx.console.error(f"{r.name}: {r.message}")
+        if r.interrupted != "not started":
+            ctx.console.error(f"{r.name}: {r.message}")
     ctx.console.print(result.summary())
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     if result.failed:
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _check_verify(ctx: Context) -> None:
+    from bpsync.bigpanda import facts
+
+    version = ctx.config.api.version
+    if ctx.args.verify and version not in facts.TABLE_READ_API_VERSIONS:
+        raise ConfigError(
+            f"apply --verify needs an API that can read a table's rows; API {version} cannot",
+            hint="apply without --verify (the job's `done` is what v1 confirms), or use v2.1",
+        )
 
 
 def _offline_plan(ctx: Context, memo: RowsMemo | None = None) -> Plan:
@@ -498,18 +621,219 @@ def _offline_plan(ctx: Context, memo: RowsMemo | None = None) -> Plan:
     else:
         the_plan = build_plan(ctx, refresh=False, memo=memo)
         expected = ctx.args.expect_fingerprint
-        if expected and expected != the_plan.fingerprint:
-            raise ApplyRefused(
-                f"fingerprint mismatch: the approved plan was {expected}, "
-                f"a fresh plan is {the_plan.fingerprint}",
-                hint="the tables, manifests or state moved since the plan was "
-                "reviewed; review the new plan before applying",
-            )
+        if (
+            expected
+            and expected != the_plan.fingerprint
+            and not _refresh_may_explain(ctx, the_plan)
+        ):
+            _fingerprint_mismatch(expected, the_plan)
     check_mass_delete(the_plan, ctx.args.allow_mass_delete)
     return the_plan
 
 
+def _refresh_may_explain(ctx: Context, offline: Plan) -> bool:
+    """Whether what a refresh finds could enter the fingerprint: only for tables that know an
+    enrichment or an interrupted apply's intent. Otherwise a mismatch is final, and refused
+    before any request."""
+    from bpsync.state import open_backend
+
+    if any(t.enrichment_id for t in offline.tables):
+        return True
+    return any(ts.pending for ts in open_backend(ctx.config).read().tables.values())
+
+
+def _fingerprint_mismatch(expected: str, fresh: Plan) -> None:
+    from bpsync.plan import remote_findings
+
+    findings = remote_findings(fresh.tables)
+    if findings:
+        raise ApplyRefused(
+            f"fingerprint mismatch: the approved plan was {expected}, a fresh plan is "
+            f"{fresh.fingerprint}; BigPanda's side shows what the reviewed plan may not "
+            "have: " + "; ".join(findings),
+            hint="nothing was changed; review a new plan (`bpsync plan`), which shows this "
+            "drift, before applying",
+        )
+    raise ApplyRefused(
+        f"fingerprint mismatch: the approved plan was {expected}, "
+        f"a fresh plan is {fresh.fingerprint}",
+        hint="the tables, manifests or state moved since the plan was "
+        "reviewed; review the new plan before applying",
+    )
+
+
+def _check_saved_remote(saved: Plan, fresh: Plan) -> None:
+    """Refuse a saved plan when the apply-time refresh finds drift it did not show."""
+    new = sorted(set(remote_findings_of(fresh)) - set(remote_findings_of(saved)))
+    if new:
+        raise StalePlan(
+            "BigPanda changed since the plan was made, and the plan does not show it: "
+            + "; ".join(new),
+            hint="nothing was changed; run `bpsync plan --out FILE` again and review it",
+        )
+
+
+def remote_findings_of(plan: Plan) -> tuple[str, ...]:
+    from bpsync.plan import remote_findings
+
+    return remote_findings(plan.tables)
+
+
 def import_(ctx: Context) -> int:
+    args = ctx.args
+    if args.import_all:
+        if not args.generate:
+            raise UsageError(
+                "bpsync import: --all needs --generate", hint="see `bpsync import --help`"
+            )
+        if args.name or args.enrichment_id or args.csv:
+            raise UsageError(
+                "import --all takes no NAME, ENRICHMENT_ID or --csv",
+                hint="import one table with `bpsync import NAME ID --generate [--csv FILE]`",
+            )
+        return _import_all(ctx)
+    if not args.name or not args.enrichment_id:
+        raise UsageError(
+            "bpsync import: needs NAME and ENRICHMENT_ID (or --all --generate)",
+            hint="see `bpsync import --help`",
+        )
+    if args.include_inactive:
+        raise UsageError("--include-inactive goes with --all --generate")
+    if (args.csv or args.dir) and not args.generate:
+        raise UsageError("--csv and --dir go with --generate")
+    if args.generate:
+        return _import_generate(ctx)
+    return _import_adopt(ctx)
+
+
+def _importer(ctx: Context, backend: Any, client: Any) -> Any:
+    from bpsync.console import read_progress
+    from bpsync.importer import Importer, default_directory
+
+    live = LiveLines(ctx.console.err) if _is_tty(ctx.console.err) else None
+    directory = ctx.path(ctx.args.dir) if ctx.args.dir else default_directory(ctx.config)
+    return Importer(
+        ctx.config,
+        backend,
+        client,
+        directory,
+        progress=lambda name: read_progress(name, ctx.console.note, live),
+    )
+
+
+def _existing_manifests(ctx: Context) -> list[Manifest]:
+    manifests, problems = load_manifests(ctx.config)
+    if any(p.severity == "error" for p in problems):
+        raise InvalidInput(problems)  # names and ids cannot be checked against broken files
+    return manifests
+
+
+def _report_imported(ctx: Context, imported: Any, version: int | None) -> bool:
+    """One line for a written table; its table's problems after it. True when clean."""
+    ctx.console.note(
+        f"{imported.name}: wrote {imported.manifest} and {imported.csv} "
+        f"({imported.rows:,} rows) from enrichment {imported.enrichment_id}"
+        + (f", version {version}" if version is not None else "")
+    )
+    if not any(p.severity == "error" for p in imported.problems):
+        if imported.problems:
+            ctx.console.problems(imported.problems)
+        return True
+    ctx.console.problems(imported.problems)
+    ctx.console.error(
+        f"{imported.name}: BigPanda's table breaks the CSV rules above; it was written and "
+        f"adopted as it is: fix {imported.csv}, then `bpsync plan` shows the fix as a change"
+    )
+    return False
+
+
+def _import_generate(ctx: Context) -> int:
+    from bpsync.bigpanda import facts
+    from bpsync.errors import NotFoundError
+    from bpsync.importer import not_found
+    from bpsync.state import open_backend
+
+    config, args = ctx.config, ctx.args
+    if config.api.version not in facts.TABLE_READ_API_VERSIONS and not args.csv:
+        raise ConfigError(
+            f"API {config.api.version} documents no way to read a table's rows; nothing was "
+            "written",
+            hint="export the table from BigPanda's UI and run "
+            f"`bpsync import {args.name} {args.enrichment_id} --generate --csv FILE`",
+        )
+    manifests = _existing_manifests(ctx)
+    config.token(ctx.env)
+    backend = open_backend(config)
+    lock = backend.lock("bpsync import", timeout=args.lock_timeout, notify=ctx.console.warn)
+    with lock, _client(ctx) as client:
+        importer = _importer(ctx, backend, client)
+        importer.check_one(args.name, args.enrichment_id, manifests)
+        try:
+            e = client.get_enrichment(args.enrichment_id)
+        except NotFoundError as exc:
+            raise not_found(args.enrichment_id, exc) from None
+        source = ctx.path(args.csv) if args.csv else None
+        imported = importer.generate(args.name, e, source)
+    ok = _report_imported(ctx, imported, e.version)
+    if ok:
+        ctx.console.note(
+            f"Imported enrichment {e.id} as table {args.name}; `bpsync plan` now shows no "
+            "changes for it."
+        )
+    return EXIT_OK if ok else EXIT_ERROR
+
+
+def _import_all(ctx: Context) -> int:
+    from bpsync.bigpanda import facts
+    from bpsync.errors import AuthError, BpsyncError
+    from bpsync.state import open_backend
+
+    config, args = ctx.config, ctx.args
+    if config.api.version not in facts.TABLE_READ_API_VERSIONS:
+        raise ConfigError(
+            f"API {config.api.version} documents no way to read a table's rows, so "
+            "`import --all --generate` cannot write the CSVs; nothing was written",
+            hint="export each table from BigPanda's UI and run "
+            "`bpsync import NAME ID --generate --csv FILE` for it",
+        )
+    manifests = _existing_manifests(ctx)
+    config.token(ctx.env)
+    backend = open_backend(config)
+    clean = True
+    done: list[Any] = []
+    lock = backend.lock("bpsync import", timeout=args.lock_timeout, notify=ctx.console.warn)
+    with lock, _client(ctx) as client:
+        importer = _importer(ctx, backend, client)
+        found = importer.unknown(manifests, args.include_inactive)
+        if not found:
+            ctx.console.note(
+                "Nothing to import: every enrichment is managed by a manifest or the state."
+            )
+            return EXIT_OK
+        names = importer.names_for(found, manifests)
+        importer.check_discoverable(names[0])
+        for name, e in zip(names, found, strict=True):
+            try:
+                imported = importer.generate(name, e, None)
+            except AuthError:
+                raise  # the key cannot read: every other table would fail the same way
+            except BpsyncError as err:
+                ctx.console.error(f"{name} (enrichment {e.id}): {err.render()}")
+                clean = False
+                continue
+            done.append(imported)
+            clean = _report_imported(ctx, imported, e.version) and clean
+    rows = sum(i.rows for i in done)
+    failed = len(found) - len(done)
+    ctx.console.note(
+        f"Imported {len(done)} of {len(found)} enrichment(s) ({rows:,} rows)"
+        + (f"; {failed} failed (see above)" if failed else "")
+        + ". Review the files and open a pull request with them."
+    )
+    return EXIT_OK if clean else EXIT_ERROR
+
+
+def _import_adopt(ctx: Context) -> int:
     from bpsync.state import TableState, open_backend
 
     config = ctx.config

@@ -106,6 +106,17 @@ def _lock_timeout() -> _Parser:
     return p
 
 
+def _refresh_rows(p: argparse.ArgumentParser) -> None:
+    """plan and apply: the row refresh's budget (SPEC §7), overriding refresh.max_rows."""
+    p.add_argument(
+        "--refresh-rows",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="v2.1: read back the rows of tables up to N rows (default refresh.max_rows; 0: off)",
+    )
+
+
 class _Groups:
     """The shared option groups, built once per parser."""
 
@@ -198,6 +209,13 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
 
     f = sub.add_parser("fmt", help="rewrite tables in canonical form", parents=[g.table])
     f.add_argument("--check", action="store_true", help="only report files that would change")
+    f.add_argument(
+        "--encoding",
+        metavar="NAME",
+        help='the encoding non-UTF-8 tables were saved in (Excel\'s "CSV (Comma delimited)" on '
+        "Windows: cp1252); they are rewritten as UTF-8. A BOM and UTF-16 are recognised "
+        "without it",
+    )
     _command(f, "core:fmt")
 
     pl = sub.add_parser(
@@ -225,6 +243,7 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
         action="store_false",
         help="stay offline even when a token is set",
     )
+    _refresh_rows(pl)
     _command(pl, "core:plan")
 
     a = sub.add_parser(
@@ -269,6 +288,12 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
         metavar="N",
         help="tables applied at once (default 4)",
     )
+    _refresh_rows(a)
+    a.add_argument(
+        "--verify",
+        action="store_true",
+        help="v2.1: read each table back after its job is done and compare it",
+    )
     _command(a, "core:apply")
 
     s = sub.add_parser("show", help="render a saved plan", parents=[g.plan_format, g.max_rows])
@@ -278,11 +303,40 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     _command(s, "core:show")
 
     i = sub.add_parser(
-        "import", help="adopt an existing enrichment into state", parents=[g.lock_timeout]
+        "import",
+        help="adopt an existing enrichment into state",
+        description="`import NAME ENRICHMENT_ID` adopts an enrichment for an existing manifest; "
+        "with --generate it first writes the manifest and CSV from BigPanda. "
+        "`import --all --generate` does that for every enrichment the repository does not "
+        "manage yet.",
+        parents=[g.lock_timeout],
     )
-    i.add_argument("name", metavar="NAME", help="the table (its manifest must exist)")
+    i.add_argument("name", nargs="?", metavar="NAME", help="the table's name in this repository")
     i.add_argument(
-        "enrichment_id", metavar="ENRICHMENT_ID", help="the BigPanda enrichment to manage"
+        "enrichment_id", nargs="?", metavar="ENRICHMENT_ID", help="the enrichment's id in BigPanda"
+    )
+    i.add_argument(
+        "--generate",
+        action="store_true",
+        help="write the manifest and CSV from BigPanda (v2.1 reads the rows; v1 needs --csv)",
+    )
+    i.add_argument(
+        "--all",
+        dest="import_all",
+        action="store_true",
+        help="every enrichment no manifest or state entry knows (with --generate)",
+    )
+    i.add_argument(
+        "--include-inactive", action="store_true", help="with --all: inactive enrichments too"
+    )
+    i.add_argument(
+        "--csv", type=Path, metavar="FILE", help="the rows, exported from BigPanda's UI (v1)"
+    )
+    i.add_argument(
+        "--dir",
+        type=Path,
+        metavar="DIR",
+        help="where to write the files (default: the first manifests pattern's directory)",
     )
     _command(i, "core:import_")
 

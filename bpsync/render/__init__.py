@@ -240,10 +240,7 @@ def destructive_reasons(t: TablePlan) -> list[str]:
 
 def sets_inactive(t: TablePlan) -> bool:
     """The manifest turns an active enrichment off (SPEC §3: flagged like a deactivate)."""
-    if t.action in (CREATE, DEACTIVATE, NO_OP) or t.schema is None:
-        return False
-    was = True if t.old_schema is None else t.old_schema.get("active", True)
-    return t.schema.get("active", True) is False and was is not False
+    return t.deactivates
 
 
 def risks(t: TablePlan) -> list[str]:

@@ -111,6 +111,7 @@ def table_object(t: TablePlan) -> dict[str, Any]:
         "manifest": t.manifest,
         "csv": t.csv,
         "baseline": t.baseline,
+        "row_drift": dict(t.row_drift) if t.row_drift is not None else None,
         "destructive": t.destructive,
         "mass_delete": t.mass_delete,
         "max_delete_fraction": t.max_delete_fraction,

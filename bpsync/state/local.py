@@ -145,7 +145,10 @@ class LocalBackend(StateBackend):
             restore_state=(
                 f"Restore {self.state_path} from git (git checkout -- {self.state_path}) or "
                 f"from the backup of the state before the last write ({self.backup_path}), "
-                "then retry"
+                "then retry. The backup is one write older: what that write recorded (the "
+                "last table applied, or a pending job or enrichment it noted) is missing from "
+                "it; the next `bpsync plan` shows such a table as changed again, and apply "
+                "adopts or re-attaches what BigPanda already has"
             ),
             lineage_hint="these are different state histories; check the state path",
             snapshot_missing=(

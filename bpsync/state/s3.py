@@ -161,7 +161,10 @@ class S3Backend(StateBackend):
             restore_state=(
                 f"Restore an earlier version of {state_url} (if the bucket keeps versions) or "
                 f"the state before the last write (aws s3 cp {backup_url} {state_url}), then "
-                "retry"
+                "retry. The backup is one write older: what that write recorded (the last "
+                "table applied, or a pending job or enrichment it noted) is missing from it; "
+                "the next `bpsync plan` shows such a table as changed again, and apply adopts "
+                "or re-attaches what BigPanda already has"
             ),
             lineage_hint="these are different state histories; check state.bucket and state.prefix",
             snapshot_missing="restore it from the bucket's object versions, or run `bpsync "
