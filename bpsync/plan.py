@@ -38,10 +38,24 @@ class RowChanges:
     take gigabytes, so `create` plans keep only where the rows are and read them on demand.
     """
 
-    def __init__(self, changes: Iterable[RowChange] = (), *, lazy: Any = None, count: int = 0):
+    def __init__(
+        self,
+        changes: Iterable[RowChange] = (),
+        *,
+        lazy: Any = None,
+        count: int = 0,
+        ordered: bool = False,
+        add_blocks: Any = None,
+    ):
         self._changes = tuple(changes)
         self._lazy = lazy  # a callable returning an iterator of RowChange
         self._count = count if lazy is not None else len(self._changes)
+        # The lazy changes come in `change_order` already (a new table whose rows are in
+        # key order): renderings take them as they come, with no sort.
+        self.ordered = ordered and lazy is not None
+        # For lazy changes that are all `add`s: a callable returning the rows as blocks of
+        # (line of the first, canonical lines), so a rendering can skip RowChange objects.
+        self.add_blocks = add_blocks if lazy is not None else None
 
     def __iter__(self) -> Iterator[RowChange]:
         if self._lazy is not None:

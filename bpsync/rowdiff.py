@@ -103,13 +103,25 @@ class _Aligner:
 
     Runs of equal lines are skipped with list-slice comparisons (C speed, exponentially
     growing), so an edited-in-place table costs little more than reading both files. At a
-    difference it looks a few lines ahead on both sides for the next common line; what it
-    passes over is kept as unmatched and resolved exactly at the end (equal text is a moved,
-    unchanged row; the rest pairs by key). Too much unmatched text means the rows were
-    re-ordered: it gives up, and the hashing diff takes over.
+    difference it looks ahead on both sides for the nearest common line (a few lines, then
+    wider windows); what it passes over is kept as unmatched and resolved exactly at the end
+    (equal text is a moved, unchanged row; the rest pairs by key). Too much unmatched text
+    means the rows were re-ordered: it gives up, and the hashing diff takes over.
+
+    The look-ahead never stops at the end of a block of the new table (the rest of the
+    block is carried over to the next one): a window cut short there used to skip a whole
+    window of snapshot lines for a few new ones, and once the two sides were more than a
+    window apart no window could bring them together again.
     """
 
     WINDOW = 64
+    # Wider windows tried in turn when no line of the last one matched.
+    WIDER = (512, 4096)
+    # Re-ordered rows show early: once this many new lines are read, if more than this
+    # share of them is unmatched, alignment gives up then (not at the unmatched limit,
+    # a full scan and snapshot read later). Even 50% of rows touched leaves ~60% matched.
+    EARLY_LINES = 20_000
+    EARLY_SHARE = 0.9
 
     def __init__(self, old_blocks: Iterator[tuple[int, list[str], bool]], limit: int) -> None:
         self.blocks = old_blocks
@@ -123,10 +135,14 @@ class _Aligner:
         self.old_rows = 0
         self.old_un: list[tuple[int, str]] = []
         self.new_un: list[tuple[int, str]] = []
+        # New lines not aligned yet when their block ended: (line number of the first, lines).
+        self.carry: tuple[int, list[str]] | None = None
+        self.fed = 0  # new lines received
+        self.early_check = True
 
-    def _fill(self) -> None:
-        """Keep at least two windows of snapshot lines ahead of `pos`."""
-        while not self.exhausted and len(self.buf) - self.pos < 2 * self.WINDOW:
+    def _fill(self, ahead: int = 2 * WINDOW) -> None:
+        """Keep at least `ahead` snapshot lines after `pos` (fewer only at its end)."""
+        while not self.exhausted and len(self.buf) - self.pos < ahead:
             block = next(self.blocks, None)
             if block is None:
                 self.exhausted = True
@@ -141,6 +157,21 @@ class _Aligner:
             self.pos = 0
 
     def feed(self, first: int, lines: list[str]) -> None:
+        self.fed += len(lines)
+        if self.carry is not None:
+            carried_first, carried = self.carry
+            self.carry = None
+            if carried_first + len(carried) == first:
+                first, lines = carried_first, carried + lines
+            else:  # a gap (an invalid row): the carried lines cannot be continued
+                self._feed(carried_first, carried, final=True)
+        self._feed(first, lines, final=False)
+        if self.early_check and self.fed >= self.EARLY_LINES:
+            self.early_check = False
+            if len(self.new_un) > self.EARLY_SHARE * self.fed:
+                raise _TooManyUnmatched
+
+    def _feed(self, first: int, lines: list[str], *, final: bool) -> None:
         j, n = 0, len(lines)
         ahead = 2 * self.WINDOW
         while j < n:
@@ -153,7 +184,11 @@ class _Aligner:
             j += k
             self.pos += k
             if j < n and self.pos < len(self.buf):
-                j = self._resync(first, lines, j, n)
+                at = self._resync(first, lines, j, n, final)
+                if at < 0:  # carried over: lines[j:] go on with the next block
+                    self.carry = (first + j, lines[j:])
+                    return
+                j = at
 
     def _equal_run(self, lines: list[str], j: int, n: int) -> int:
         """How many lines from lines[j] equal the snapshot's from buf[pos].
@@ -174,11 +209,17 @@ class _Aligner:
             return k + next(compress(count(), map(ne, mine, theirs)))
         return k
 
-    def _resync(self, first: int, lines: list[str], j: int, n: int) -> int:
-        """Skip to the next line both sides share; keep what was skipped as unmatched."""
+    def _resync(self, first: int, lines: list[str], j: int, n: int, final: bool) -> int:
+        """Skip to the next line both sides share; keep what was skipped as unmatched.
+
+        Returns where to go on in `lines`, or -1 to carry lines[j:] over to the next block
+        (the look-ahead needs lines past this block's end)."""
         dj, di = self._one_line_edit(lines, j, n)
         if dj < 0:
-            dj, di = self._window_match(lines, j, n)
+            found = self._window_match(lines, j, n, final)
+            if found is None:
+                return -1
+            dj, di = found
         if dj:
             self.new_un.extend(
                 zip(range(first + j, first + j + dj), lines[j : j + dj], strict=True)
@@ -205,17 +246,24 @@ class _Aligner:
             return 0, 1  # a removed row
         return -1, -1
 
-    def _window_match(self, lines: list[str], j: int, n: int) -> tuple[int, int]:
-        """The first new line, within a window, that the next old lines hold; else skip both
-        windows whole."""
-        window = self.buf[self.pos : self.pos + self.WINDOW]
-        at = {line: i for i, line in enumerate(window)}
-        new_window = lines[j : min(n, j + self.WINDOW)]
-        for offset, line in enumerate(new_window):
-            found = at.get(line)
-            if found is not None:
-                return offset, found
-        return len(new_window), len(window)
+    def _window_match(
+        self, lines: list[str], j: int, n: int, final: bool
+    ) -> tuple[int, int] | None:
+        """(new lines, old lines) to skip to the nearest line both sides hold (fewest lines
+        skipped in all), in windows growing from WINDOW; None when the new side's window is
+        cut short by the end of the block (carry on in the next). With no common line in the
+        widest windows, as many lines of each side are skipped: a run of changed rows."""
+        for size in (self.WINDOW, *self.WIDER):
+            self._fill(size)
+            window = self.buf[self.pos : self.pos + size]
+            new_window = lines[j : min(n, j + size)]
+            best = _nearest_common(window, new_window)
+            if best is not None:
+                return best
+            if len(new_window) < size and not final:
+                return None
+        skip = min(len(new_window), len(window))
+        return skip, skip
 
     def _unmatched_new(self, first: int, lines: list[str], j: int, n: int) -> None:
         self.new_un.extend(zip(range(first + j, first + n), lines[j:n], strict=True))
@@ -224,6 +272,10 @@ class _Aligner:
 
     def finish(self) -> None:
         """Whatever the snapshot holds beyond the last aligned line is unmatched."""
+        if self.carry is not None:
+            carried_first, carried = self.carry
+            self.carry = None
+            self._feed(carried_first, carried, final=True)
         while True:
             self._fill()
             rest = self.buf[self.pos :]
@@ -234,6 +286,19 @@ class _Aligner:
                 return
             if len(self.old_un) + len(self.new_un) > self.limit:
                 raise _TooManyUnmatched
+
+
+def _nearest_common(old: list[str], new: list[str]) -> tuple[int, int] | None:
+    """(i, j) with new[i] == old[j] and i + j smallest, or None."""
+    at = dict(zip(old, range(len(old)), strict=True))  # snapshot lines are distinct
+    best: tuple[int, int] | None = None
+    for offset, line in enumerate(new):
+        if best is not None and offset >= best[0] + best[1]:
+            break  # no later line can be nearer
+        found = at.get(line)
+        if found is not None and (best is None or offset + found < best[0] + best[1]):
+            best = (offset, found)
+    return best
 
 
 def _aligned_diff(

@@ -19,16 +19,17 @@ import csv
 import gzip
 import hashlib
 import io
+import operator
 import queue
 import threading
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol, cast
+from typing import Any, BinaryIO, Literal, Protocol, cast
 
 from bpsync.bigpanda import facts
 from bpsync.errors import Problem
@@ -390,6 +391,7 @@ class TableScan:
         *,
         keys: KeyMode = "check",
         rows_despite_errors: bool = False,
+        track_order: bool = False,
     ) -> None:
         self.path = path
         self.layout = layout
@@ -414,6 +416,11 @@ class TableScan:
         # Instead of the dict of key hashes: every key's hash in file order (8 bytes a row).
         self.key_log: array[int] | None = array("q") if keys == "log" else None
         self._rows_despite_errors = rows_despite_errors  # the duplicate pass reads invalid files
+        # With `track_order`: whether every key so far is greater than the one before (rows
+        # in key order need no sort to be rendered in key order).
+        self._track_order = track_order
+        self.keys_ascending = track_order
+        self._last_key: Any = None
 
     # -- driving ---------------------------------------------------------------------------
     def run(self) -> TableInfo:
@@ -736,6 +743,8 @@ class TableScan:
 
     def _keys(self, keys: Iterable[object], first: int) -> None:
         """Remember key hashes; a repeat marks hashes for the exact duplicate pass."""
+        if self.keys_ascending:
+            keys = self._check_order(list(keys))
         if self.key_log is not None:
             self.key_log.extend(map(hash, keys))
             return
@@ -748,6 +757,21 @@ class TableScan:
             # Rare: which of these repeat (here or in an earlier block) is settled exactly by
             # report_duplicates, so suspecting the whole block costs nothing in the end.
             self.dup_suspects.update(hashes)
+
+    def _check_order(self, keys: list[Any]) -> list[Any]:
+        """Clear `keys_ascending` unless `keys` continue the strictly ascending run.
+
+        Keys are str (one key column) or tuples of str, compared as `change_order` compares
+        RowChange keys (a str compares as its 1-tuple does)."""
+        if not keys:
+            return keys
+        last = self._last_key
+        if (last is not None and not last < keys[0]) or not all(
+            map(operator.lt, keys, islice(keys, 1, None))
+        ):
+            self.keys_ascending = False
+        self._last_key = keys[-1]
+        return keys
 
     def _pipes(self, lines: list[str], first: int) -> None:
         for i, line in enumerate(lines):

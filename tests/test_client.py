@@ -652,9 +652,22 @@ def test_wait_for_job_polls_with_growing_intervals_until_done() -> None:
     )
     assert job.status == "done" and job.job_id == "J"
     assert paths == ["/resources/v1.0/enrichment-jobs/J"] * 6
-    assert ft.sleeps == [1.0, 1.5, 2.25, 3.375, 5.0625]
+    assert ft.sleeps == pytest.approx([0.2] * 5)  # a quarter of the wait, at least 0.2 s
     assert [s for s, _ in progress] == states
     assert progress[-1][1] == pytest.approx(sum(ft.sleeps))
+
+
+def test_wait_for_job_pauses_a_quarter_of_the_wait_so_far() -> None:
+    """The pause grows with the wait, so the job's end is overslept by at most a quarter."""
+    states = ["started"] * 30 + ["done"]
+    handler, _ = job_server([(200, {"job_id": "J", "status": s}) for s in states])
+    client, ft = make_client(handler)
+    client.wait_for_job("J", timeout=600)
+    waited = 0.0
+    for slept in ft.sleeps:
+        assert slept == pytest.approx(min(max(waited / 4, 0.2), 30.0))
+        waited += slept
+    assert ft.sleeps[-1] > 2 * ft.sleeps[0]  # the polls thin out
 
 
 def test_poll_interval_is_capped_at_thirty_seconds() -> None:

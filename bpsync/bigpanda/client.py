@@ -57,6 +57,8 @@ Log = Callable[[str], None]
 
 UPLOAD_CHUNK_BYTES = 1 << 20  # 1 MiB: big enough for throughput, small enough for flat RSS
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, write=300.0, read=120.0, pool=30.0)
+# A job is polled again after this share of the time waited so far (see wait_for_job).
+POLL_SHARE = 0.25
 
 # Failures worth another attempt: the request may never have reached BigPanda. h11 raises its
 # own LocalProtocolError (not an httpx error) when a re-sent body does not match Content-Length.
@@ -262,7 +264,7 @@ class BigPandaClient:
         max_retry_seconds: float = 60.0,
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
-        poll_initial: float = 1.0,
+        poll_initial: float = 0.2,
         poll_max: float = 30.0,
         job_not_found_grace: float = 15.0,
         rng: random.Random | None = None,
@@ -427,15 +429,17 @@ class BigPandaClient:
     ) -> Job:
         """Poll until the job is `done` (returned) or `failed` (JobFailed), or JobTimeout.
 
-        Polls back off from `poll_initial` to `poll_max` (every poll counts against the 5 req/s
-        limit, §13). A 404 within `job_not_found_grace` seconds means "not visible yet".
+        Each pause is a quarter of the time waited so far, at least `poll_initial` and at
+        most `poll_max`: the wait oversleeps the job's end by at most a quarter (a ×1.5
+        back-off overslept by up to half), and polls thin out as a long job goes on (every
+        poll counts against the 5 req/s limit, §13). A 404 within `job_not_found_grace`
+        seconds means "not visible yet".
         """
         if isinstance(receipt_or_job_id, UploadReceipt):
             target, job_id = receipt_or_job_id.job_url, receipt_or_job_id.job_id
         else:
             target = job_id = receipt_or_job_id
         start = self._clock()
-        interval = self.poll_initial
         status = "unknown"
         while True:
             job = self._poll_once(target, start)
@@ -451,8 +455,8 @@ class BigPandaClient:
             remaining = timeout - waited
             if remaining <= 0:
                 raise JobTimeout(job_id, waited, status)
+            interval = min(max(waited * POLL_SHARE, self.poll_initial), self.poll_max)
             self._sleep(min(interval, remaining))
-            interval = min(interval * 1.5, self.poll_max)
 
     def _poll_once(self, target: str, start: float) -> Job | None:
         try:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from bpsync.binding import Binding
     from bpsync.interrupt import Interrupts
     from bpsync.plan import Plan
+    from bpsync.planner import RowsMemo
     from bpsync.remote import Remote
     from bpsync.state import State, StateBackend
 
@@ -162,8 +163,8 @@ def select_known(manifests: list[Manifest], names: list[str]) -> list[Manifest]:
     return [m for m in manifests if m.name in names]
 
 
-def build_plan(ctx: Context, *, refresh: bool) -> Plan:
-    """Plan the selected tables; shared by `plan` and `apply`."""
+def build_plan(ctx: Context, *, refresh: bool, memo: RowsMemo | None = None) -> Plan:
+    """Plan the selected tables; shared by `plan` and `apply` (`memo`: see RowsMemo)."""
     from bpsync.planner import make_plan
     from bpsync.state import open_backend
 
@@ -202,6 +203,7 @@ def build_plan(ctx: Context, *, refresh: bool) -> Plan:
             remote=remote,
             now=_now(),
             digests=digests,
+            memo=memo,
         )
     for w in plan.warnings:
         ctx.console.warn(w)
@@ -326,6 +328,11 @@ class _Batched(io.StringIO):
         self.target, self.size = target, size
 
     def write(self, text: str) -> int:
+        if len(text) >= self.size:  # a big piece already (a block of JSON rows): no copy
+            if self.tell():
+                self.drain()
+            self.target.write(text)
+            return len(text)
         n = super().write(text)
         if self.tell() >= self.size:
             self.drain()
@@ -539,7 +546,7 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
     from bpsync.applier import Applier, StateStore
     from bpsync.guards import check_mass_delete
     from bpsync.interrupt import Interrupts
-    from bpsync.planner import make_plan
+    from bpsync.planner import RowsMemo, make_plan
     from bpsync.refresh import refresh_remote
     from bpsync.state import open_backend
 
@@ -553,7 +560,8 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
     ) as _lock:
         fault("locked")
         binding = _bound(ctx, backend, backend.read())  # before any request
-        the_plan = _offline_plan(ctx)
+        memo = RowsMemo()  # the plan after the refresh reuses the rows read before it
+        the_plan = _offline_plan(ctx, memo)
         report.plan = the_plan
         needs_approval = not (ctx.args.planfile or ctx.args.auto_approve or ctx.stdin_isatty)
         if needs_approval and the_plan.has_changes:
@@ -618,6 +626,7 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
                     only=ctx.args.table,
                     remote=remote,
                     now=_now(),
+                    memo=memo,
                 )
             if ctx.args.planfile:
                 _check_saved_remote(the_plan, fresh)
@@ -665,7 +674,7 @@ def _check_verify(ctx: Context) -> None:
         )
 
 
-def _offline_plan(ctx: Context) -> Plan:
+def _offline_plan(ctx: Context, memo: RowsMemo | None = None) -> Plan:
     """The plan checked before any request: saved plan digests, fingerprint, mass delete."""
     from bpsync.guards import check_mass_delete
     from bpsync.planfile import load_plan
@@ -675,7 +684,7 @@ def _offline_plan(ctx: Context) -> Plan:
         _check_saved(ctx, saved)
         the_plan = saved
     else:
-        the_plan = build_plan(ctx, refresh=False)
+        the_plan = build_plan(ctx, refresh=False, memo=memo)
         expected = ctx.args.expect_fingerprint
         if (
             expected

@@ -17,6 +17,7 @@ import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
+from itertools import islice
 from pathlib import Path
 from typing import IO
 
@@ -73,6 +74,8 @@ def first_changes(changes: RowChanges, n: int) -> list[RowChange]:
         return []
     if n >= len(changes):
         return list(sorted_changes(changes))
+    if changes.ordered:
+        return list(islice(changes, n))  # in order already: the first n lines, no more read
     return heapq.nsmallest(n, changes, key=change_order)
 
 
@@ -80,6 +83,8 @@ def sorted_changes(changes: RowChanges, run: int | None = None) -> Iterator[RowC
     """Every row change in key order, whatever their number (external merge sort if lazy)."""
     if changes.in_memory:
         return iter(sorted(changes, key=change_order))
+    if changes.ordered:
+        return iter(changes)
     return _external_sort(iter(changes), run or SORT_RUN)
 
 

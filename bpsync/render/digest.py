@@ -16,6 +16,7 @@ import operator
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 
 from bpsync.plan import ADD, CHANGE, REMOVE, RowChange, TablePlan
 from bpsync.render import all_columns
@@ -212,4 +213,7 @@ def digest(t: TablePlan, sample: int = 0) -> Digest:
     builder = DigestBuilder(t, sample)
     if sample <= 0 and not builder.need_cells:
         return builder.result()
+    if t.row_changes.ordered and not builder.need_cells and not t.rows_removed:
+        # Only adds, in key order: the samples are the first rows; no need to read on.
+        return builder.feed(islice(t.row_changes, sample))
     return builder.feed(t.row_changes)

@@ -34,12 +34,18 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+import operator
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import repeat
+from json.encoder import encode_basestring
+from operator import itemgetter
 from typing import Any, TextIO
 
-from bpsync.plan import FORMAT_VERSION, NO_OP, Plan, RowChange, TablePlan
+from bpsync.plan import ADD, FORMAT_VERSION, NO_OP, Plan, RowChange, TablePlan
 from bpsync.render import after_cells, before_cells, key_cells, risks, sorted_changes
 from bpsync.render.digest import Digest, DigestBuilder
+from bpsync.table import RowBlock, parse_line
 
 ROW_INDENT = "      "
 
@@ -132,18 +138,133 @@ def row_object(t: TablePlan, rc: RowChange) -> dict[str, Any]:
 def _write_table(t: TablePlan, out: TextIO, exact: bool) -> None:
     opening = dump(table_object(t))
     out.write(opening[:-1] + ', "row_changes": [')
-    first = True
     builder = None if exact else DigestBuilder(t)
-    for rc in _changes(t, exact):
-        if builder is not None:
-            builder.add(rc)
-        out.write(("\n" if first else ",\n") + ROW_INDENT + dump(row_object(t, rc)))
-        first = False
-    out.write("]" if first else "\n    ]")
+    blocks = t.row_changes.add_blocks
+    if not exact and t.action != NO_OP and blocks is not None and t.row_changes.ordered:
+        # Every row an `add`, in key order (a new table): nothing for the digest to count.
+        wrote = _write_add_blocks(t, out, blocks())
+    else:
+        wrote = _write_rows(t, out, _changes(t, exact), builder)
+    out.write("\n    ]" if wrote else "]")
     if builder is not None:
         for name, value in glance_object(t, builder.result()).items():
             out.write(f", {dump(name)}: {dump(value)}")
     out.write("}")
+
+
+# Rows are encoded in batches of this many and written as one string.
+_BATCH = 4096
+
+
+def _write_rows(
+    t: TablePlan, out: TextIO, changes: Iterable[RowChange], builder: DigestBuilder | None
+) -> bool:
+    """Write `changes` one per line; whether there was any."""
+    encode = RowEncoder(t).encode
+    wrote = False
+    batch: list[str] = []
+    for rc in changes:
+        if builder is not None:
+            builder.add(rc)
+        batch.append(ROW_INDENT + encode(rc))
+        if len(batch) == _BATCH:
+            out.write(("\n" if not wrote else ",\n") + ",\n".join(batch))
+            wrote, batch = True, []
+    if batch:
+        out.write(("\n" if not wrote else ",\n") + ",\n".join(batch))
+        wrote = True
+    return wrote
+
+
+def _write_add_blocks(t: TablePlan, out: TextIO, blocks: Iterator[RowBlock]) -> bool:
+    """The rows of an all-add table, straight from its canonical lines, a block at a time.
+
+    A block with nothing JSON escapes (no quote, backslash or control character, so no
+    quoted CSV value either) becomes its rows by `%` formatting each line's cells into a
+    template of the row object; any other block goes through `RowEncoder`, cell by cell.
+    """
+    enc = RowEncoder(t)
+    template = ROW_INDENT + enc.add_template()
+    keys = tuple(t.columns.index(c) for c in t.key_columns)
+    key_of = itemgetter(*keys) if len(keys) > 1 else None
+    wrote = False
+    for first, lines in blocks:
+        if not lines:
+            continue
+        if _NEEDS_ESCAPE.search("\n".join(lines)) is None and len(t.columns) > 0:
+            cells = map(str.split, lines, repeat(","))
+            if key_of is None:
+                k = keys[0]
+                rows = [template % (c[k], *c, n) for n, c in enumerate(cells, first)]
+            else:
+                rows = [template % (*key_of(c), *c, n) for n, c in enumerate(cells, first)]
+        else:
+            rows = [ROW_INDENT + enc.encode(enc.add_change(line, n)) for n, line in
+                    enumerate(lines, first)]  # fmt: skip
+        out.write(("\n" if not wrote else ",\n") + ",\n".join(rows))
+        wrote = True
+    return wrote
+
+
+# What json escapes in a str with ensure_ascii=False; a `\n` only separates the lines here.
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x09\x0b-\x1f"\\]')
+_str = encode_basestring  # the C encoder json.dumps itself uses (ensure_ascii=False)
+
+
+class RowEncoder:
+    """One row change as `dump(row_object(t, rc))` writes it, without the dicts.
+
+    Falls back to `dump(row_object(...))` where the two could differ: repeated column
+    titles (a dict keeps the last) or cells not matching the columns (zip raises).
+    """
+
+    def __init__(self, t: TablePlan) -> None:
+        self.t = t
+        self.keys = [_str(c) + ": " for c in t.key_columns]
+        self.old = [_str(c) + ": " for c in t.old_columns]
+        self.new = [_str(c) + ": " for c in t.columns]
+        self.safe = all(
+            len(set(cols)) == len(cols) for cols in (t.key_columns, t.old_columns, t.columns)
+        )
+        self.key_at = tuple(t.columns.index(c) for c in t.key_columns) if self.safe else ()
+
+    def encode(self, rc: RowChange) -> str:
+        if not self.safe or len(rc.key) != len(self.keys):
+            return dump(row_object(self.t, rc))
+        before = after = "null"
+        if rc.before is not None:
+            if len(rc.before) != len(self.old):
+                return dump(row_object(self.t, rc))
+            before = _object(self.old, rc.before)
+        if rc.after is not None:
+            if len(rc.after) != len(self.new):
+                return dump(row_object(self.t, rc))
+            after = _object(self.new, rc.after)
+        old_line = "null" if rc.old_line is None else str(int(rc.old_line))
+        return (
+            f'{{"op": {_str(rc.op)}, "key": {_object(self.keys, rc.key)}, "before": {before}, '
+            f'"after": {after}, "line": {int(rc.line)}, "old_line": {old_line}}}'
+        )
+
+    def add_change(self, line: str, n: int) -> RowChange:
+        cells = tuple(parse_line(line))
+        return RowChange(ADD, tuple(cells[k] for k in self.key_at), None, cells, n)
+
+    def add_template(self) -> str:
+        """The row object of an `add` with `%s` for each key cell, then each cell, and `%d`
+        for the line; only for cells json leaves as they are."""
+
+        def fields(prefixes: list[str]) -> str:
+            return ", ".join(p.replace("%", "%%") + '"%s"' for p in prefixes)
+
+        return (
+            f'{{"op": "{ADD}", "key": {{{fields(self.keys)}}}, "before": null, '
+            f'"after": {{{fields(self.new)}}}, "line": %d, "old_line": null}}'
+        )
+
+
+def _object(prefixes: list[str], cells: Iterable[str]) -> str:
+    return "{" + ", ".join(map(operator.add, prefixes, map(_str, cells))) + "}"
 
 
 def glance_object(t: TablePlan, d: Digest) -> dict[str, Any]:
