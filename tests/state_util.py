@@ -220,8 +220,9 @@ class S3Harness:
 
     name = "s3"
     recovery_words: tuple[str, ...] = ()
-    # Multipart parts of 5 MiB, two in memory at most.
-    put_peak_limit = 20 * 1024 * 1024
+    # Multipart parts of 5 MiB, two in memory at most, plus boto3's buffers (seen at up to
+    # 21 MiB under load); the table is 50 MiB, so this still shows it is never held whole.
+    put_peak_limit = 25 * 1024 * 1024
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, prefix: str = "team/state") -> None:
         import s3_util
