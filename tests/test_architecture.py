@@ -124,9 +124,9 @@ def test_no_import_cycle_in_the_package() -> None:
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
-# `python -m bpsync` runs bpsync/__main__.py, and both it and the `bpsync` script go through
-# bpsync/entry.py (which catches an interrupt during start-up): only these import the CLI.
-ENTRY_POINTS = {"bpsync.__main__", "bpsync.entry"}
+# `python -m bpsync` and the `bpsync` script both run bpsync/__main__.py (which catches an
+# interrupt during start-up): only it imports the CLI from outside.
+ENTRY_POINTS = {"bpsync.__main__"}
 
 
 def test_nothing_outside_the_cli_imports_it() -> None:

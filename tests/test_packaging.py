@@ -82,7 +82,7 @@ def test_wheel_metadata(wheel: Path) -> None:
     assert meta["Requires-Python"] == ">=3.11"
     with zipfile.ZipFile(wheel) as z:
         (entry,) = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
-        assert "bpsync = bpsync.entry:main" in z.read(entry).decode("utf-8")
+        assert "bpsync = bpsync.__main__:main" in z.read(entry).decode("utf-8")
 
 
 def test_license_is_mit_and_named_in_pyproject() -> None:
