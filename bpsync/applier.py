@@ -23,7 +23,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -37,8 +37,7 @@ from bpsync.bigpanda.models import (
     EnrichmentSpec,
     Job,
     ProgressCallback,
-    ReadProgress,
-    TableRead,
+    TableReader,
     UploadReceipt,
 )
 from bpsync.errors import (
@@ -80,7 +79,7 @@ Note = Callable[[str], None]
 FaultHook = Callable[[str], None]
 
 
-class Client(Protocol):
+class Client(TableReader, Protocol):
     """The part of bpsync.bigpanda.client.BigPandaClient that apply uses."""
 
     def get_enrichment(self, enrichment_id: str) -> Enrichment: ...
@@ -103,15 +102,6 @@ class Client(Protocol):
         timeout: float,
         on_progress: ProgressCallback | None = None,
     ) -> Job: ...
-    def read_table(
-        self,
-        enrichment_id: str,
-        columns: Sequence[str],
-        dest: Path,
-        *,
-        table: str,
-        on_progress: ReadProgress | None = None,
-    ) -> TableRead: ...
 
 
 def _now() -> str:

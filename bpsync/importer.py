@@ -17,7 +17,7 @@ import csv
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import yaml
 
 from bpsync.bigpanda import facts
-from bpsync.bigpanda.models import Enrichment, ReadProgress, TableRead
+from bpsync.bigpanda.models import Enrichment, ReadProgress, TableReader
 from bpsync.config import Config
 from bpsync.errors import BpsyncError, ConfigError, InvalidInput, NotFoundError, Problem
 from bpsync.manifest import Manifest, load_manifest
@@ -37,22 +37,13 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # the manifest schema'
 _SLUG_RUN = re.compile(r"[^a-z0-9]+")
 
 
-class ImportClient(Protocol):
+class ImportClient(TableReader, Protocol):
     """The part of the BigPanda client an import uses."""
 
     @property
     def can_read_rows(self) -> bool: ...
     def get_enrichment(self, enrichment_id: str) -> Enrichment: ...
     def list_enrichments(self) -> list[Enrichment]: ...
-    def read_table(
-        self,
-        enrichment_id: str,
-        columns: Sequence[str],
-        dest: Path,
-        *,
-        table: str,
-        on_progress: ReadProgress | None = None,
-    ) -> TableRead: ...
 
 
 @dataclass(frozen=True)

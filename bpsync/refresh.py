@@ -6,12 +6,12 @@ Runs before the planner, which only compares; nothing here writes to BigPanda or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, cast
 
-from bpsync.bigpanda.models import Enrichment, ReadProgress, TableRead
+from bpsync.bigpanda.models import Enrichment, ReadProgress, TableReader
 from bpsync.errors import ApiError, AuthError, EnrichmentsMissing, NotFoundError
 from bpsync.manifest import Manifest
 from bpsync.remote import Remote, same_fields
@@ -25,20 +25,11 @@ class EnrichmentReader(Protocol):
     def list_enrichments(self) -> list[Enrichment]: ...
 
 
-class RowReader(EnrichmentReader, Protocol):
+class RowReader(EnrichmentReader, TableReader, Protocol):
     """... and, for a row refresh, the paged table read."""
 
     @property
     def can_read_rows(self) -> bool: ...
-    def read_table(
-        self,
-        enrichment_id: str,
-        columns: Sequence[str],
-        dest: Path,
-        *,
-        table: str,
-        on_progress: ReadProgress | None = None,
-    ) -> TableRead: ...
 
 
 ROWS_NOT_READ = "rows not read back"  # the note's opening words (planner: plan warning)

@@ -7,9 +7,10 @@ without loading httpx (only `bpsync.bigpanda.client` imports it).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from bpsync.bigpanda import facts
 from bpsync.errors import ApiError
@@ -64,6 +65,20 @@ class TableRead:
     total: int | None  # the count BigPanda announced (None: it announced none)
     requests: int  # page requests sent, the failed attempt of a restart included
     restarts: int  # 1 when the total moved mid-read and the read started over
+
+
+class TableReader(Protocol):
+    """The paged table read of the BigPanda client (SPEC §7), as its users type it."""
+
+    def read_table(
+        self,
+        enrichment_id: str,
+        columns: Sequence[str],
+        dest: Path,
+        *,
+        table: str,
+        on_progress: ReadProgress | None = None,
+    ) -> TableRead: ...
 
 
 def cell_text(value: Any) -> str:
