@@ -37,7 +37,7 @@ from bpsync.plan import (
 )
 from bpsync.refresh import ROWS_NOT_READ
 from bpsync.remote import Remote
-from bpsync.rowdiff import diff_table
+from bpsync.rowdiff import RowDiff, diff_table
 from bpsync.state import State, StateBackend, TableState, state_to_dict
 from bpsync.table import (
     FileDigests,
@@ -708,7 +708,11 @@ def _diffed(m: Manifest, ts: TableState, backend: StateBackend, sink: ProblemSin
     sha = ts.sha256
     assert sha is not None
     d = diff_table(m.csv_path, m.layout, sink, lambda: backend.open_snapshot(sha, table=m.name))
-    same = d.info.ok and d.info.canonical_sha256 == ts.sha256
+    return _rows_of(d, sha, "snapshot")
+
+
+def _rows_of(d: RowDiff, baseline_sha256: str, baseline: str) -> _Rows:
+    """A diff's counts and changes; `same`: the table equals its baseline byte for byte."""
     return _Rows(
         d.info,
         RowChanges(d.changes),
@@ -719,7 +723,8 @@ def _diffed(m: Manifest, ts: TableState, backend: StateBackend, sink: ProblemSin
         d.old_rows,
         d.old_columns,
         d.info.columns,
-        same=same,
+        baseline=baseline,
+        same=d.info.ok and d.info.canonical_sha256 == baseline_sha256,
     )
 
 
@@ -742,19 +747,7 @@ def _against_bigpanda(
             known_rows=read.rows,
         )
     d = diff_table(m.csv_path, m.layout, sink, lambda: read.path.open("rb"))
-    return _Rows(
-        d.info,
-        RowChanges(d.changes),
-        d.added,
-        d.changed,
-        d.removed,
-        d.unchanged,
-        d.old_rows,
-        d.old_columns,
-        d.info.columns,
-        baseline="bigpanda",
-        same=d.info.ok and d.info.canonical_sha256 == read.sha256,
-    )
+    return _rows_of(d, read.sha256, "bigpanda")
 
 
 def _all_added(m: Manifest, layout: TableLayout, sink: ProblemSink, baseline: str) -> _Rows:
