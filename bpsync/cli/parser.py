@@ -12,7 +12,7 @@ import difflib
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from bpsync import __version__
 from bpsync.cli.context import (
@@ -52,15 +52,11 @@ def _parent() -> _Parser:
     return _Parser(add_help=False)
 
 
-def _table() -> _Parser:
+def _option(*flags: str, **kwargs: Any) -> _Parser:
+    """A parent parser holding one shared option: declared here once, given by `parents=` to
+    every command that takes it."""
     p = _parent()
-    p.add_argument(
-        "--table",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="limit to this table (repeatable)",
-    )
+    p.add_argument(*flags, **kwargs)
     return p
 
 
@@ -83,61 +79,47 @@ def _plan_format() -> _Parser:
     return p
 
 
-def _max_rows() -> _Parser:
-    p = _parent()
-    p.add_argument(
-        "--max-rows",
-        type=non_negative_int,
-        default=20,
-        metavar="N",
-        help="rows shown per table in text (0 = all)",
-    )
-    return p
-
-
-def _allow_missing() -> _Parser:
-    p = _parent()
-    p.add_argument(
-        "--allow-missing",
-        action="store_true",
-        help="go on when BigPanda has none of the enrichments the state records (they were "
-        "all deleted): plan to create them again",
-    )
-    return p
-
-
-def _lock_timeout() -> _Parser:
-    p = _parent()
-    p.add_argument(
-        "--lock-timeout",
-        type=parse_duration,
-        default=0.0,
-        metavar="DURATION",
-        help="wait this long for the state lock (default 0s)",
-    )
-    return p
-
-
-def _refresh_rows(p: argparse.ArgumentParser) -> None:
-    """plan and apply: the row refresh's budget (SPEC §7), overriding refresh.max_rows."""
-    p.add_argument(
-        "--refresh-rows",
-        type=non_negative_int,
-        default=None,
-        metavar="N",
-        help="v2.1: read back the rows of tables up to N rows (default refresh.max_rows; 0: off)",
-    )
-
-
 class _Groups:
     """The shared option groups, built once per parser."""
 
     def __init__(self) -> None:
-        self.table = _table()
+        self.table = _option(
+            "--table",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="limit to this table (repeatable)",
+        )
         self.plan_format = _plan_format()
-        self.max_rows = _max_rows()
-        self.lock_timeout = _lock_timeout()
-        self.allow_missing = _allow_missing()
+        self.max_rows = _option(
+            "--max-rows",
+            type=non_negative_int,
+            default=20,
+            metavar="N",
+            help="rows shown per table in text (0 = all)",
+        )
+        self.lock_timeout = _option(
+            "--lock-timeout",
+            type=parse_duration,
+            default=0.0,
+            metavar="DURATION",
+            help="wait this long for the state lock (default 0s)",
+        )
+        self.allow_missing = _option(
+            "--allow-missing",
+            action="store_true",
+            help="go on when BigPanda has none of the enrichments the state records (they were "
+            "all deleted): plan to create them again",
+        )
+        # plan and apply: the row refresh's budget (SPEC §7), overriding refresh.max_rows.
+        self.refresh_rows = _option(
+            "--refresh-rows",
+            type=non_negative_int,
+            default=None,
+            metavar="N",
+            help="v2.1: read back the rows of tables up to N rows "
+            "(default refresh.max_rows; 0: off)",
+        )
 
 
 # One example per command, shown at the end of its --help (a test requires one for each).
@@ -242,7 +224,14 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     pl = sub.add_parser(
         "plan",
         help="show what apply would change, row by row",
-        parents=[g.table, g.plan_format, g.max_rows, g.lock_timeout, g.allow_missing],
+        parents=[
+            g.table,
+            g.plan_format,
+            g.max_rows,
+            g.lock_timeout,
+            g.allow_missing,
+            g.refresh_rows,
+        ],
     )
     pl.add_argument("--out", type=Path, metavar="FILE", help="save the plan for `apply FILE`")
     pl.add_argument(
@@ -264,13 +253,12 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
         action="store_false",
         help="stay offline even when a token is set",
     )
-    _refresh_rows(pl)
     _command(pl, "core:plan")
 
     a = sub.add_parser(
         "apply",
         help="make BigPanda match the manifests",
-        parents=[g.table, g.max_rows, g.lock_timeout, g.allow_missing],
+        parents=[g.table, g.max_rows, g.lock_timeout, g.allow_missing, g.refresh_rows],
     )
     a.add_argument(
         "planfile",
@@ -309,7 +297,6 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
         metavar="N",
         help="tables applied at once (default 4)",
     )
-    _refresh_rows(a)
     a.add_argument(
         "--verify",
         action="store_true",
