@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from bpsync.errors import Problem
+from bpsync.quickschema import surely_valid
 
 MAX_YAML_BYTES = 1_000_000  # a manifest is a few hundred bytes; refuse absurd files early
 MAX_NODES = 100_000  # bounds alias expansion ("billion laughs")
@@ -184,9 +185,11 @@ _YAML11_NAMES = {bool: "a boolean", int: "a number", float: "a number", type(Non
 
 def check_schema(doc: LoadedYaml, schema_name: str, display: str) -> list[Problem]:
     """Problems of `doc` against the named schema, one per error, located."""
+    schema = load_schema(schema_name)
+    if surely_valid(doc.data, schema):
+        return []  # jsonschema would find nothing either; it costs more than the rest
     from jsonschema import Draft202012Validator  # heavy import, only when needed
 
-    schema = load_schema(schema_name)
     validator = Draft202012Validator(schema)
     problems = []
     for err in sorted(validator.iter_errors(doc.data), key=lambda e: list(map(str, e.path))):
