@@ -18,7 +18,6 @@ in one would delete the other's files), are a configuration error.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -323,6 +322,8 @@ def _select(
         return None
     name, given = chosen
     if name not in names:
+        import difflib  # only for hints: not loaded on the way to a valid run
+
         close = difflib.get_close_matches(name, names, n=1)
         mean = f"did you mean {close[0]!r}? " if close else ""
         raise UsageError(

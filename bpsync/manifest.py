@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -241,6 +240,8 @@ def _check_environments(display: str, doc: LoadedYaml, defined: Collection[str])
     for i, name in enumerate(listed):
         if not isinstance(name, str) or not ENVIRONMENT_NAME.fullmatch(name) or name in defined:
             continue  # a malformed name is the schema's to report
+        import difflib  # only for hints: not loaded on the way to a valid run
+
         close = difflib.get_close_matches(name, known, n=1)
         mean = f"did you mean {close[0]!r}? " if close else ""
         out.append(

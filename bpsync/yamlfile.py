@@ -9,7 +9,6 @@ read as booleans or numbers) are explained with "quote it".
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -226,6 +225,8 @@ def _explain(err: Any, doc: LoadedYaml, display: str) -> list[Problem]:
             if key in known:
                 continue
             kline, kcol = _locate(doc, (*path, key), key=True)
+            import difflib  # only for hints: not loaded on the way to a valid run
+
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
             out.append(

@@ -3,13 +3,11 @@ CLI context and returns an exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-import signal
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +25,6 @@ from bpsync.errors import (
 )
 from bpsync.manifest import Manifest, load_manifests
 from bpsync.table import FileDigests
-from bpsync.validate import select, validate_project
 
 if TYPE_CHECKING:
     from bpsync.applier import TableResult
@@ -39,10 +36,13 @@ if TYPE_CHECKING:
     from bpsync.state import State, StateBackend
 
 # Heavy modules (planner, renderers, applier, httpx) are imported inside the commands that
-# need them, so `bpsync validate` and `--help` start fast.
+# need them, so `bpsync validate` and `--help` start fast; and `plan` imports what it can only
+# after the tables' digests are under way (see build_plan).
 
 
 def validate(ctx: Context) -> int:
+    from bpsync.validate import validate_project
+
     if ctx.args.format == "json":
         return _validate_json(ctx)
     report = validate_project(ctx.config, ctx.args.table)
@@ -64,6 +64,7 @@ def _validate_json(ctx: Context) -> int:
     """`validate --format json`: the document alone on stdout, whatever is wrong (even
     bpsync.yaml itself); the problems also go to stderr as text; the exit code is the same."""
     from bpsync.render.results import validate_document, write_document
+    from bpsync.validate import validate_project
 
     try:
         report = validate_project(ctx.config, ctx.args.table)
@@ -105,6 +106,7 @@ def _validate_json(ctx: Context) -> int:
 
 def fmt(ctx: Context) -> int:
     from bpsync.fmt import format_table
+    from bpsync.validate import select
 
     manifests, problems = load_manifests(ctx.config)
     if any(p.severity == "error" for p in problems):
@@ -143,6 +145,8 @@ def fmt(ctx: Context) -> int:
 
 
 def _now() -> str:
+    from datetime import UTC, datetime
+
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -165,17 +169,17 @@ def select_known(manifests: list[Manifest], names: list[str]) -> list[Manifest]:
 
 def build_plan(ctx: Context, *, refresh: bool, memo: RowsMemo | None = None) -> Plan:
     """Plan the selected tables; shared by `plan` and `apply` (`memo`: see RowsMemo)."""
+    config = ctx.config
+    digests = FileDigests()  # tables are hashed on another core while the rest goes on
+    manifests = _load_selected(ctx, digests)  # first: it requests the digests
     from bpsync.planner import make_plan
     from bpsync.state import open_backend
 
-    config = ctx.config
-    digests = FileDigests()  # tables are hashed on another core while manifests load
-    manifests = _load_selected(ctx, digests)
     backend = open_backend(config)
     binding = _bound(ctx, backend, backend.read())  # refuses another endpoint's state
     state = binding.state
     remote = None
-    with tempfile.TemporaryDirectory(prefix="bpsync-refresh-") as scratch:
+    with _scratch(refresh) as scratch:
         if refresh:
             from bpsync.refresh import refresh_remote
 
@@ -208,6 +212,18 @@ def build_plan(ctx: Context, *, refresh: bool, memo: RowsMemo | None = None) -> 
     for w in plan.warnings:
         ctx.console.warn(w)
     return plan
+
+
+@contextlib.contextmanager
+def _scratch(wanted: bool = True) -> Iterator[str]:
+    """A temporary directory for the rows a refresh reads back (none when not refreshing)."""
+    if not wanted:
+        yield ""
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bpsync-refresh-") as scratch:
+        yield scratch
 
 
 def _bound(ctx: Context, backend: StateBackend, state: State) -> Binding:
@@ -468,6 +484,8 @@ def _fault_hook(env: Mapping[str, str]) -> Callable[[str], None]:
         if name == point:
             left[0] -= 1
             if left[0] == 0:
+                import signal
+
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
@@ -607,7 +625,7 @@ def _apply(ctx: Context, report: _ApplyReport) -> int:
                     hint="run `bpsync plan` again and review it",
                 )
             manifests = _load_selected(ctx)
-            with tempfile.TemporaryDirectory(prefix="bpsync-refresh-") as scratch:
+            with _scratch() as scratch:
                 remote = refresh_remote(
                     client,
                     store.state,

@@ -8,7 +8,6 @@ is named by `module:function` inside `bpsync.cli` and imported only when it runs
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +43,8 @@ class _Parser(argparse.ArgumentParser):
 
 def did_you_mean(word: str, known: Sequence[str]) -> str:
     """`; did you mean X?` for the closest of `known`, or nothing."""
+    import difflib  # only for a usage error
+
     close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
 
