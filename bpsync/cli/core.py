@@ -167,13 +167,19 @@ def select_known(manifests: list[Manifest], names: list[str]) -> list[Manifest]:
     return [m for m in manifests if m.name in names]
 
 
-def build_plan(ctx: Context, *, refresh: bool, memo: RowsMemo | None = None) -> Plan:
-    """Plan the selected tables; shared by `plan` and `apply` (`memo`: see RowsMemo)."""
+def build_plan(
+    ctx: Context, *, refresh: bool, memo: RowsMemo | None = None, render_format: str = ""
+) -> Plan:
+    """Plan the selected tables; shared by `plan` and `apply` (`memo`: see RowsMemo). The
+    renderer of `render_format`, if given, is imported while the tables are hashed."""
     config = ctx.config
     digests = FileDigests()  # tables are hashed on another core while the rest goes on
     manifests = _load_selected(ctx, digests)  # first: it requests the digests
     from bpsync.planner import make_plan
     from bpsync.state import open_backend
+
+    if render_format:
+        _import_renderer(render_format)
 
     backend = open_backend(config)
     binding = _bound(ctx, backend, backend.read())  # refuses another endpoint's state
@@ -365,17 +371,25 @@ class _Batched(io.StringIO):
         self.close()
 
 
-def render(ctx: Context, plan: Plan, fmt: str, plan_file: str | None = None) -> None:
-    from bpsync.render.json import write_json
-    from bpsync.render.text import render_text
+def _import_renderer(fmt: str) -> None:
+    """Import the module `render` will use for `fmt` (text, markdown or json)."""
+    import importlib
 
+    importlib.import_module(f"bpsync.render.{fmt if fmt in ('json', 'markdown') else 'text'}")
+
+
+def render(ctx: Context, plan: Plan, fmt: str, plan_file: str | None = None) -> None:
     if fmt == "json":
+        from bpsync.render.json import write_json
+
         with _Batched(ctx.console.out) as out:
             write_json(plan, out)
         return
     if fmt == "markdown":
         ctx.console.print(_markdown(ctx, plan, plan_file))
         return
+    from bpsync.render.text import render_text
+
     paint = ctx.console.paint if ctx.console.color_out else None
     text = (
         render_text(plan, paint=paint, max_rows=ctx.args.max_rows)
@@ -423,7 +437,7 @@ def _link_base(ctx: Context, base_of: Callable[[Mapping[str, str]], str | None])
 
 def plan(ctx: Context) -> int:
     refresh = _wants_refresh(ctx)
-    the_plan = build_plan(ctx, refresh=refresh)
+    the_plan = build_plan(ctx, refresh=refresh, render_format=ctx.args.format)
     if not refresh and ctx.args.refresh is None and _has_remote(ctx, the_plan):
         ctx.console.note(
             f"Note: not refreshed: {ctx.config.api.token_env} is not set, so BigPanda's side "
