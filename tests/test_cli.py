@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ import pytest
 from helpers import run_cli
 
 from bpsync.cli import build_parser
+from bpsync.cli.parser import _COMMANDS, EXAMPLES, TOP_EXAMPLES, command_of, parse
+from bpsync.errors import UsageError
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -53,9 +57,7 @@ def test_state_migrate_path_is_relative_to_dash_c(tmp_path: Path) -> None:
     assert f"nothing to migrate: {project / 'old-state'} holds no state" in err
 
 
-def _all_help() -> dict[str, str]:
-    import argparse
-
+def _all_help(parser: argparse.ArgumentParser | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
 
     def walk(parser: argparse.ArgumentParser, name: str) -> None:
@@ -65,8 +67,59 @@ def _all_help() -> dict[str, str]:
                 for sub_name, sub in action.choices.items():
                     walk(sub, f"{name} {sub_name}")
 
-    walk(build_parser(), "bpsync")
+    walk(parser or build_parser(), "bpsync")
     return out
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["plan", "--no-refresh"], "plan"),
+        (["-C", "plan", "--env", "prod", "--no-color", "--debug", "apply"], "apply"),
+        (["-Cdir", "--env=prod", "state", "migrate"], "state"),
+        (["--help", "plan"], None),  # the top-level help lists every command
+        (["--version"], None),
+        (["--en", "prod", "plan"], None),  # an abbreviation: argparse decides
+        (["pla"], None),  # a typo: the error names the closest command
+        (["-C"], None),
+        ([], None),
+    ],
+)
+def test_the_command_is_known_only_when_certain(argv: list[str], command: str | None) -> None:
+    assert command_of(argv) == command
+
+
+def _examples() -> list[list[str]]:
+    lines = [*EXAMPLES.values(), *TOP_EXAMPLES]
+    lines += ["bpsync -C x --env prod --no-color plan --no-refresh --format json --table a"]
+    lines += ["bpsync plan --bogus", "bpsync apply --auto-aprove", "bpsync ci", "bpsync state"]
+    lines += ["bpsync ci coment", "bpsync state migrat --to s3", "bpsync plan --format yaml"]
+    out = []
+    for line in lines:
+        words = shlex.split(line, comments=True)[1:]
+        out.append(words[: words.index(">")] if ">" in words else words)
+    return out
+
+
+@pytest.mark.parametrize("argv", _examples(), ids=" ".join)
+def test_a_command_alone_parses_as_in_the_whole_parser(argv: list[str]) -> None:
+    def outcome(parser: argparse.ArgumentParser) -> object:
+        try:
+            return vars(parse(parser, argv))
+        except UsageError as e:
+            return e.render()
+
+    command = command_of(argv)
+    assert command is not None
+    assert outcome(build_parser(command)) == outcome(build_parser())
+
+
+def test_a_command_alone_has_the_help_of_the_whole_parser() -> None:
+    whole = _all_help()
+    for command in _COMMANDS:
+        alone = _all_help(build_parser(command))
+        del alone["bpsync"]  # the top-level help, which lists the commands, is not shown
+        assert alone and alone.items() <= whole.items(), command
 
 
 def test_help_points_to_no_document_users_do_not_have() -> None:

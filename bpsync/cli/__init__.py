@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bpsync.cli.context import EXIT_ERROR, EXIT_INTERRUPTED, Context
-from bpsync.cli.parser import build_parser, parse, resolve
+from bpsync.cli.parser import build_parser, command_of, parse, resolve
 from bpsync.console import Console, wants_color
 from bpsync.errors import BpsyncError, InvalidInput
 
@@ -46,7 +46,7 @@ def run(
     console = console or Console()
     debug = "--debug" in argv
     try:
-        args = parse(build_parser(), argv)
+        args = parse(build_parser(command_of(argv)), argv)
         ctx = _context(args, console, env, cwd, stdin_isatty, client_options)
         if read_line is not None:
             ctx.read_line = read_line

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from bpsync import __version__
 from bpsync.cli.context import (
@@ -39,6 +40,9 @@ class _Parser(argparse.ArgumentParser):
             choices = [c.strip(" '\"") for c in m.group(2).split(",")]
             message += did_you_mean(m.group(1), choices)
         raise UsageError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+
+
+_Sub: TypeAlias = "argparse._SubParsersAction[_Parser]"  # what `add_subparsers` returns
 
 
 def did_you_mean(word: str, known: Sequence[str]) -> str:
@@ -81,39 +85,55 @@ def _plan_format() -> _Parser:
 
 
 class _Groups:
-    """The shared option groups, built once per parser."""
+    """The shared option groups, each built once per parser and only when a command uses it."""
 
-    def __init__(self) -> None:
-        self.table = _option(
+    @cached_property
+    def table(self) -> _Parser:
+        return _option(
             "--table",
             action="append",
             default=[],
             metavar="NAME",
             help="limit to this table (repeatable)",
         )
-        self.plan_format = _plan_format()
-        self.max_rows = _option(
+
+    @cached_property
+    def plan_format(self) -> _Parser:
+        return _plan_format()
+
+    @cached_property
+    def max_rows(self) -> _Parser:
+        return _option(
             "--max-rows",
             type=non_negative_int,
             default=20,
             metavar="N",
             help="rows shown per table in text (0 = all)",
         )
-        self.lock_timeout = _option(
+
+    @cached_property
+    def lock_timeout(self) -> _Parser:
+        return _option(
             "--lock-timeout",
             type=parse_duration,
             default=0.0,
             metavar="DURATION",
             help="wait this long for the state lock (default 0s)",
         )
-        self.allow_missing = _option(
+
+    @cached_property
+    def allow_missing(self) -> _Parser:
+        return _option(
             "--allow-missing",
             action="store_true",
             help="go on when BigPanda has none of the enrichments the state records (they were "
             "all deleted): plan to create them again",
         )
-        # plan and apply: the row refresh's budget (SPEC §7), overriding refresh.max_rows.
-        self.refresh_rows = _option(
+
+    @cached_property
+    def refresh_rows(self) -> _Parser:
+        """plan and apply: the row refresh's budget (SPEC §7), overriding refresh.max_rows."""
+        return _option(
             "--refresh-rows",
             type=non_negative_int,
             default=None,
@@ -177,7 +197,9 @@ def _command(p: argparse.ArgumentParser, target: str) -> None:
     p.set_defaults(command_target=target)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `command` (see `command_of`), of that one only: the
+    same parser for that command line, built in a fraction of the time."""
     p = _Parser(prog="bpsync", description="Keep BigPanda mapping enrichment tables in git.")
     p.add_argument("--version", action="version", version=f"bpsync {__version__}")
     p.add_argument("-C", dest="directory", metavar="DIR", help="run as if started in DIR")
@@ -192,15 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     groups = _Groups()
-    _core_commands(sub, groups)
-    _ci_commands(sub)
-    _state_commands(sub, groups)
+    for name, add in _COMMANDS.items():
+        if command in (None, name):
+            add(sub, groups)
     _add_examples(p)
     p.epilog = "examples:\n" + "\n".join(f"  {e}" for e in TOP_EXAMPLES)
     return p
 
 
-def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None:
+def _validate_command(sub: _Sub, g: _Groups) -> None:
     v = sub.add_parser("validate", help="check manifests and tables offline", parents=[g.table])
     v.add_argument(
         "--format",
@@ -211,6 +233,8 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     )
     _command(v, "core:validate")
 
+
+def _fmt_command(sub: _Sub, g: _Groups) -> None:
     f = sub.add_parser("fmt", help="rewrite tables in canonical form", parents=[g.table])
     f.add_argument("--check", action="store_true", help="only report files that would change")
     f.add_argument(
@@ -222,6 +246,8 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     )
     _command(f, "core:fmt")
 
+
+def _plan_command(sub: _Sub, g: _Groups) -> None:
     pl = sub.add_parser(
         "plan",
         help="show what apply would change, row by row",
@@ -256,6 +282,8 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     )
     _command(pl, "core:plan")
 
+
+def _apply_command(sub: _Sub, g: _Groups) -> None:
     a = sub.add_parser(
         "apply",
         help="make BigPanda match the manifests",
@@ -305,12 +333,16 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     )
     _command(a, "core:apply")
 
+
+def _show_command(sub: _Sub, g: _Groups) -> None:
     s = sub.add_parser("show", help="render a saved plan", parents=[g.plan_format, g.max_rows])
     s.add_argument(
         "planfile", type=Path, metavar="PLANFILE", help="a plan saved by `bpsync plan --out FILE`"
     )
     _command(s, "core:show")
 
+
+def _import_command(sub: _Sub, g: _Groups) -> None:
     i = sub.add_parser(
         "import",
         help="adopt an existing enrichment into state",
@@ -349,10 +381,14 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     )
     _command(i, "core:import_")
 
+
+def _force_unlock_command(sub: _Sub, g: _Groups) -> None:
     u = sub.add_parser("force-unlock", help="clear a stale state lock")
     u.add_argument("lock_id", metavar="LOCK_ID", help="the id a command refused by the lock showed")
     _command(u, "core:force_unlock")
 
+
+def _init_command(sub: _Sub, g: _Groups) -> None:
     n = sub.add_parser(
         "init",
         help="write a starter bpsync.yaml, or a manifest for an existing CSV",
@@ -381,6 +417,8 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     )
     _command(n, "init:init")
 
+
+def _completion_command(sub: _Sub, g: _Groups) -> None:
     c = sub.add_parser(
         "completion",
         help="print the shell completion script",
@@ -391,7 +429,7 @@ def _core_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None
     _command(c, "completion:completion")
 
 
-def _ci_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _ci_commands(sub: _Sub, g: _Groups) -> None:
     ci = sub.add_parser(
         "ci",
         help="GitHub helpers for pull-request review and CI",
@@ -507,7 +545,7 @@ def _marker_author(
     )
 
 
-def _state_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> None:
+def _state_commands(sub: _Sub, g: _Groups) -> None:
     st = sub.add_parser(
         "state",
         help="manage where the state lives",
@@ -566,6 +604,40 @@ def _state_commands(sub: argparse._SubParsersAction[_Parser], g: _Groups) -> Non
         help="rebind even when some recorded enrichments are not found at the new endpoint",
     )
     _command(r, "state:rebind")
+
+
+# Every command, in the order of `bpsync --help`, with the function that adds its parser.
+_COMMANDS: dict[str, Callable[[_Sub, _Groups], None]] = {
+    "validate": _validate_command,
+    "fmt": _fmt_command,
+    "plan": _plan_command,
+    "apply": _apply_command,
+    "show": _show_command,
+    "import": _import_command,
+    "force-unlock": _force_unlock_command,
+    "init": _init_command,
+    "completion": _completion_command,
+    "ci": _ci_commands,
+    "state": _state_commands,
+}
+# The top-level options before the command: those taking a value, and flags.
+_TOP_VALUED = frozenset({"-C", "--env"})
+_TOP_FLAGS = frozenset({"--no-color", "--debug"})
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command `argv` runs, when that is certain without the full parser (the first word
+    after top-level options written out in full); None otherwise (e.g. `--help`, a typo, an
+    abbreviated option), and the whole parser is built."""
+    words = iter(argv)
+    for word in words:
+        if word in _TOP_VALUED:
+            next(words, None)
+        elif word.startswith(("-C", "--env=")) or word in _TOP_FLAGS:
+            continue
+        else:
+            return word if word in _COMMANDS else None
+    return None
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
