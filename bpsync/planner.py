@@ -35,8 +35,7 @@ from bpsync.plan import (
     TablePlan,
     remote_findings,
 )
-from bpsync.refresh import ROWS_NOT_READ
-from bpsync.remote import Remote
+from bpsync.remote import ROWS_NOT_READ, Remote
 from bpsync.rowdiff import RowDiff, diff_table
 from bpsync.state import State, StateBackend, TableState, state_to_dict
 from bpsync.table import (

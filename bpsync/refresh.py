@@ -14,7 +14,7 @@ from typing import Protocol, cast
 from bpsync.bigpanda.models import Enrichment, ReadProgress, TableReader
 from bpsync.errors import ApiError, AuthError, EnrichmentsMissing, NotFoundError
 from bpsync.manifest import Manifest
-from bpsync.remote import Remote, same_fields
+from bpsync.remote import ROWS_NOT_READ, Remote, same_fields
 from bpsync.state import State, TableState
 
 
@@ -30,9 +30,6 @@ class RowReader(EnrichmentReader, TableReader, Protocol):
 
     @property
     def can_read_rows(self) -> bool: ...
-
-
-ROWS_NOT_READ = "rows not read back"  # the note's opening words (planner: plan warning)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+ROWS_NOT_READ = "rows not read back"  # a `rows_note`'s opening words (planner: plan warning)
+
 
 @dataclass(frozen=True)
 class Remote:
