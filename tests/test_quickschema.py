@@ -346,8 +346,10 @@ def test_a_manifest_with_environments_takes_the_fast_path(tmp_path: Path) -> Non
 PLAN = ["--env", "sandbox", "plan", "--no-refresh"]
 
 
-# Not needed by `plan --no-refresh` of a valid project (hints, schema errors, BigPanda).
+# Not needed by `plan --no-refresh` of a valid project: hints and schema errors, BigPanda,
+# locks and state writes (uuid, socket, subprocess), spilling huge diffs (pickle, tempfile).
 NOT_NEEDED = ["jsonschema", "difflib", "deepdiff", "httpx", "bpsync.refresh", "bpsync.validate"]
+NOT_NEEDED += ["uuid", "socket", "subprocess", "pickle", "tempfile"]
 
 
 def _plan_in_fresh_python(root: Path) -> tuple[int, str, set[str]]:

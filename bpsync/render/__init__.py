@@ -13,8 +13,6 @@ iterate them once and never hold them all unless they already are in memory.
 from __future__ import annotations
 
 import heapq
-import pickle
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from itertools import islice
@@ -89,6 +87,8 @@ def sorted_changes(changes: RowChanges, run: int | None = None) -> Iterator[RowC
 
 
 def _external_sort(source: Iterator[RowChange], run: int) -> Iterator[RowChange]:
+    import tempfile  # this and pickle: only for more row changes than fit in memory
+
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bpsync-sort-")))
         runs: list[IO[bytes]] = []
@@ -114,7 +114,8 @@ def _take(source: Iterator[RowChange], n: int) -> list[RowChange]:
 
 
 def _spill(chunk: Sequence[RowChange], path: Path) -> IO[bytes]:
-    # pickle, not JSON: these files are our own, short-lived, and pickle is ~4x faster.
+    import pickle  # not JSON: these files are our own, short-lived, and pickle is ~4x faster
+
     with path.open("wb") as f:
         pickler = pickle.Pickler(f, protocol=pickle.HIGHEST_PROTOCOL)
         for rc in chunk:
@@ -123,6 +124,8 @@ def _spill(chunk: Sequence[RowChange], path: Path) -> IO[bytes]:
 
 
 def _read_run(f: IO[bytes]) -> Iterator[RowChange]:
+    import pickle
+
     unpickler = pickle.Unpickler(f)
     while True:
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -219,6 +218,8 @@ class StateBackend(ABC):
                 f"it was replaced since this command read it at serial {state.serial} "
                 "(same serial, different content)"
             )
+        import uuid  # only to write state
+
         new = State(
             serial=state.serial + 1,
             lineage=state.lineage or str(uuid.uuid4()),

@@ -22,11 +22,8 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -87,6 +84,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _temp_path(final: Path) -> Path:
+    import uuid  # this and subprocess, socket: only to write, to check git, to take over
+
     return final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
@@ -111,6 +110,8 @@ _S3_ADVICE = (
 def tracked_by_git(path: Path) -> bool:
     """Whether git keeps `path`: inside a work tree and not ignored, or already tracked.
     No git, or no repository: not tracked."""
+    import subprocess
+
     here = next((p for p in (path, *path.parents) if p.is_dir()), Path.cwd())
 
     def git(*args: str) -> subprocess.CompletedProcess[bytes] | None:
@@ -428,6 +429,8 @@ class LocalBackend(StateBackend):
             return True
 
     def _take_over(self, held: LockInfo) -> bool:
+        import socket
+
         # Only a process on this host can be checked; elsewhere a lock may be live forever.
         stale = (
             held.host == socket.gethostname()

@@ -8,12 +8,9 @@ and removed atomically is each backend's own.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import socket
 import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +31,8 @@ def _iso(moment: datetime) -> str:
 
 
 def _user() -> str:
+    import getpass  # this and socket, uuid: only to take a lock (not to plan without one)
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # containers often run as a uid with no passwd entry
@@ -55,6 +54,9 @@ class LockInfo:
 
     @classmethod
     def new(cls, command: str, *, now: datetime | None = None) -> LockInfo:
+        import socket
+        import uuid
+
         host = socket.gethostname()
         return cls(
             id=str(uuid.uuid4()),
