@@ -28,8 +28,7 @@ from collections.abc import Hashable, Iterator, Sequence
 # Below this a differing slice is located by XOR of two integers; above, by halving first
 # (comparing slices is memcmp; converting bytes to an int is not).
 _XOR_SPAN = 256
-_FIRST_SLICE = 512
-_MAX_SLICE = 1 << 20
+_FIRST_SLICE = 1024
 # Snapshot bytes kept ahead of the new block's rest, so that lines can be looked at without
 # asking for more (a longer line only takes the general way).
 _AHEAD = 1 << 16
@@ -93,9 +92,10 @@ class ByteAligner:
     WINDOW = 64
     WIDER = (512, 4096)
     # Unequal bytes show at once: after this many lines, if more than this share of them
-    # was passed over, the file is not an in-place edit of the snapshot's bytes.
+    # was passed over, the file is not a sparse in-place edit of the snapshot's bytes (or
+    # edits are dense: each costs more here than on the line aligner's lists of lines).
     EARLY_LINES = 20_000
-    EARLY_SHARE = 0.5
+    EARLY_SHARE = 0.25
 
     def __init__(self, chunks: Iterator[bytes], limit: int) -> None:
         self.chunks = chunks
@@ -155,14 +155,25 @@ class ByteAligner:
     def split(self, raw: bytes, header: str) -> list[tuple[bool, bytes, int]]:
         """Runs of `raw` (whole lines, after the header) equal to the snapshot (True) or
         not (False), in order; the snapshot advances past the equal runs and past the
-        lines it passes over."""
+        lines it passes over. (One loop, few calls: it runs once per difference.)"""
         if header != self.header:
             raise NotAligned  # other columns: no row can be byte-equal
         out: list[tuple[bool, bytes, int]] = []
         j, n = 0, len(raw)
         while j < n:
-            self._ensure(n - j + _AHEAD)  # rarely more than once a block
-            k = self._equal_prefix(raw, j, n)
+            if len(self.old) - self.op < n - j + _AHEAD and not self.exhausted:
+                self._ensure(n - j + 2 * _AHEAD)
+            old, op = self.old, self.op
+            # The equal prefix, in slices growing 4x; the differing slice is then searched.
+            k, size, most = 0, _FIRST_SLICE, min(n - j, len(old) - op)
+            while k < most:
+                step = min(size, most - k)
+                mine, theirs = raw[j + k : j + k + step], old[op + k : op + k + step]
+                if mine != theirs:
+                    k += first_difference(mine, theirs)
+                    break
+                k += step
+                size <<= 2
             cut = raw.rfind(b"\n", j, j + k) + 1
             if cut > j:  # whole lines, newline included, equal on both sides
                 piece = raw[j:cut]
@@ -170,10 +181,10 @@ class ByteAligner:
                 out.append((True, piece, lines))
                 self.new_lines += lines
                 self.old_line += lines
-                self.op += cut - j
+                self.op = op + cut - j
                 j = cut
-            if j >= n:
-                break
+                if j >= n:
+                    break
             end = n if self._ensure(1) == 0 else self._resync(raw, j, n)
             lines = raw.count(b"\n", j, end)
             if out and not out[-1][0]:  # runs on from the last piece passed over
@@ -184,29 +195,10 @@ class ByteAligner:
             self.new_lines += lines
             self.new_passed += lines
             j = end
-            self._check_limit()
+            if self.new_passed + len(self.old_un) > self.limit:
+                raise NotAligned(too_many=True)
         self._check_early()
         return out
-
-    def _equal_prefix(self, raw: bytes, j: int, n: int) -> int:
-        """How many bytes from raw[j] equal the snapshot's from `op` (slices growing 4x)."""
-        k, size = 0, _FIRST_SLICE
-        old, op = self.old, self.op
-        while j + k < n:
-            step = min(size, n - j - k, len(old) - op - k)
-            if step <= 0:
-                if self.exhausted:
-                    return k
-                self._ensure(k + size)
-                old, op = self.old, self.op
-                continue
-            mine = raw[j + k : j + k + step]
-            theirs = old[op + k : op + k + step]
-            if mine != theirs:
-                return k + first_difference(mine, theirs)
-            k += step
-            size = min(size * 4, _MAX_SLICE)
-        return k
 
     def _resync(self, raw: bytes, j: int, n: int) -> int:
         """At differing lines: pass over lines of either side to the next line both share.
@@ -227,7 +219,6 @@ class ByteAligner:
     def _one_line_edit(self, raw: bytes, j: int, n: int) -> int | None:
         """The usual edits, by four `find`s: a changed, an added or a removed row (the line
         after is common). None when it is none of these."""
-        self._ensure(_AHEAD)
         old, op = self.old, self.op
         e1 = raw.find(b"\n", j) + 1  # blocks end with a newline: e1 > j
         e2 = raw.find(b"\n", e1) + 1 if e1 < n else 0

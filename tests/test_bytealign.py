@@ -15,7 +15,7 @@ from helpers import fast_client_options, make_repo, manifest_yaml, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpsync import keycount, rowdiff, table
+from bpsync import bytealign, keycount, rowdiff, table
 from bpsync.emulator import Emulator
 from bpsync.table import ProblemSink, TableLayout, TableScan, format_row
 
@@ -261,3 +261,26 @@ def test_changing_the_key_columns_still_finds_duplicates_among_unchanged_rows(
     code, out, err = run_cli(["plan", "--no-refresh"], root, env)
     assert code != 0, out
     assert "duplicate key host='web1'" in err and "t.csv:3" in err
+
+
+def test_dense_edits_go_to_the_line_aligner_early(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Half the rows touched: each difference costs more on bytes than on lists of lines, so
+    the byte path hands over after its first EARLY_LINES lines, not at the end."""
+    old = [f"host{i:05d},prod,team{i % 7}" for i in range(60_000)]
+    new = _mutate(old, random.Random(9), 0.5)
+    split_lines: list[int] = []
+    real_split = bytealign.ByteAligner.split
+
+    def split(self: bytealign.ByteAligner, raw: bytes, header: str) -> Any:
+        split_lines.append(raw.count(b"\n"))
+        return real_split(self, raw, header)
+
+    monkeypatch.setattr(bytealign.ByteAligner, "split", split)
+    monkeypatch.setattr(table, "BLOCK_SIZE", 64 * 1024)
+    (by_bytes, _), (by_lines, _), (by_hash, _) = _diffs(
+        tmp_path, HEADER + "".join(r + "\n" for r in old), HEADER + "".join(r + "\n" for r in new)
+    )
+    assert by_bytes == by_lines == by_hash
+    assert sum(split_lines) < bytealign.ByteAligner.EARLY_LINES + 5_000
