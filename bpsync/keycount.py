@@ -90,15 +90,19 @@ class KeyCounter:
                 _stop(proc)
         return count_keys(self.path, self.idx, keys)
 
+    def close(self) -> None:
+        """Stop the child if it still runs (its answer was not wanted)."""
+        if self._proc is not None:
+            _stop(self._proc)
+            self._proc = None
+
     def __enter__(self) -> KeyCounter:
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._proc is not None:
-            _stop(self._proc)
-            self._proc = None
+        self.close()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

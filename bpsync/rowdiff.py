@@ -24,7 +24,7 @@ from array import array
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from itertools import compress, count, repeat
-from operator import is_, itemgetter, ne
+from operator import is_, ne
 from pathlib import Path
 from typing import BinaryIO
 
@@ -451,13 +451,16 @@ def _hashed_diff(
     open_snapshot: SnapshotOpener,
     file_digest: Callable[[], str] | None = None,
 ) -> RowDiff:
-    # Phase 1: the snapshot's line hashes.
+    # Phase 1: the snapshot's line hashes, in a dict and (for phase 3) in file order.
     old: dict[int, None] = {}
+    order = array("q")
     old_header = ""
     for first, lines, _ in _iter_snapshot(open_snapshot):
         if first == 1:
             old_header, lines = lines[0], lines[1:]
-        old.update(zip(map(hash, lines), repeat(None)))
+        hashes = list(map(hash, lines))
+        order.extend(hashes)
+        old.update(zip(hashes, repeat(None)))
     old_rows = len(old)
     old_columns = tuple(parse_line(old_header)) if old_header else ()
 
@@ -465,60 +468,63 @@ def _hashed_diff(
     fresh: list[tuple[int, str]] = []
     # Duplicate keys are found below, without a dict of all keys.
     scan = TableScan(path, layout, sink, keys="off", file_digest=file_digest)
-    for first, lines in scan.row_blocks():
-        popped = map(old.pop, map(hash, lines), repeat(_MISSING))
-        for i in compress(range(len(lines)), map(is_, popped, repeat(_MISSING))):
-            fresh.append((first + i, lines[i]))
-    info = scan.result
-    if not info.ok:
-        return RowDiff(info, (), 0, 0, 0, 0, old_rows, old_columns)
-
-    # Phase 3: the snapshot again, for the rows not found (removed or changed) and for keys
-    # of new rows that an unchanged row also holds (a duplicate key).
     key_titles = [layout.titles[k] for k in layout.key_indexes]
-    new_key_idx = tuple(info.columns.index(t) for t in key_titles)
-    new_key = itemgetter(*new_key_idx)
-    fresh_keys = {new_key(parse_line(line)) for _, line in fresh}
-    gone: list[tuple[int, str]] = []
-    if old or fresh_keys:
-        old_key_idx = _key_indexes(old_columns, key_titles)
-        for first, lines, quoted in _iter_snapshot(open_snapshot):
-            if first == 1:
-                first, lines = 2, lines[1:]
-            at = range(len(lines))
-            if old:
-                hits = compress(at, map(old.__contains__, map(hash, lines)))
-                gone.extend((first + i, lines[i]) for i in hits)
-            if fresh_keys:
-                keys = _keys_of(lines, old_key_idx, quoted)
-                for i in compress(at, map(fresh_keys.__contains__, keys)):
-                    line = lines[i]
-                    if hash(line) not in old:  # an unchanged row holds a key a new row holds
-                        scan.dup_suspects.add(key_hash(_key(line, old_key_idx)))
-    if scan.dup_suspects or len(fresh_keys) != len(fresh):
-        scan.dup_suspects.update(key_hash(k if isinstance(k, tuple) else (k,)) for k in fresh_keys)
+    counter: KeyCounter | None = None
+    try:
+        for first, lines in scan.row_blocks():
+            if counter is None:  # the header is read: the keys' columns are known
+                counter = _key_counter(path, tuple(scan.columns.index(t) for t in key_titles))
+            popped = map(old.pop, map(hash, lines), repeat(_MISSING))
+            for i in compress(range(len(lines)), map(is_, popped, repeat(_MISSING))):
+                fresh.append((first + i, lines[i]))
+        info = scan.result
+        if not info.ok:
+            return RowDiff(info, (), 0, 0, 0, 0, old_rows, old_columns)
+        # Phase 3: the snapshot again, for the rows not found (removed or changed): where
+        # they are is known from the hashes in order; only their lines are decoded.
+        gone = _lines_at(open_snapshot, compress(count(2), map(old.__contains__, order)))
+        # A new row's key held by another row of the table (an unchanged one, or another
+        # new one): the rows holding these keys are counted (on the second core).
+        new_key_idx = tuple(info.columns.index(t) for t in key_titles)
+        fresh_keys = [tuple(parse_line(line)[k] for k in new_key_idx) for _, line in fresh]
+        repeats = len(set(fresh_keys)) != len(fresh_keys) or bool(
+            counter is not None and fresh_keys and counter.count(fresh_keys) != len(fresh_keys)
+        )
+    finally:
+        if counter is not None:
+            counter.close()
+    if repeats:
+        scan.dup_suspects.update(map(key_hash, fresh_keys))
         scan.report_duplicates()
         if sink.errors:
             return RowDiff(replace(info, ok=False), (), 0, 0, 0, 0, old_rows, old_columns)
     return _classify(info, new_key_idx, old_columns, old_rows, gone, fresh, key_titles)
 
 
-def _keys_of(lines: list[str], idx: tuple[int, ...], quoted: bool) -> Iterator[object]:
-    """Keys of canonical lines, as itemgetter gives them (a str for one column)."""
-    get = itemgetter(*idx)
-    if quoted:
-        return map(get, map(parse_line, lines))
-    if idx == (0,):
-        return map(get, map(str.partition, lines, repeat(",")))
-    return map(get, map(str.split, lines, repeat(","), repeat(max(idx) + 1)))
-
-
 _MISSING = object()
 
 
-def _key(line: str, idx: tuple[int, ...]) -> tuple[str, ...]:
-    cells = parse_line(line)
-    return tuple(cells[k] for k in idx)
+def _lines_at(open_snapshot: SnapshotOpener, numbers: Iterator[int]) -> list[tuple[int, str]]:
+    """(number, text) of the snapshot's lines at these ascending line numbers."""
+    wanted = list(numbers)
+    if not wanted:
+        return []
+    out: list[tuple[int, str]] = []
+    at = 0  # index in `wanted` of the next line to take
+    first = 1  # number of the first line of the block
+    for _offset, raw, last in split_blocks(prefetched(open_snapshot)):
+        lines = raw.split(b"\n")
+        if not last:
+            lines.pop()  # after the block's last newline (a last block may have none)
+        end = first + len(lines)
+        start = at
+        while at < len(wanted) and wanted[at] < end:
+            at += 1
+        out.extend((n, lines[n - first].decode("utf-8")) for n in wanted[start:at])
+        if at == len(wanted):
+            break
+        first = end
+    return out
 
 
 def _classify(
