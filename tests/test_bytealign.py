@@ -284,3 +284,18 @@ def test_dense_edits_go_to_the_line_aligner_early(
     )
     assert by_bytes == by_lines == by_hash
     assert sum(split_lines) < bytealign.ByteAligner.EARLY_LINES + 5_000
+
+
+@pytest.mark.parametrize("block", [16, 64, 1 << 20])
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_lines_at_takes_the_lines_asked_for_across_blocks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, block: int, final_newline: bool
+) -> None:
+    """The hashed diff's second snapshot read: lines by number, from any block."""
+    monkeypatch.setattr(table, "BLOCK_SIZE", block)
+    lines = [f"line{i:03d},é" for i in range(1, 101)]
+    snap = tmp_path / "s.csv"
+    snap.write_text("\n".join(lines) + ("\n" if final_newline else ""), "utf-8")
+    wanted = [1, 2, 17, 50, 99, 100]
+    got = rowdiff._lines_at(lambda: snap.open("rb"), iter(wanted))
+    assert got == [(n, lines[n - 1]) for n in wanted]
