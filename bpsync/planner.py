@@ -681,11 +681,14 @@ def _rows(
         return _against_bigpanda(m, read, sink, digest)
     if ts is not None and ts.sha256:
         applied_titles = [f.get("title") for f in ts.schema.get("fields", [])]
+        same_keys = _applied_keys(ts) == m.key_titles
         # (A .csv.gz never holds the canonical bytes themselves: it is always read.)
         plain = not is_gzip_path(m.csv_path)
-        if list(layout.titles) == applied_titles and plain and digest(m.csv_path) == ts.sha256:
+        same_columns = list(layout.titles) == applied_titles and same_keys
+        if same_columns and plain and digest(m.csv_path) == ts.sha256:
             # Byte-identical to what was applied, and validated then against the same
-            # columns: nothing to read. (New columns need the full check of the header.)
+            # columns and keys: nothing to read. (New columns need the full check of the
+            # header; other keys, the duplicate check under them.)
             return _Rows(
                 None,
                 RowChanges(),
@@ -698,16 +701,36 @@ def _rows(
                 known_rows=ts.rows,
             )
         if backend.has_snapshot(ts.sha256):
-            return _diffed(m, ts, backend, sink)
+            return _diffed(m, ts, backend, sink, digest)
     # No snapshot: a new table, or an adopted/interrupted one whose remote content is unknown.
-    return _all_added(m, layout, sink, "none" if enrichment_id is None else "unknown")
+    return _all_added(m, layout, sink, "none" if enrichment_id is None else "unknown", digest)
 
 
-def _diffed(m: Manifest, ts: TableState, backend: StateBackend, sink: ProblemSink) -> _Rows:
+def _diffed(
+    m: Manifest,
+    ts: TableState,
+    backend: StateBackend,
+    sink: ProblemSink,
+    digest: Callable[[Path], str],
+) -> _Rows:
     sha = ts.sha256
     assert sha is not None
-    d = diff_table(m.csv_path, m.layout, sink, lambda: backend.open_snapshot(sha, table=m.name))
+    d = diff_table(
+        m.csv_path,
+        m.layout,
+        sink,
+        lambda: backend.open_snapshot(sha, table=m.name),
+        trusted=True,  # applied rows, validated then; their header is checked against ours
+        old_keys_unique=_applied_keys(ts) == m.key_titles,
+        file_digest=lambda: digest(m.csv_path),
+    )
     return _rows_of(d, sha, "snapshot")
+
+
+def _applied_keys(ts: TableState) -> tuple[str, ...]:
+    """The key columns the table was applied with: its rows' keys are unique under these."""
+    fields = ts.schema.get("fields", [])
+    return tuple(f.get("title") for f in fields if f.get("type") == facts.QUERY_TAG)
 
 
 def _rows_of(d: RowDiff, baseline_sha256: str, baseline: str) -> _Rows:
@@ -745,14 +768,27 @@ def _against_bigpanda(
             known_sha256=read.sha256,
             known_rows=read.rows,
         )
-    d = diff_table(m.csv_path, m.layout, sink, lambda: read.path.open("rb"))
+    d = diff_table(
+        m.csv_path,
+        m.layout,
+        sink,
+        lambda: read.path.open("rb"),
+        file_digest=lambda: digest(m.csv_path),
+    )
     return _rows_of(d, read.sha256, "bigpanda")
 
 
-def _all_added(m: Manifest, layout: TableLayout, sink: ProblemSink, baseline: str) -> _Rows:
+def _all_added(
+    m: Manifest,
+    layout: TableLayout,
+    sink: ProblemSink,
+    baseline: str,
+    digest: Callable[[Path], str] | None = None,
+) -> _Rows:
     path = m.csv_path
     stamp = _stamp(path)
-    scan = TableScan(path, layout, sink, track_order=True)
+    whole = (lambda: digest(path)) if digest is not None else None
+    scan = TableScan(path, layout, sink, track_order=True, file_digest=whole)
     info = scan.run()
     if not info.ok:
         return _Rows(info, RowChanges(), baseline=baseline)

@@ -24,10 +24,12 @@ from array import array
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from itertools import compress, count, repeat
-from operator import is_, itemgetter, ne
+from operator import is_, ne
 from pathlib import Path
 from typing import BinaryIO
 
+from bpsync.bytealign import ByteAligner, NotAligned, nearest_common
+from bpsync.keycount import KeyCounter
 from bpsync.plan import ADD, CHANGE, REMOVE, RowChange
 from bpsync.table import (
     ProblemSink,
@@ -73,15 +75,38 @@ def diff_table(
     open_snapshot: SnapshotOpener,
     *,
     align_limit: int = 1_000_000,
+    trusted: bool = False,
+    old_keys_unique: bool = True,
+    file_digest: Callable[[], str] | None = None,
 ) -> RowDiff:
-    """The row diff: by aligning lines in order when the table kept its row order (the
+    """The row diff: by aligning the rows in order when the table kept its row order (the
     usual edit), else by hashing every line (see the module docstring). Alignment keeps at
-    most `align_limit` unmatched lines (~150 bytes each) before it hands over to hashing."""
+    most `align_limit` unmatched lines (~150 bytes each) before it hands over to hashing.
+
+    `trusted`: the snapshot holds rows validated under these columns (an applied snapshot,
+    not rows read back from BigPanda), so lines byte-equal to its lines need no checks
+    again (`bytealign`). `old_keys_unique`: its keys are unique under the layout's key
+    columns (False when the key columns changed since): otherwise every key is checked.
+    `file_digest`: the file's SHA-256, taken on another core (see `TableScan`)."""
+    if not old_keys_unique:
+        check = TableScan(path, layout, sink).run()  # duplicates among unchanged rows too
+        if not check.ok:
+            return RowDiff(check, (), 0, 0, 0, 0, 0, ())
+    if trusted:
+        trial = ProblemSink(sink.path, sink.cap)
+        try:
+            d = _byte_aligned_diff(path, layout, trial, open_snapshot, align_limit, file_digest)
+        except NotAligned as e:
+            if e.too_many:
+                return _hashed_diff(path, layout, sink, open_snapshot, file_digest)
+        else:
+            _merge_into(sink, trial)
+            return d
     trial = ProblemSink(sink.path, sink.cap)
     try:
-        d = _aligned_diff(path, layout, trial, open_snapshot, align_limit)
+        d = _aligned_diff(path, layout, trial, open_snapshot, align_limit, file_digest)
     except _TooManyUnmatched:
-        return _hashed_diff(path, layout, sink, open_snapshot)
+        return _hashed_diff(path, layout, sink, open_snapshot, file_digest)
     _merge_into(sink, trial)
     return d
 
@@ -257,7 +282,7 @@ class _Aligner:
             self._fill(size)
             window = self.buf[self.pos : self.pos + size]
             new_window = lines[j : min(n, j + size)]
-            best = _nearest_common(window, new_window)
+            best = nearest_common(window, new_window)
             if best is not None:
                 return best
             if len(new_window) < size and not final:
@@ -288,28 +313,20 @@ class _Aligner:
                 raise _TooManyUnmatched
 
 
-def _nearest_common(old: list[str], new: list[str]) -> tuple[int, int] | None:
-    """(i, j) with new[i] == old[j] and i + j smallest, or None."""
-    at = dict(zip(old, range(len(old)), strict=True))  # snapshot lines are distinct
-    best: tuple[int, int] | None = None
-    for offset, line in enumerate(new):
-        if best is not None and offset >= best[0] + best[1]:
-            break  # no later line can be nearer
-        found = at.get(line)
-        if found is not None and (best is None or offset + found < best[0] + best[1]):
-            best = (offset, found)
-    return best
-
-
 def _aligned_diff(
-    path: Path, layout: TableLayout, sink: ProblemSink, open_snapshot: SnapshotOpener, limit: int
+    path: Path,
+    layout: TableLayout,
+    sink: ProblemSink,
+    open_snapshot: SnapshotOpener,
+    limit: int,
+    file_digest: Callable[[], str] | None = None,
 ) -> RowDiff:
     blocks = _iter_snapshot(open_snapshot)
     aligner = _Aligner(blocks, limit)
     # No dict of every key: aligned rows equal distinct snapshot rows, whose keys are unique,
     # so a duplicate key involves an unmatched row; those are checked below against a log
     # of every key's hash (8 bytes a row).
-    scan = TableScan(path, layout, sink, keys="log")
+    scan = TableScan(path, layout, sink, keys="log", file_digest=file_digest)
     try:
         for first, lines in scan.row_blocks():
             aligner.feed(first, lines)
@@ -320,13 +337,7 @@ def _aligned_diff(
     finally:
         blocks.close()  # stops the snapshot's reader thread when we stop early
     old_columns = tuple(parse_line(aligner.header)) if aligner.header else ()
-    # Equal text on both sides is a row that only moved: unchanged.
-    moved = {line: lineno for lineno, line in aligner.old_un}
-    fresh = [(lineno, line) for lineno, line in aligner.new_un if moved.pop(line, None) is None]
-    gone = sorted((lineno, line) for line, lineno in moved.items())
-    key_titles = [layout.titles[k] for k in layout.key_indexes]
-    new_key_idx = tuple(info.columns.index(t) for t in key_titles)
-    d = _classify(info, new_key_idx, old_columns, aligner.old_rows, gone, fresh, key_titles)
+    d = _resolve(info, layout, old_columns, aligner.old_rows, aligner.old_un, aligner.new_un)
     assert scan.key_log is not None
     if _has_duplicate_keys(scan.key_log, d):
         scan.dup_suspects.update(key_hash(c.key) for c in d.changes if c.op != REMOVE)
@@ -334,6 +345,88 @@ def _aligned_diff(
         if sink.errors:
             return RowDiff(replace(info, ok=False), (), 0, 0, 0, 0, d.old_rows, old_columns)
     return d
+
+
+def _byte_aligned_diff(
+    path: Path,
+    layout: TableLayout,
+    sink: ProblemSink,
+    open_snapshot: SnapshotOpener,
+    limit: int,
+    file_digest: Callable[[], str] | None,
+) -> RowDiff:
+    chunks = prefetched(open_snapshot)
+    aligner = ByteAligner(chunks, limit)
+    old_columns = tuple(parse_line(aligner.header)) if aligner.header else ()
+    key_titles = [layout.titles[k] for k in layout.key_indexes]
+    if not all(t in old_columns for t in key_titles):
+        chunks.close()
+        raise NotAligned  # a header without the keys: the general way reports it
+    scan: TableScan
+
+    def split(raw: bytes) -> list[tuple[bool, bytes, int]]:
+        return aligner.split(raw, scan.header_line)
+
+    scan = TableScan(path, layout, sink, keys="off", known=split, file_digest=file_digest)
+    new_un: list[tuple[int, str]] = []
+    with _key_counter(path, tuple(old_columns.index(t) for t in key_titles)) as counter:
+        try:
+            for first, lines in scan.row_blocks():
+                new_un.extend(zip(range(first, first + len(lines)), lines, strict=True))
+            info = scan.result
+            if not info.ok:
+                return RowDiff(info, (), 0, 0, 0, 0, 0, ())
+            old_rows = aligner.finish()
+        finally:
+            chunks.close()  # stops the snapshot's reader thread when we stop early
+        d = _resolve(info, layout, old_columns, old_rows, aligner.old_un, new_un)
+        repeat_keys = _keys_repeat(d, counter)
+    if repeat_keys:
+        scan.dup_suspects.update(key_hash(c.key) for c in d.changes if c.op != REMOVE)
+        scan.report_duplicates()
+        if sink.errors:
+            return RowDiff(replace(info, ok=False), (), 0, 0, 0, 0, d.old_rows, old_columns)
+    return d
+
+
+# Below this size the keys are counted in process: a child's start costs more than it saves.
+_CHILD_COUNT_BYTES = 16 << 20
+
+
+def _key_counter(path: Path, idx: tuple[int, ...]) -> KeyCounter:
+    """A counter of the new table's keys (at `idx`: the file's header is the snapshot's, or
+    no row aligns), on the second core for a large table."""
+    return KeyCounter(path, idx, child=path.stat().st_size >= _CHILD_COUNT_BYTES)
+
+
+def _resolve(
+    info: TableInfo,
+    layout: TableLayout,
+    old_columns: tuple[str, ...],
+    old_rows: int,
+    old_un: list[tuple[int, str]],
+    new_un: list[tuple[int, str]],
+) -> RowDiff:
+    """The diff from both sides' unmatched lines: equal text on both sides is a row that
+    only moved (unchanged); the rest pairs by key."""
+    moved = {line: lineno for lineno, line in old_un}
+    fresh = [(lineno, line) for lineno, line in new_un if moved.pop(line, None) is None]
+    gone = sorted((lineno, line) for line, lineno in moved.items())
+    key_titles = [layout.titles[k] for k in layout.key_indexes]
+    new_key_idx = tuple(info.columns.index(t) for t in key_titles)
+    return _classify(info, new_key_idx, old_columns, old_rows, gone, fresh, key_titles)
+
+
+def _keys_repeat(d: RowDiff, counter: KeyCounter) -> bool:
+    """Whether an added or changed row may share its key with another row of the new table
+    (the byte-aligned diff keeps no key of the rows it skipped). As `_has_duplicate_keys`,
+    but the rows holding an added key are counted in one more read of the new table (see
+    `keycount`), only when rows were added."""
+    keys = [c.key for c in d.changes if c.op != REMOVE]
+    if len(set(keys)) != len(keys):
+        return True
+    added = [c.key for c in d.changes if c.op == ADD]
+    return bool(added) and counter.count(added) != len(added)
 
 
 def _has_duplicate_keys(key_log: array[int], d: RowDiff) -> bool:
@@ -352,76 +445,86 @@ def _has_duplicate_keys(key_log: array[int], d: RowDiff) -> bool:
 
 
 def _hashed_diff(
-    path: Path, layout: TableLayout, sink: ProblemSink, open_snapshot: SnapshotOpener
+    path: Path,
+    layout: TableLayout,
+    sink: ProblemSink,
+    open_snapshot: SnapshotOpener,
+    file_digest: Callable[[], str] | None = None,
 ) -> RowDiff:
-    # Phase 1: the snapshot's line hashes.
+    # Phase 1: the snapshot's line hashes, in a dict and (for phase 3) in file order.
     old: dict[int, None] = {}
+    order = array("q")
     old_header = ""
     for first, lines, _ in _iter_snapshot(open_snapshot):
         if first == 1:
             old_header, lines = lines[0], lines[1:]
-        old.update(zip(map(hash, lines), repeat(None)))
+        hashes = list(map(hash, lines))
+        order.extend(hashes)
+        old.update(zip(hashes, repeat(None)))
     old_rows = len(old)
     old_columns = tuple(parse_line(old_header)) if old_header else ()
 
     # Phase 2: validate the new table; a line found in the snapshot is unchanged (popped).
     fresh: list[tuple[int, str]] = []
     # Duplicate keys are found below, without a dict of all keys.
-    scan = TableScan(path, layout, sink, keys="off")
-    for first, lines in scan.row_blocks():
-        popped = map(old.pop, map(hash, lines), repeat(_MISSING))
-        for i in compress(range(len(lines)), map(is_, popped, repeat(_MISSING))):
-            fresh.append((first + i, lines[i]))
-    info = scan.result
-    if not info.ok:
-        return RowDiff(info, (), 0, 0, 0, 0, old_rows, old_columns)
-
-    # Phase 3: the snapshot again, for the rows not found (removed or changed) and for keys
-    # of new rows that an unchanged row also holds (a duplicate key).
+    scan = TableScan(path, layout, sink, keys="off", file_digest=file_digest)
     key_titles = [layout.titles[k] for k in layout.key_indexes]
-    new_key_idx = tuple(info.columns.index(t) for t in key_titles)
-    new_key = itemgetter(*new_key_idx)
-    fresh_keys = {new_key(parse_line(line)) for _, line in fresh}
-    gone: list[tuple[int, str]] = []
-    if old or fresh_keys:
-        old_key_idx = _key_indexes(old_columns, key_titles)
-        for first, lines, quoted in _iter_snapshot(open_snapshot):
-            if first == 1:
-                first, lines = 2, lines[1:]
-            at = range(len(lines))
-            if old:
-                hits = compress(at, map(old.__contains__, map(hash, lines)))
-                gone.extend((first + i, lines[i]) for i in hits)
-            if fresh_keys:
-                keys = _keys_of(lines, old_key_idx, quoted)
-                for i in compress(at, map(fresh_keys.__contains__, keys)):
-                    line = lines[i]
-                    if hash(line) not in old:  # an unchanged row holds a key a new row holds
-                        scan.dup_suspects.add(key_hash(_key(line, old_key_idx)))
-    if scan.dup_suspects or len(fresh_keys) != len(fresh):
-        scan.dup_suspects.update(key_hash(k if isinstance(k, tuple) else (k,)) for k in fresh_keys)
+    counter: KeyCounter | None = None
+    try:
+        for first, lines in scan.row_blocks():
+            if counter is None:  # the header is read: the keys' columns are known
+                counter = _key_counter(path, tuple(scan.columns.index(t) for t in key_titles))
+            popped = map(old.pop, map(hash, lines), repeat(_MISSING))
+            for i in compress(range(len(lines)), map(is_, popped, repeat(_MISSING))):
+                fresh.append((first + i, lines[i]))
+        info = scan.result
+        if not info.ok:
+            return RowDiff(info, (), 0, 0, 0, 0, old_rows, old_columns)
+        # Phase 3: the snapshot again, for the rows not found (removed or changed): where
+        # they are is known from the hashes in order; only their lines are decoded.
+        gone = _lines_at(open_snapshot, compress(count(2), map(old.__contains__, order)))
+        # A new row's key held by another row of the table (an unchanged one, or another
+        # new one): the rows holding these keys are counted (on the second core).
+        new_key_idx = tuple(info.columns.index(t) for t in key_titles)
+        fresh_keys = [tuple(parse_line(line)[k] for k in new_key_idx) for _, line in fresh]
+        repeats = len(set(fresh_keys)) != len(fresh_keys) or bool(
+            counter is not None and fresh_keys and counter.count(fresh_keys) != len(fresh_keys)
+        )
+    finally:
+        if counter is not None:
+            counter.close()
+    if repeats:
+        scan.dup_suspects.update(map(key_hash, fresh_keys))
         scan.report_duplicates()
         if sink.errors:
             return RowDiff(replace(info, ok=False), (), 0, 0, 0, 0, old_rows, old_columns)
     return _classify(info, new_key_idx, old_columns, old_rows, gone, fresh, key_titles)
 
 
-def _keys_of(lines: list[str], idx: tuple[int, ...], quoted: bool) -> Iterator[object]:
-    """Keys of canonical lines, as itemgetter gives them (a str for one column)."""
-    get = itemgetter(*idx)
-    if quoted:
-        return map(get, map(parse_line, lines))
-    if idx == (0,):
-        return map(get, map(str.partition, lines, repeat(",")))
-    return map(get, map(str.split, lines, repeat(","), repeat(max(idx) + 1)))
-
-
 _MISSING = object()
 
 
-def _key(line: str, idx: tuple[int, ...]) -> tuple[str, ...]:
-    cells = parse_line(line)
-    return tuple(cells[k] for k in idx)
+def _lines_at(open_snapshot: SnapshotOpener, numbers: Iterator[int]) -> list[tuple[int, str]]:
+    """(number, text) of the snapshot's lines at these ascending line numbers."""
+    wanted = list(numbers)
+    if not wanted:
+        return []
+    out: list[tuple[int, str]] = []
+    at = 0  # index in `wanted` of the next line to take
+    first = 1  # number of the first line of the block
+    for _offset, raw, last in split_blocks(prefetched(open_snapshot)):
+        lines = raw.split(b"\n")
+        if not last:
+            lines.pop()  # after the block's last newline (a last block may have none)
+        end = first + len(lines)
+        start = at
+        while at < len(wanted) and wanted[at] < end:
+            at += 1
+        out.extend((n, lines[n - first].decode("utf-8")) for n in wanted[start:at])
+        if at == len(wanted):
+            break
+        first = end
+    return out
 
 
 def _classify(

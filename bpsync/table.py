@@ -24,7 +24,7 @@ import queue
 import threading
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from operator import itemgetter
@@ -55,6 +55,9 @@ RowBlock = tuple[int, list[str]]
 # keeps every key's hash in file order (`TableScan.key_log`) for callers that settle
 # duplicates themselves (the aligned row diff); "off" does neither (flat memory).
 KeyMode = Literal["check", "log", "off"]
+# A block's lines split into runs that equal the baseline's (True: already validated, never
+# parsed again) and runs to be checked and passed on (False). See `TableScan(known=...)`.
+KnownSplitter = Callable[[bytes], list[tuple[bool, bytes, int]]]
 
 
 @dataclass(frozen=True)
@@ -336,7 +339,7 @@ def split_blocks(
         yield offset, rest, True
 
 
-def prefetched(open_stream: Callable[[], BinaryIO], depth: int = 4) -> Iterator[bytes]:
+def prefetched(open_stream: Callable[[], BinaryIO], depth: int = 4) -> Generator[bytes]:
     """Chunks of a stream read by a background thread.
 
     zlib and hashlib release the GIL, so decompressing (and verifying) a snapshot on the
@@ -392,6 +395,8 @@ class TableScan:
         keys: KeyMode = "check",
         rows_despite_errors: bool = False,
         track_order: bool = False,
+        known: KnownSplitter | None = None,
+        file_digest: Callable[[], str] | None = None,
     ) -> None:
         self.path = path
         self.layout = layout
@@ -401,6 +406,12 @@ class TableScan:
         self.key_hashes: dict[int, None] = {}
         self.dup_suspects: set[int] = set()
         self.sha = hashlib.sha256()
+        # With `file_digest` (the SHA-256 of the file, taken on another core): while the
+        # table is canonical its bytes are the canonical bytes, so they are not hashed here
+        # (only counted, in `_skipped`); the first non-canonical piece hashes the file's
+        # first `_skipped` bytes, then hashing goes on as usual.
+        self._file_digest = None if is_gzip_path(path) else file_digest
+        self._skipped = 0
         self.rows = 0
         self.line = 0  # last physical line consumed
         self.canonical = True
@@ -421,6 +432,13 @@ class TableScan:
         self._track_order = track_order
         self.keys_ascending = track_order
         self._last_key: Any = None
+        # With `known`: each block after the header is first split into runs byte-equal to
+        # a trusted baseline (the applied snapshot: canonical rows validated under the same
+        # columns, keys unique) and runs that differ. Equal runs only count rows, feed the
+        # digest and have their pipes warned about; only the differing runs are decoded,
+        # checked and passed on. Keys are then the caller's to settle (`keys="off"`).
+        assert known is None or keys == "off"
+        self._known = known
 
     # -- driving ---------------------------------------------------------------------------
     def run(self) -> TableInfo:
@@ -450,16 +468,22 @@ class TableScan:
                     self._bom(raw)
                     self.result = self._info(self.size)
                     return
-                text = self._decode(raw, offset)
-                if text is None:
-                    self.result = self._info(self.size)
-                    return
                 if last:
                     self.missing_newline = True
                     self.canonical = False
-                    text += "\n"
                     raw += b"\n"
-                yield from self._block(raw, text)
+                pieces = self._split(raw, offset)
+                for at, piece, equal_lines in pieces:
+                    if equal_lines:
+                        if not self._accept_known(piece, equal_lines, at):
+                            self.result = self._info(self.size)
+                            return
+                        continue
+                    text = self._decode(piece, at)
+                    if text is None:
+                        self.result = self._info(self.size)
+                        return
+                    yield from self._block(piece, text)
         except LineTooLong as e:
             self.sink.error(
                 self.line + 1,
@@ -558,7 +582,7 @@ class TableScan:
     def _info(self, size: int) -> TableInfo:
         return TableInfo(
             rows=self.rows,
-            canonical_sha256=self.sha.hexdigest(),
+            canonical_sha256=self._hexdigest(),
             is_canonical=self.canonical,
             size=size,
             ok=self.sink.errors == 0,
@@ -566,6 +590,32 @@ class TableScan:
             missing_final_newline=self.missing_newline,
             columns=self.columns,
         )
+
+    def _digest(self, data: bytes) -> None:
+        """Feed canonical bytes to the table's SHA-256 (see `file_digest`)."""
+        if self._file_digest is not None:
+            if self.canonical:
+                self._skipped += len(data)
+                return
+            self._catch_up()
+        self.sha.update(data)
+
+    def _catch_up(self) -> None:
+        """Hash the file's first `_skipped` bytes (canonical, so its canonical bytes), and
+        hash as usual from now on."""
+        self._file_digest = None
+        left = self._skipped
+        with self.path.open("rb") as f:
+            while left > 0 and (chunk := f.read(min(BLOCK_SIZE, left))):
+                self.sha.update(chunk)
+                left -= len(chunk)
+
+    def _hexdigest(self) -> str:
+        if self._file_digest is not None and self._skipped:
+            if self.canonical and self.sink.errors == 0 and self._skipped == self.size:
+                return self._file_digest()  # every byte of the file, canonical
+            self._catch_up()
+        return self.sha.hexdigest()
 
     def _decode(self, raw: bytes, offset: int) -> str | None:
         try:
@@ -581,6 +631,42 @@ class TableScan:
                 col=col,
             )
             return None
+
+    # -- a block split against a known baseline ---------------------------------------------
+    def _split(self, raw: bytes, offset: int) -> Iterator[tuple[int, bytes, int]]:
+        """(byte offset, piece, its line count if equal to the baseline, else 0) of a block:
+        the whole block as one piece to check, unless `known` splits the rows after the
+        header."""
+        if self._known is None:
+            yield offset, raw, 0
+            return
+        if not self.header_done:
+            cut = raw.find(b"\n") + 1
+            yield offset, raw[:cut], 0  # the header is always checked
+            offset, raw = offset + cut, raw[cut:]
+            if not raw or not self.header_done:
+                return
+        for equal, piece, lines in self._known(raw):
+            yield offset, piece, lines if equal else 0
+            offset += len(piece)
+
+    def _accept_known(self, piece: bytes, n: int, offset: int) -> bool:
+        """`n` lines equal to the baseline's: counted and hashed, not parsed (see `known`).
+        False when the piece cannot be decoded (an error was reported)."""
+        first = self.line + 1
+        if b'"' in piece or b"\r" in piece:
+            # Quoted values are rare; checking them again costs little and keeps a record
+            # split over lines (a quoted line break) an error whatever the baseline holds.
+            text = self._decode(piece, offset)
+            if text is not None:
+                self._block(piece, text)
+            return text is not None
+        self.line += n
+        self.rows += n
+        self._digest(piece)
+        if b"|" in piece:
+            self._pipes(piece.decode("utf-8").split("\n")[:-1], first)
+        return True
 
     # -- one block ---------------------------------------------------------------------------
     def _block(self, raw: bytes, text: str) -> list[RowBlock]:
@@ -609,14 +695,14 @@ class TableScan:
             return []
         if '"' not in text and "\r" not in text and self._fast(lines, text, first):
             # Plain lines are canonical already: no quoting is needed where there is none.
-            self.sha.update(raw or ("\n".join(lines) + "\n").encode("utf-8"))
+            self._digest(raw or ("\n".join(lines) + "\n").encode("utf-8"))
         else:
             numbered = self._slow(lines, first)
             canon = [line for _, line in numbered]
             if canon != lines:
                 self.canonical = False
             if canon:
-                self.sha.update(("\n".join(canon) + "\n").encode("utf-8"))
+                self._digest(("\n".join(canon) + "\n").encode("utf-8"))
             return self._runs(numbered) if self._passing_rows() else []
         return [(first, lines)] if self._passing_rows() else []
 
@@ -653,7 +739,7 @@ class TableScan:
         self.columns = tuple(titles)
         if canon != line:
             self.canonical = False
-        self.sha.update((canon + "\n").encode("utf-8"))
+        self._digest((canon + "\n").encode("utf-8"))
         self._check_header(titles, lineno)
 
     def _check_header(self, titles: list[str], lineno: int) -> None:

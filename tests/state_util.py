@@ -3,17 +3,22 @@ harness per backend so the contract suite (tests/test_state_contract.py) can rea
 backend to plant or inspect its stored bytes.
 
 A harness names stored things as the local directory lays them out (``state.json``,
-``lock.json``, ``snapshots/<sha>.csv.gz``); the S3 harness maps those names to keys under the
+``lock.json``, ``snapshots/<sha>.csv.zst``); the S3 harness maps those names to keys under the
 prefix. Adding a backend to the contract suite means adding a harness here.
+
+:func:`gzip_snapshot` writes a snapshot as bpsync did before zstd, the ``.csv.gz`` that
+existing states hold.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +81,25 @@ def csv_file(tmp_path: Path, data: bytes = CSV, name: str = "t.csv") -> Path:
     path = tmp_path / name
     path.write_bytes(data)
     return path
+
+
+def gzip_snapshot(data: bytes) -> bytes:
+    """``data`` as the snapshot bpsync wrote before zstd (stored as ``<sha>.csv.gz``): gzip's
+    header with mtime 0, no file name, XFL 4, OS 255, then deflate level 1 and the trailer."""
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, zlib.DEF_MEM_LEVEL, 0)
+    body = deflate.compress(data) + deflate.flush()
+    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff" + body + trailer
+
+
+def gzip_name(sha: str) -> str:
+    """Where an older state keeps snapshot ``sha``, as a harness names it."""
+    return f"snapshots/{sha}.csv.gz"
+
+
+def zstd_name(sha: str) -> str:
+    """Where snapshot ``sha`` is written, as a harness names it."""
+    return f"snapshots/{sha}.csv.zst"
 
 
 # --- processes holding the lock -----------------------------------------------------------------

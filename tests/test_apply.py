@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import zstandard
 from helpers import fast_client_options, run_cli
+from state_util import gzip_snapshot
 
 from bpsync.bigpanda.client import BigPandaClient
 from bpsync.bigpanda.models import EnrichmentSpec
@@ -101,6 +103,44 @@ def test_full_cycle_create_update_replace_deactivate(repo: Path, emu: Emulator) 
     assert r.code == 0, r.text
     assert emu.enrichment(routing)["active"] is False
     assert "check-routing" not in state_of(repo)["tables"]
+    assert "No changes." in bp(repo, emu, "plan").out
+
+
+def test_state_with_gzip_snapshots_plans_no_changes_and_applies_onto_zstd(
+    repo: Path, emu: Emulator
+) -> None:
+    """A state from before zstd (snapshots stored as <sha>.csv.gz) is read as it is: nothing
+    is rewritten until a table changes, and then that table's new snapshot is a .csv.zst."""
+    assert bp(repo, emu, "apply", "--auto-approve").code == 0
+    snapshots = repo / ".bpsync" / "snapshots"
+    for zst in snapshots.glob("*.csv.zst"):
+        plain = zstandard.ZstdDecompressor().stream_reader(zst.read_bytes()).read()
+        (snapshots / f"{zst.name.removesuffix('.csv.zst')}.csv.gz").write_bytes(
+            gzip_snapshot(plain)
+        )
+        zst.unlink()
+    old = {p.name: p.read_bytes() for p in snapshots.iterdir()}
+    assert len(old) == 3 and all(name.endswith(".csv.gz") for name in old)
+
+    assert "No changes." in bp(repo, emu, "plan").out
+    r = bp(repo, emu, "apply", "--auto-approve")
+    assert r.code == 0 and "No changes." in r.out, r.text
+    assert {p.name: p.read_bytes() for p in snapshots.iterdir()} == old
+
+    old_sha = state_of(repo)["tables"]["service-owners"]["sha256"]
+    csv_path = repo / "tables" / "service-owners.csv"
+    csv_path.write_text(csv_path.read_text().replace("billing,Ravi Patel", "billing,Ana Lima"))
+    r = bp(repo, emu, "plan")  # diffed against the gzip snapshot
+    assert "Plan: 1 table to change; 0 rows to add, 1 to change, 0 to remove." in r.out, r.text
+    assert '"Ravi Patel" → "Ana Lima"' in r.out
+    r = bp(repo, emu, "apply", "--auto-approve")
+    assert r.code == 0, r.text
+    new_sha = state_of(repo)["tables"]["service-owners"]["sha256"]
+    # The table's gzip snapshot was pruned for a zstd one; the others are kept as they were.
+    kept = {name: data for name, data in old.items() if not name.startswith(old_sha)}
+    assert len(kept) == 2
+    assert {p.name: p.read_bytes() for p in snapshots.iterdir() if p.name in kept} == kept
+    assert sorted(p.name for p in snapshots.iterdir()) == sorted([*kept, f"{new_sha}.csv.zst"])
     assert "No changes." in bp(repo, emu, "plan").out
 
 

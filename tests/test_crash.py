@@ -213,7 +213,7 @@ def check_recovery(repo: Path, emu: Emulator, case: Case, baseline: int) -> None
     digest = hashlib.sha256(csv_path.read_bytes()).hexdigest()
     assert owners["sha256"] == digest
     assert owners["rows"] == len(csv_rows(csv_path))
-    assert (repo / ".bpsync" / "snapshots" / f"{digest}.csv.gz").is_file()
+    assert (repo / ".bpsync" / "snapshots" / f"{digest}.csv.zst").is_file()
 
     # no more uploads than needed
     sent = uploads(emu, baseline)

@@ -275,5 +275,5 @@ def test_full_apply_writes_only_under_the_state_directory(tmp_path: Path, emu: E
         ".bpsync/state.json.bak",
         ".bpsync/lock.guard",
     }
-    assert all(p.endswith(".csv.gz") for p in snapshots) and len(snapshots) == 2
+    assert all(p.endswith(".csv.zst") for p in snapshots) and len(snapshots) == 2
     assert not any(p.endswith(".tmp") for p in after)

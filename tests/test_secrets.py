@@ -21,6 +21,7 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
+import zstandard
 
 from bpsync.bigpanda.client import RateLimiter
 from bpsync.cli import run
@@ -77,7 +78,8 @@ def find_leaks(data: bytes, where: str) -> list[str]:
 
 
 def repo_files(repo: Path) -> dict[str, bytes]:
-    """Every file under the repository; gzip files (snapshots) also decompressed."""
+    """Every file under the repository; compressed ones (snapshots: zstd, or the gzip of older
+    states; `.csv.gz` tables) also decompressed."""
     out = {}
     for path in sorted(repo.rglob("*")):
         if not path.is_file():
@@ -87,6 +89,8 @@ def repo_files(repo: Path) -> dict[str, bytes]:
         out[rel] = data
         if data[:2] == b"\x1f\x8b":
             out[rel + " (gunzipped)"] = gzip.decompress(data)
+        if data[:4] == b"\x28\xb5\x2f\xfd":
+            out[rel + " (unzstd)"] = zstandard.ZstdDecompressor().stream_reader(data).read()
     return out
 
 
@@ -99,8 +103,9 @@ def assert_no_leak(outputs: dict[str, str | bytes], repo: Path, *, applied: bool
         leaks += find_leaks(data, rel)
     assert not leaks, leaks
     assert ".bpsync/state.json" in files
-    if applied:  # something was checked
+    if applied:  # something was checked, the snapshots' content included
         assert any(rel.startswith(".bpsync/snapshots/") for rel in files)
+        assert any(rel.startswith(".bpsync/snapshots/") and rel.endswith(")") for rel in files)
 
 
 def make_repo(root: Path, tables: int = 2) -> Path:

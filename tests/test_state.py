@@ -19,12 +19,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import zstandard
 from state_util import (
     CSV,
     CSV_SHA,
     REPO,
     Holder,
     csv_file,
+    gzip_snapshot,
     holders,
     local_holder,
     pending_job,
@@ -243,21 +245,45 @@ def test_fsync_failure_is_a_state_error(
 # --- snapshots ----------------------------------------------------------------------------------
 
 
-def test_snapshot_file_is_deterministic_gzip(
+def test_snapshot_file_is_deterministic_zstd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = LocalBackend(tmp_path / "a")
     b = LocalBackend(tmp_path / "b")
     a.put_snapshot(CSV_SHA, csv_file(tmp_path, name="one.csv"))
-    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)  # a gzip mtime would now differ
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)  # nothing may depend on the time
     b.put_snapshot(CSV_SHA, csv_file(tmp_path, name="other-name.csv"))
     monkeypatch.undo()
     blob = a.snapshot_path(CSV_SHA).read_bytes()
     assert blob == b.snapshot_path(CSV_SHA).read_bytes()
-    assert a.snapshot_path(CSV_SHA).name == f"{CSV_SHA}.csv.gz"
-    assert blob[:4] == b"\x1f\x8b\x08\x00"  # gzip, deflate, no FNAME
-    assert blob[4:8] == b"\x00\x00\x00\x00"  # mtime 0
-    assert gzip.decompress(blob) == CSV
+    assert a.snapshot_path(CSV_SHA).name == f"{CSV_SHA}.csv.zst"
+    assert sorted(p.name for p in a.snapshots_dir.iterdir()) == [f"{CSV_SHA}.csv.zst"]
+    assert blob[:4] == b"\x28\xb5\x2f\xfd"  # zstd
+    assert blob[4] == 0  # frame header: no content size, no checksum, no dictionary id
+    assert zstandard.ZstdDecompressor().stream_reader(blob).read() == CSV
+
+
+def test_gzip_snapshot_of_an_older_state_stays_until_pruned(
+    local: LocalBackend, tmp_path: Path
+) -> None:
+    gz = local.snapshots_dir / f"{CSV_SHA}.csv.gz"
+    gz.parent.mkdir(parents=True)
+    gz.write_bytes(gzip_snapshot(CSV))
+    assert local.snapshot_path(CSV_SHA) == gz
+    local.put_snapshot(CSV_SHA, csv_file(tmp_path))  # content-addressed: nothing to write
+    assert [p.name for p in local.snapshots_dir.iterdir()] == [gz.name]
+    assert gzip.decompress(gz.read_bytes()) == CSV  # still the old format, as stored
+    # With both (a gzip one restored from git beside a new one): the zstd one is read.
+    zst = local.snapshots_dir / f"{CSV_SHA}.csv.zst"
+    other = LocalBackend(tmp_path / "other")
+    other.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    zst.write_bytes(other.snapshot_path(CSV_SHA).read_bytes())
+    gz.write_bytes(b"damaged")
+    assert local.snapshot_path(CSV_SHA) == zst
+    with local.open_snapshot(CSV_SHA) as f:
+        assert f.read() == CSV
+    assert local.prune_snapshots([]) == [CSV_SHA]  # one id, both files
+    assert list(local.snapshots_dir.iterdir()) == []
 
 
 def test_prune_ignores_foreign_files(local: LocalBackend, tmp_path: Path) -> None:

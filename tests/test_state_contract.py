@@ -30,15 +30,18 @@ from state_util import (
     LocalHarness,
     S3Harness,
     csv_file,
+    gzip_name,
+    gzip_snapshot,
     holders,
     pending_job,
     random_table,
     sample_state,
+    zstd_name,
 )
 
 from bpsync.endpoint import Endpoint
 from bpsync.errors import LockHeld, StateCorrupt, StateError
-from bpsync.state import LockInfo, State, StateBackend, dumps_state
+from bpsync.state import LocalBackend, LockInfo, State, StateBackend, dumps_state
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -227,18 +230,17 @@ def test_missing_snapshot_says_how_to_recover(backend: StateBackend) -> None:
     assert "service-owners" in message and CSV_SHA in message and "bpsync apply" in message
 
 
-def test_damaged_snapshot_is_reported(harness: Harness, tmp_path: Path) -> None:
+def test_snapshot_is_stored_as_zstd(harness: Harness, tmp_path: Path) -> None:
+    harness.backend.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    stored = harness.raw(zstd_name(CSV_SHA))
+    assert stored is not None and stored[:4] == b"\x28\xb5\x2f\xfd"
+    assert harness.raw(gzip_name(CSV_SHA)) is None
+    assert harness.backend.snapshot_where(CSV_SHA).endswith(zstd_name(CSV_SHA))
+
+
+def _damage_is_reported(harness: Harness, name: str, cases: list[tuple[bytes, str]]) -> None:
     backend = harness.backend
-    backend.put_snapshot(CSV_SHA, csv_file(tmp_path))
-    name = f"snapshots/{CSV_SHA}.csv.gz"
-    good = harness.raw(name)
-    assert good is not None
-    for damaged, detail in (
-        (good[:-12], "ends too early"),
-        (gzip.compress(b"application,owner\ncrm,eve\n", mtime=0), "hashes to"),
-        (b"junk", "snapshot is damaged"),
-        (good + b"x", "after the gzip stream"),
-    ):
+    for damaged, detail in cases:
         harness.put_raw(name, damaged)
         with (
             pytest.raises(StateCorrupt, match=detail) as excinfo,
@@ -247,7 +249,87 @@ def test_damaged_snapshot_is_reported(harness: Harness, tmp_path: Path) -> None:
             f.read()
         message = str(excinfo.value)
         assert "snapshot is damaged" in message
-        assert backend.snapshot_where(CSV_SHA) in message
+        assert name in message, message  # the object that is damaged
+        assert excinfo.value.hint == backend.wording.snapshot_damaged
+
+
+def test_damaged_snapshot_is_reported(harness: Harness, tmp_path: Path) -> None:
+    harness.backend.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    name = zstd_name(CSV_SHA)
+    good = harness.raw(name)
+    assert good is not None
+    other = LocalBackend(tmp_path / "other")
+    other_sha = hashlib.sha256(b"application,owner\ncrm,eve\n").hexdigest()
+    other.put_snapshot(other_sha, csv_file(tmp_path, b"application,owner\ncrm,eve\n", "o.csv"))
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x10
+    _damage_is_reported(
+        harness,
+        name,
+        [
+            (good[:-1], "ends too early"),
+            (good[:6], "ends too early"),
+            (other.snapshot_path(other_sha).read_bytes(), "hashes to"),
+            (bytes(flipped), "snapshot is damaged"),
+            (b"junk", "neither zstd nor gzip"),
+            (b"", "it is empty"),
+            (good + b"x", "after the zstd frame"),
+            (good + good, "after the zstd frame"),
+        ],
+    )
+
+
+def test_gzip_snapshot_of_an_older_state_is_read(harness: Harness, tmp_path: Path) -> None:
+    backend = harness.backend
+    harness.put_raw(gzip_name(CSV_SHA), gzip_snapshot(CSV))
+    assert backend.has_snapshot(CSV_SHA)
+    with backend.open_snapshot(CSV_SHA) as f:
+        assert f.read() == CSV
+    backend.put_snapshot(CSV_SHA, csv_file(tmp_path))  # already there: no zstd copy is written
+    assert harness.raw(zstd_name(CSV_SHA)) is None
+    with pytest.raises(StateError, match="hash"):  # yet a wrong table is still refused
+        backend.put_snapshot(CSV_SHA, csv_file(tmp_path, b"other\n"))
+    good = gzip_snapshot(CSV)
+    _damage_is_reported(
+        harness,
+        gzip_name(CSV_SHA),
+        [
+            (good[:-12], "ends too early"),
+            (gzip.compress(b"application,owner\ncrm,eve\n", mtime=0), "hashes to"),
+            (good + b"x", "after the gzip stream"),
+        ],
+    )
+
+
+def test_codec_is_told_by_the_bytes_not_the_name(harness: Harness, tmp_path: Path) -> None:
+    backend = harness.backend
+    backend.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    zstd = harness.raw(zstd_name(CSV_SHA))
+    assert zstd is not None
+    harness.put_raw(zstd_name(CSV_SHA), gzip_snapshot(CSV))
+    with backend.open_snapshot(CSV_SHA) as f:
+        assert f.read() == CSV
+    harness.delete_raw(zstd_name(CSV_SHA))
+    harness.put_raw(gzip_name(CSV_SHA), zstd)
+    with backend.open_snapshot(CSV_SHA) as f:
+        assert f.read() == CSV
+
+
+def test_zstd_snapshot_is_preferred_and_pruned_with_the_gzip_one(
+    harness: Harness, tmp_path: Path
+) -> None:
+    backend = harness.backend
+    backend.put_snapshot(CSV_SHA, csv_file(tmp_path))
+    harness.put_raw(gzip_name(CSV_SHA), b"an older copy, damaged")
+    with backend.open_snapshot(CSV_SHA) as f:
+        assert f.read() == CSV
+    only_gzip = hashlib.sha256(b"a\n1\n").hexdigest()
+    harness.put_raw(gzip_name(only_gzip), gzip_snapshot(b"a\n1\n"))
+    assert backend.prune_snapshots([only_gzip]) == [CSV_SHA]  # one id, both of its names
+    assert harness.raw(zstd_name(CSV_SHA)) is None and harness.raw(gzip_name(CSV_SHA)) is None
+    assert backend.has_snapshot(only_gzip)
+    assert backend.prune_snapshots([]) == [only_gzip]
+    assert not backend.has_snapshot(only_gzip)
 
 
 def test_prune_keeps_referenced_snapshots(backend: StateBackend, tmp_path: Path) -> None:

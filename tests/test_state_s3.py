@@ -29,6 +29,7 @@ from state_util import (
     REPO,
     Holder,
     csv_file,
+    gzip_snapshot,
     holders,
     random_table,
     s3_holder,
@@ -126,7 +127,7 @@ def test_objects_in_the_bucket(s3: S3Backend, url: str, bucket: str, tmp_path: P
     assert s3.current_lock() is None
     stored = objects(url, bucket)
     assert sorted(stored) == [
-        f"team/state/snapshots/{CSV_SHA}.csv.gz",
+        f"team/state/snapshots/{CSV_SHA}.csv.zst",
         "team/state/state.json",
         "team/state/state.json.bak",
     ]
@@ -135,9 +136,13 @@ def test_objects_in_the_bucket(s3: S3Backend, url: str, bucket: str, tmp_path: P
     assert stored["team/state/state.json.bak"] == dumps_state(first).encode()
     local = LocalBackend(tmp_path / ".bpsync")
     local.put_snapshot(CSV_SHA, csv_file(tmp_path))
-    assert stored[f"team/state/snapshots/{CSV_SHA}.csv.gz"] == (
+    assert stored[f"team/state/snapshots/{CSV_SHA}.csv.zst"] == (
         local.snapshot_path(CSV_SHA).read_bytes()
     )
+    head = s3_util.client(url).head_object(
+        Bucket=bucket, Key=f"team/state/snapshots/{CSV_SHA}.csv.zst"
+    )
+    assert head["ContentType"] == "application/zstd"
 
 
 # --- lost updates -------------------------------------------------------------------------------
@@ -251,7 +256,33 @@ def test_prune_stays_inside_the_prefix(url: str, bucket: str, tmp_path: Path) ->
     theirs.put_snapshot(CSV_SHA, csv_file(tmp_path))
     put_raw(url, bucket, "a/snapshots/README", b"mine")
     assert ours.prune_snapshots([]) == [CSV_SHA]
-    assert sorted(objects(url, bucket)) == ["a/snapshots/README", f"a2/snapshots/{CSV_SHA}.csv.gz"]
+    assert sorted(objects(url, bucket)) == ["a/snapshots/README", f"a2/snapshots/{CSV_SHA}.csv.zst"]
+
+
+def test_prune_deletes_both_names_in_batches(
+    s3: S3Backend, url: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each id may be stored as .csv.zst and .csv.gz: a DeleteObjects call names both, and
+    never more than its 1,000 keys."""
+    ids = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(501)]
+    for sha in ids[:2]:
+        put_raw(url, bucket, s3.key(f"snapshots/{sha}.csv.zst"), b"x")
+        put_raw(url, bucket, s3.key(f"snapshots/{sha}.csv.gz"), b"x")
+    put_raw(url, bucket, s3.key(f"snapshots/{ids[2]}.csv.gz"), b"x")
+    sizes: list[int] = []
+    delete = s3._client.delete_objects
+
+    def counting(**kw: Any) -> Any:
+        sizes.append(len(kw["Delete"]["Objects"]))
+        return delete(**kw)
+
+    monkeypatch.setattr(s3._client, "delete_objects", counting)
+    assert s3.prune_snapshots([]) == sorted(ids[:3])
+    assert objects(url, bucket) == {}
+    assert sizes == [6]
+    sizes.clear()
+    assert s3._delete_snapshots(ids) == ids  # the batching itself
+    assert sizes == [1000, 2]
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -373,6 +404,27 @@ def test_migrate_refuses_existing_state_unless_forced(s3: S3Backend, tmp_path: P
     assert returned.state.tables == local_state.tables
     assert back.snapshot_path(CSV_SHA).read_bytes() == local.snapshot_path(CSV_SHA).read_bytes()
     assert s3.current_lock() is None and local.current_lock() is None
+
+
+def test_migrate_writes_a_gzip_snapshot_of_an_older_state_as_zstd(
+    s3: S3Backend, url: str, bucket: str, tmp_path: Path
+) -> None:
+    local = LocalBackend(tmp_path / ".bpsync")
+    local.snapshots_dir.mkdir(parents=True)
+    (local.snapshots_dir / f"{CSV_SHA}.csv.gz").write_bytes(gzip_snapshot(CSV))
+    local.write(sample_state())
+    assert migrate_state(local, s3).copied == (CSV_SHA,)
+    stored = objects(url, bucket)
+    assert f"team/state/snapshots/{CSV_SHA}.csv.gz" not in stored
+    assert stored[f"team/state/snapshots/{CSV_SHA}.csv.zst"][:4] == b"\x28\xb5\x2f\xfd"
+    # And an S3 state holding a gzip snapshot migrates to a local .csv.zst.
+    s3_util.client(url).delete_object(Bucket=bucket, Key=f"team/state/snapshots/{CSV_SHA}.csv.zst")
+    put_raw(url, bucket, f"team/state/snapshots/{CSV_SHA}.csv.gz", gzip_snapshot(CSV))
+    back = LocalBackend(tmp_path / "back")
+    assert migrate_state(s3, back).copied == (CSV_SHA,)
+    assert [p.name for p in back.snapshots_dir.iterdir()] == [f"{CSV_SHA}.csv.zst"]
+    with back.open_snapshot(CSV_SHA) as f:
+        assert f.read() == CSV
 
 
 def test_migrate_takes_both_locks(s3: S3Backend, tmp_path: Path, holder: Holder) -> None:

@@ -12,12 +12,15 @@ with exactly `TRUNCATED_FRAME_ERROR`, the way the real job does.
 from __future__ import annotations
 
 import csv
+import itertools
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bpsync.bigpanda.facts import MAX_VALUE_BYTES, MIN_DATA_ROWS, TRUNCATED_FRAME_ERROR
 
 MAX_REASONS = 20  # a failed job lists this many problems, then counts the rest
+_BLOCK = 1 << 20  # bytes read at a time
 
 csv.field_size_limit(1 << 30)  # the 32K rule is ours to report, not the csv module's
 
@@ -64,56 +67,126 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _lines(path: Path, reasons: _Reasons) -> Iterator[str]:
-    """Decoded lines, split on "\\n" only, each still ending with it (so csv sees line breaks)."""
+    """Decoded lines, split on "\n" only, each still ending with it (so csv sees line breaks)."""
+    for number, lines in _blocks(path):
+        yield from _decoded(lines, number, reasons)
+
+
+def _decoded(lines: list[bytes], number: int, reasons: _Reasons) -> Iterator[str]:
+    for number, raw in enumerate(lines, start=number):  # noqa: B020 (numbered from `number`)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reasons.add(f"line {number}: not valid UTF-8 (byte {exc.start} of the line)")
+            line = raw.decode("utf-8", errors="replace")
+        if "\r" in line:
+            reasons.add(
+                f"line {number}: carriage return (\\r) found; use LF line endings, "
+                "line breaks are not supported"
+            )
+            line = line.replace("\r", "")
+        yield line
+
+
+def _blocks(path: Path) -> Iterator[tuple[int, list[bytes]]]:
+    """(number of the first line, its lines each ending with "\n") per ~1 MiB of the file;
+    a block never ends inside a quoted value (its count of quotes is even)."""
+    number, rest, held = 1, b"", b""
     with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                reasons.add(f"line {number}: not valid UTF-8 (byte {exc.start} of the line)")
-                line = raw.decode("utf-8", errors="replace")
-            if "\r" in line:
-                reasons.add(
-                    f"line {number}: carriage return (\\r) found; use LF line endings, "
-                    "line breaks are not supported"
-                )
-                line = line.replace("\r", "")
-            yield line
+        while chunk := fh.read(_BLOCK):
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1
+            held, rest = held + chunk[:cut], chunk[cut:]
+            if held and held.count(b'"') % 2 == 0:
+                yield number, _lf_lines(held)
+                number += held.count(b"\n")
+                held = b""
+    if held or rest:
+        yield number, _lf_lines(held + rest)
+
+
+def _lf_lines(data: bytes) -> list[bytes]:
+    """Lines cut at "\n" only, each keeping it (the last may lack it)."""
+    lines = [x + b"\n" for x in data.split(b"\n")]
+    last = lines.pop()[:-1]
+    if last:
+        lines.append(last)
+    return lines
 
 
 def _scan(path: Path, titles: Sequence[str], reasons: _Reasons) -> set[int]:
-    """Check header and rows; return the row hashes seen more than once (to verify exactly)."""
-    reader = csv.reader(_lines(path, reasons), strict=True)
-    header = _next_row(reader, reasons)
-    if header is None:
+    """Check header and rows; return the row hashes seen more than once (to verify exactly).
+
+    A plain block of lines (no quote, CR or long line, every line the header's width) is
+    checked at once, as a service's bulk path would; others go through csv.reader line by
+    line. Either way a row is hashed as the tuple of its cells."""
+    blocks = _blocks(path)
+    first = next(blocks, None)
+    header = None
+    if first is not None:
+        header = _next_row(csv.reader(_decoded(first[1][:1], 1, reasons), strict=True), reasons)
+    if header is None or first is None:
         reasons.add("the table is empty: it needs a header row and at least one data row")
         return set()
     _check_header(header, titles, reasons)
     seen: set[int] = set()
     repeated: set[int] = set()
     rows = 0
-    while (row := _next_row(reader, reasons)) is not None:
-        rows += 1
-        _check_row(row, len(header), reader.line_num, reasons)
-        digest = hash(tuple(row))
-        if digest in seen:
-            repeated.add(digest)
-        else:
-            seen.add(digest)
+    for number, lines in itertools.chain([(2, first[1][1:])], blocks):
+        hashes = _plain_rows(lines, len(header))
+        if hashes is None:
+            hashes = _slow_rows(lines, number, len(header), reasons)
+        rows += len(hashes)
+        block = set(hashes)
+        repeated |= block & seen
+        if len(block) != len(hashes):
+            repeated |= {h for h, n in Counter(hashes).items() if n > 1}
+        seen |= block
     if rows < MIN_DATA_ROWS:
         reasons.add("the table has a header but no data rows; at least one row is required")
     return repeated
 
 
-def _next_row(reader: Iterator[list[str]], reasons: _Reasons) -> list[str] | None:
+def _plain_rows(lines: list[bytes], width: int) -> list[int] | None:
+    """The row hashes of a plain block, or None when it needs the line-by-line checks."""
+    raw = b"".join(lines)
+    if not raw.endswith(b"\n") or b'"' in raw or b"\r" in raw:
+        return None
+    try:
+        rows = raw.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return None
+    rows.pop()  # after the last "\n"
+    if not rows or not all(rows) or max(map(len, rows)) * 4 > MAX_VALUE_BYTES:
+        return None
+    if set(map(str.count, rows, itertools.repeat(","))) != {width - 1}:
+        return None
+    return list(map(hash, rows))  # a plain line is its cells joined by ","
+
+
+def _row_hash(row: list[str]) -> int:
+    return hash(",".join(row))
+
+
+def _slow_rows(lines: list[bytes], number: int, width: int, reasons: _Reasons) -> list[int]:
+    reader = csv.reader(_decoded(lines, number, reasons), strict=True)
+    hashes = []
+    while (row := _next_row(reader, reasons, number - 1)) is not None:
+        _check_row(row, width, number - 1 + reader.line_num, reasons)
+        hashes.append(_row_hash(row))
+    return hashes
+
+
+def _next_row(reader: Iterator[list[str]], reasons: _Reasons, before: int = 0) -> list[str] | None:
+    """The next row; `before`: lines of the file before the reader's first."""
     while True:
         try:
             return next(reader)
         except StopIteration:
             return None
         except csv.Error as exc:
-            line = getattr(reader, "line_num", "?")
-            reasons.add(f"line {line}: malformed CSV ({exc})")
+            line = getattr(reader, "line_num", None)
+            reasons.add(f"line {'?' if line is None else before + line}: malformed CSV ({exc})")
 
 
 def _check_header(header: list[str], titles: Sequence[str], reasons: _Reasons) -> None:
@@ -152,7 +225,7 @@ def _report_duplicates(path: Path, candidates: set[int], reasons: _Reasons) -> N
     _next_row(reader, quiet)
     while (row := _next_row(reader, quiet)) is not None:
         key = tuple(row)
-        if hash(key) not in candidates:
+        if _row_hash(row) not in candidates:
             continue
         if key in first_seen:
             reasons.add(f"line {reader.line_num}: duplicate of the row on line {first_seen[key]}")

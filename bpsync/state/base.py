@@ -130,16 +130,20 @@ class StateBackend(ABC):
         let that propagate, with nothing stored."""
 
     @abstractmethod
-    def _open_snapshot_bytes(self, sha256: str) -> Readable | None:
-        """The stored bytes of snapshot ``sha256``, or None when it does not exist."""
+    def _open_snapshot_bytes(self, sha256: str) -> tuple[Readable, str] | None:
+        """The stored bytes of snapshot ``sha256`` and where they are (as messages name it),
+        or None when it does not exist. A snapshot may be stored under either name of
+        :func:`~bpsync.state.snapshot.snapshot_names`: the first found is opened."""
 
     @abstractmethod
     def _snapshot_ids(self) -> Iterable[str]:
-        """The ids of every stored snapshot (nothing else found beside them)."""
+        """The ids of every stored snapshot, whichever its name (nothing else found beside
+        them)."""
 
     @abstractmethod
     def _delete_snapshots(self, ids: list[str]) -> list[str]:
-        """Delete these snapshots; return those that were deleted."""
+        """Delete these snapshots, under every name they are stored as; return those that
+        were deleted."""
 
     @abstractmethod
     def _create_lock(self, info: LockInfo) -> bool:
@@ -278,14 +282,15 @@ class StateBackend(ABC):
         """The canonical CSV bytes of a snapshot, as a stream. Missing → StateError; bytes
         that do not match ``sha256`` (checked when the stream reaches its end) → StateCorrupt.
         ``table`` only makes messages say which table the snapshot belongs to."""
-        where = self.snapshot_where(check_snapshot_id(sha256))
-        body = self._open_snapshot_bytes(sha256)
-        if body is None:
+        opened = self._open_snapshot_bytes(check_snapshot_id(sha256))
+        if opened is None:
             of_table = f" of table {table}" if table else ""
             raise StateError(
-                f"the applied snapshot{of_table} ({sha256}) is missing: {where} does not exist",
+                f"the applied snapshot{of_table} ({sha256}) is missing: "
+                f"{self.snapshot_where(sha256)} does not exist",
                 hint=self.wording.snapshot_missing,
             )
+        body, where = opened
         return decode_snapshot(body, sha256, where, self.wording.snapshot_damaged)
 
     def prune_snapshots(self, keep: Iterable[str]) -> list[str]:

@@ -3,11 +3,12 @@
 Layout::
 
     .bpsync/
-      .gitignore             ignores lock.json, lock.guard and *.tmp, so CI can commit the rest
-      state.json             the state (indent 2, sorted keys, trailing newline)
-      state.json.bak         the state before the last write
-      snapshots/<sha256>.csv.gz   applied tables (see bpsync.state.snapshot)
-      lock.json              the lock while a command holds it
+      .gitignore                  ignores lock.json, lock.guard and *.tmp: CI commits the rest
+      state.json                  the state (indent 2, sorted keys, trailing newline)
+      state.json.bak              the state before the last write
+      snapshots/<sha256>.csv.zst  applied tables (see bpsync.state.snapshot; an older
+                                  state's <sha256>.csv.gz is still read)
+      lock.json                   the lock while a command holds it
 
 Every write is atomic (temp file in the same directory, fsync, rename, fsync of the directory)
 and goes only under this directory. The lock is ``lock.json`` created with ``O_CREAT|O_EXCL``;
@@ -38,7 +39,13 @@ from bpsync.state.lock import (
     parse_lock,
     pid_alive,
 )
-from bpsync.state.snapshot import CHUNK, SNAPSHOT_DIR, snapshot_id, snapshot_name
+from bpsync.state.snapshot import (
+    CHUNK,
+    SNAPSHOT_DIR,
+    snapshot_id,
+    snapshot_name,
+    snapshot_names,
+)
 
 if sys.platform != "win32":
     import fcntl
@@ -169,7 +176,8 @@ class LocalBackend(StateBackend):
     def check_snapshot_room(
         self, table: str, plain_size: int, measure: Callable[[], int], warn: Callable[[str], None]
     ) -> None:
-        # Deflate grows incompressible data by well under 0.1%: no need to measure small tables.
+        # zstd stores incompressible blocks raw, 3 bytes of header per 128 KiB: the snapshot of
+        # a table is never 0.1% larger than it, so small tables need no measuring.
         if plain_size + plain_size // 1000 + 64 <= SNAPSHOT_WARN_BYTES:
             return
         size = measure()
@@ -213,7 +221,13 @@ class LocalBackend(StateBackend):
         return self.path / SNAPSHOT_DIR
 
     def snapshot_path(self, sha256: str) -> Path:
-        return self.snapshots_dir / snapshot_name(sha256)
+        """The file of snapshot ``sha256``: the one there is (``.csv.zst``, else an older
+        state's ``.csv.gz``), or where it is written when there is none."""
+        paths = self._snapshot_paths(sha256)
+        return next((path for path in paths if path.is_file()), paths[0])
+
+    def _snapshot_paths(self, sha256: str) -> list[Path]:
+        return [self.snapshots_dir / name for name in snapshot_names(sha256)]
 
     @property
     def state_where(self) -> str:
@@ -308,12 +322,12 @@ class LocalBackend(StateBackend):
     # -- snapshots ------------------------------------------------------------------------
 
     def _snapshot_exists(self, sha256: str) -> bool:
-        return self.snapshot_path(sha256).is_file()
+        return any(path.is_file() for path in self._snapshot_paths(sha256))
 
     def _store_snapshot(self, sha256: str, stream: BinaryIO) -> None:
         self._ensure_dir()
         self.snapshots_dir.mkdir(exist_ok=True)
-        dest = self.snapshot_path(sha256)
+        dest = self.snapshots_dir / snapshot_name(sha256)
         tmp = _temp_path(dest)
         try:
             with open(tmp, "xb") as out:
@@ -328,36 +342,42 @@ class LocalBackend(StateBackend):
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
-    def _open_snapshot_bytes(self, sha256: str) -> BinaryIO | None:
-        path = self.snapshot_path(sha256)
-        try:
-            return open(path, "rb")  # closed by the stream open_snapshot returns
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StateError(f"cannot read snapshot {path}: {exc}") from exc
+    def _open_snapshot_bytes(self, sha256: str) -> tuple[BinaryIO, str] | None:
+        for path in self._snapshot_paths(sha256):
+            try:
+                return open(path, "rb"), str(path)  # closed by the stream open_snapshot returns
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StateError(f"cannot read snapshot {path}: {exc}") from exc
+        return None
 
     def _snapshot_ids(self) -> Iterator[str]:
         try:
             entries = list(self.snapshots_dir.iterdir())
         except FileNotFoundError:
             return
+        seen: set[str] = set()
         for entry in entries:
             sha = snapshot_id(entry.name)
-            if sha is not None:
+            if sha is not None and sha not in seen:
+                seen.add(sha)
                 yield sha
 
     def _delete_snapshots(self, ids: list[str]) -> list[str]:
         deleted: list[str] = []
         for sha in ids:
-            path = self.snapshot_path(sha)
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise StateError(f"cannot delete snapshot {path}: {exc}") from exc
-            deleted.append(sha)
+            found = False
+            for path in self._snapshot_paths(sha):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StateError(f"cannot delete snapshot {path}: {exc}") from exc
+                found = True
+            if found:
+                deleted.append(sha)
         return deleted
 
     # -- lock -----------------------------------------------------------------------------

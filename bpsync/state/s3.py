@@ -5,7 +5,8 @@ Layout under ``s3://<bucket>/<prefix>/``::
 
     state.json                  the state (the same bytes the local backend writes)
     state.json.bak              the state before the last write
-    snapshots/<sha256>.csv.gz   applied tables, gzip level 1, mtime 0 (the same bytes as locally)
+    snapshots/<sha256>.csv.zst  applied tables, zstd level 1 (the same bytes as locally; an older
+                                state's <sha256>.csv.gz, gzip, is still read)
     lock.json                   the lock while a command holds it
 
 Safety rests on S3 conditional writes (AWS S3 since 2024; MinIO, Ceph RGW, R2 and moto have
@@ -16,8 +17,8 @@ them too), never on timing:
 * ``state.json`` is written with ``If-Match: <ETag>`` of the document whose serial was checked
   (``If-None-Match: *`` when there was none), so a write in between can never be lost;
 * a snapshot is hashed and compressed while it uploads, and the digest is checked before the
-  gzip trailer reaches the uploader: a table that does not hash to its id never completes an
-  upload (a multipart upload is aborted).
+  zstd frame's last block reaches the uploader: a table that does not hash to its id never
+  completes an upload (a multipart upload is aborted).
 
 The serial check, snapshot verification and the lock's wait loop are the base's
 (:mod:`bpsync.state.base`); this module is only how S3 stores, lists and conditionally writes.
@@ -37,7 +38,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from bpsync.errors import ConfigError, StateError
 from bpsync.state.base import StateBackend, Wording
 from bpsync.state.lock import LockInfo, encode_lock, parse_lock
-from bpsync.state.snapshot import SNAPSHOT_DIR, snapshot_id, snapshot_name
+from bpsync.state.snapshot import (
+    SNAPSHOT_DIR,
+    SNAPSHOT_SUFFIXES,
+    snapshot_id,
+    snapshot_name,
+    snapshot_names,
+)
 
 if TYPE_CHECKING:
     from bpsync.config import StateConfig
@@ -224,7 +231,12 @@ class S3Backend(StateBackend):
         return f"s3://{self.bucket}/{key}"
 
     def snapshot_key(self, sha256: str) -> str:
+        """The key snapshot ``sha256`` is written as (``.csv.zst``)."""
         return self.key(f"{SNAPSHOT_DIR}/{snapshot_name(sha256)}")
+
+    def snapshot_keys(self, sha256: str) -> list[str]:
+        """Every key snapshot ``sha256`` may be stored as, in the order to look for them."""
+        return [self.key(f"{SNAPSHOT_DIR}/{name}") for name in snapshot_names(sha256)]
 
     @property
     def wording(self) -> Wording:
@@ -402,7 +414,7 @@ class S3Backend(StateBackend):
     # -- snapshots ------------------------------------------------------------------------
 
     def _snapshot_exists(self, sha256: str) -> bool:
-        return self._exists(self.snapshot_key(sha256), "look up snapshot")
+        return any(self._exists(key, "look up snapshot") for key in self.snapshot_keys(sha256))
 
     def _store_snapshot(self, sha256: str, stream: BinaryIO) -> None:
         key = self.snapshot_key(sha256)
@@ -411,22 +423,24 @@ class S3Backend(StateBackend):
                 stream,
                 self.bucket,
                 key,
-                ExtraArgs={"ContentType": "application/gzip"},
+                ExtraArgs={"ContentType": "application/zstd"},
                 Config=self._transfer,
             )
         except self.botocore_errors as exc:
             raise self.error(exc, "upload snapshot to", self.url(key)) from exc
 
-    def _open_snapshot_bytes(self, sha256: str) -> _Body | None:
-        key = self.snapshot_key(sha256)
-        try:
-            response = self._request("get_object", "read snapshot", key, expect=_MISSING)
-        except _Refused:
-            return None
-        return _Body(response["Body"], self.url(key), self)
+    def _open_snapshot_bytes(self, sha256: str) -> tuple[_Body, str] | None:
+        for key in self.snapshot_keys(sha256):
+            try:
+                response = self._request("get_object", "read snapshot", key, expect=_MISSING)
+            except _Refused:
+                continue
+            return _Body(response["Body"], self.url(key), self), self.url(key)
+        return None
 
     def _snapshot_ids(self) -> Iterator[str]:
         prefix = self.key(f"{SNAPSHOT_DIR}/")
+        seen: set[str] = set()
         try:
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix
@@ -434,21 +448,23 @@ class S3Backend(StateBackend):
             for page in pages:
                 for obj in page.get("Contents", []):
                     sha = snapshot_id(str(obj["Key"])[len(prefix) :])
-                    if sha is not None:
+                    if sha is not None and sha not in seen:
+                        seen.add(sha)
                         yield sha
         except self.botocore_errors as exc:
             raise self.error(exc, "list snapshots in", self.url(prefix)) from exc
 
     def _delete_snapshots(self, ids: list[str]) -> list[str]:
-        for start in range(0, len(ids), 1000):  # DeleteObjects takes at most 1,000 keys
-            batch = ids[start : start + 1000]
+        # Every name of each: DeleteObjects takes at most 1,000 keys, and deleting a key that
+        # is not there succeeds.
+        per_batch = 1000 // len(SNAPSHOT_SUFFIXES)
+        for start in range(0, len(ids), per_batch):
+            batch = ids[start : start + per_batch]
+            keys = [key for sha in batch for key in self.snapshot_keys(sha)]
             try:
                 response = self._client.delete_objects(
                     Bucket=self.bucket,
-                    Delete={
-                        "Objects": [{"Key": self.snapshot_key(sha)} for sha in batch],
-                        "Quiet": True,
-                    },
+                    Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
                 )
             except self.botocore_errors as exc:
                 raise self.error(
@@ -460,7 +476,7 @@ class S3Backend(StateBackend):
                 raise StateError(
                     f"cannot delete snapshot s3://{self.bucket}/{first.get('Key')}: "
                     f"{first.get('Code')}: {first.get('Message')} "
-                    f"({len(failed)} of {len(batch)} deletions failed)",
+                    f"({len(failed)} of {len(keys)} deletions failed)",
                     hint="check that the credentials allow s3:DeleteObject",
                 )
         return ids

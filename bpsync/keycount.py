@@ -1,0 +1,127 @@
+"""How many rows of a valid table hold one of a few keys, counted on the second core.
+
+The byte-aligned row diff (`bytealign`) never parses the rows it skips, so whether an added
+row's key is also held by an unchanged row takes one more read of the table: every key, the
+largest single cost left in planning an edited table. That read needs nothing from the diff
+until its end, so it runs in a child process (`python -m bpsync.keycount PATH COLUMNS`),
+started with the diff: the child logs every key's hash (8 bytes a row), then reads the wanted
+keys as JSON on stdin and prints how many rows hold one of them. Its hashes are its own (each
+process salts `hash` differently), which is why the keys themselves are sent.
+
+If the child cannot be started or does not answer, the count is taken in process instead:
+slower, never different.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
+from itertools import repeat
+from operator import itemgetter
+from pathlib import Path
+from types import TracebackType
+
+from bpsync.table import parse_line, split_blocks, table_bytes
+
+Key = tuple[str, ...]
+
+
+def key_hashes(path: Path, idx: tuple[int, ...]) -> Iterator[int]:
+    """The hash of every data row's key (a bare str for one column, as `key_hash`), in file
+    order, of a table already validated (every record on one line, CR only in CRLF)."""
+    get = itemgetter(*idx)
+    last = max(idx) + 1
+    for offset, raw, _last in split_blocks(table_bytes(path)):
+        text = raw.decode("utf-8")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        if offset == 0:
+            lines = lines[1:]  # the header
+        if '"' in text:
+            cells = map(parse_line, lines)
+        elif idx == (0,):
+            cells = map(str.partition, lines, repeat(","))  # type: ignore[arg-type]
+        else:
+            cells = map(str.split, lines, repeat(","), repeat(last))
+        yield from map(hash, map(get, cells))
+
+
+def _wanted(keys: Sequence[Sequence[str]]) -> set[int]:
+    return {hash(k[0] if len(k) == 1 else tuple(k)) for k in keys}
+
+
+def count_keys(path: Path, idx: tuple[int, ...], keys: Sequence[Key]) -> int:
+    """In process: how many rows of `path` hold one of `keys`."""
+    wanted = _wanted(keys)
+    return sum(map(wanted.__contains__, key_hashes(path, idx)))
+
+
+class KeyCounter:
+    """`count_keys` in a child process started now; `count` waits for its answer."""
+
+    def __init__(self, path: Path, idx: tuple[int, ...], *, child: bool = True) -> None:
+        self.path, self.idx = path, idx
+        self._proc: subprocess.Popen[bytes] | None = None
+        if not child:
+            return
+        cmd = [sys.executable, "-m", "bpsync.keycount", str(path), ",".join(map(str, idx))]
+        with contextlib.suppress(OSError):
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
+
+    def count(self, keys: Sequence[Key]) -> int:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                out, _ = proc.communicate(json.dumps([list(k) for k in keys]).encode("utf-8"))
+                if proc.returncode == 0:
+                    return int(out)
+            except (OSError, ValueError):
+                pass
+            finally:
+                _stop(proc)
+        return count_keys(self.path, self.idx, keys)
+
+    def close(self) -> None:
+        """Stop the child if it still runs (its answer was not wanted)."""
+        if self._proc is not None:
+            _stop(self._proc)
+            self._proc = None
+
+    def __enter__(self) -> KeyCounter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def main(argv: Sequence[str]) -> int:
+    path, columns = Path(argv[0]), tuple(int(c) for c in argv[1].split(","))
+    log = array("q", key_hashes(path, columns))
+    wanted = _wanted(json.load(sys.stdin))
+    sys.stdout.write(str(sum(map(wanted.__contains__, log))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
