@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
@@ -24,8 +23,12 @@ from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from bpsync.table import parse_line, split_blocks, table_bytes
+
+if TYPE_CHECKING:
+    import subprocess
 
 Key = tuple[str, ...]
 
@@ -71,6 +74,8 @@ class KeyCounter:
         self._proc: subprocess.Popen[bytes] | None = None
         if not child:
             return
+        import subprocess  # only when rows were added: a plan of unchanged tables needs none
+
         cmd = [sys.executable, "-m", "bpsync.keycount", str(path), ",".join(map(str, idx))]
         with contextlib.suppress(OSError):
             self._proc = subprocess.Popen(
