@@ -13,6 +13,7 @@ module outside this package imports from it.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -105,4 +106,10 @@ def _traceback() -> str:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    code = run(sys.argv[1:])
+    # The process ends here. At exit the interpreter's garbage collections would walk every
+    # object the start-up made (~10 ms, a tenth of planning a 100 MB unchanged table); frozen,
+    # they are left to the OS, like the rest of the memory. Nothing bpsync holds waits on a
+    # collection: files are closed, locks released and output flushed by now.
+    gc.freeze()
+    sys.exit(code)
