@@ -342,7 +342,7 @@ def split_blocks(
 def prefetched(open_stream: Callable[[], BinaryIO], depth: int = 4) -> Generator[bytes]:
     """Chunks of a stream read by a background thread.
 
-    zlib and hashlib release the GIL, so decompressing (and verifying) a snapshot on the
+    zstd, zlib and hashlib release the GIL, so decompressing (and verifying) a snapshot on the
     second core overlaps the Python work done on the chunks: about 1 s less per pass over
     a 500 MB snapshot. Errors of the reader are raised here; stopping early stops it.
     """
