@@ -299,3 +299,19 @@ def test_lines_at_takes_the_lines_asked_for_across_blocks(
     wanted = [1, 2, 17, 50, 99, 100]
     got = rowdiff._lines_at(lambda: snap.open("rb"), iter(wanted))
     assert got == [(n, lines[n - 1]) for n in wanted]
+
+
+@pytest.mark.parametrize("block", [32, 1 << 20])
+def test_a_repeated_row_is_a_duplicate_on_every_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, block: int
+) -> None:
+    """The same line twice (in one block, or in two): the second is not an unchanged row."""
+    monkeypatch.setattr(table, "BLOCK_SIZE", block)
+    old = [f"h{i:03d},e,o" for i in range(40)]
+    new = [*old, old[3]]
+    results = _diffs(
+        tmp_path, HEADER + "".join(r + "\n" for r in old), HEADER + "".join(r + "\n" for r in new)
+    )
+    for d, problems in results:
+        assert not d.info.ok
+        assert any("t.csv:42" in p and "duplicate row (same as line 5)" in p for p in problems)
