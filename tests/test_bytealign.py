@@ -352,3 +352,19 @@ def test_new_table_keys_checked_on_the_second_core_report_what_the_scan_reports(
     assert repeats == [True]  # the child (or its fallback) was asked
     assert (code2, err) == (code, expected) and code == 1
     assert "t.csv:2002" in err and "duplicate key host='h0007'" in err and err.count("'|'") == 1
+
+
+def test_new_table_without_repeated_keys_is_not_scanned_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rows = [f"h{i:04d},e,o" for i in range(3_000)]
+    fields = [("host", "query_tag", None), ("env", "result_tag", None)]
+    fields.append(("owner", "result_tag", None))
+    manifests = {"t": manifest_yaml("t.csv", fields)}
+    csv = HEADER + "".join(r + "\n" for r in rows)
+    root = make_repo(tmp_path, manifests=manifests, tables={"t.csv": csv})
+    monkeypatch.setattr(planner, "_CHILD_KEYS_BYTES", 0)
+    checked: list[int] = []
+    monkeypatch.setattr(planner, "_check_keys", lambda *a: checked.append(1))
+    code, out, err = run_cli(["plan", "--no-refresh"], root)
+    assert code == 0 and checked == [] and "3000 rows to add" in out.replace(",", ""), err
