@@ -97,7 +97,10 @@ def diff_table(
         try:
             d = _byte_aligned_diff(path, layout, trial, open_snapshot, align_limit, file_digest)
         except NotAligned as e:
-            if e.too_many:
+            # The lines read were canonical (their bytes are their canonical text): where the
+            # bytes did not align, neither would the lines; a line aligner's trial would only
+            # repeat it.
+            if e.too_many or (e.canonical and e.share > _Aligner.EARLY_SHARE):
                 return _hashed_diff(path, layout, sink, open_snapshot, file_digest)
         else:
             _merge_into(sink, trial)
@@ -371,8 +374,12 @@ def _byte_aligned_diff(
     new_un: list[tuple[int, str]] = []
     with _key_counter(path, tuple(old_columns.index(t) for t in key_titles)) as counter:
         try:
-            for first, lines in scan.row_blocks():
-                new_un.extend(zip(range(first, first + len(lines)), lines, strict=True))
+            try:
+                for first, lines in scan.row_blocks():
+                    new_un.extend(zip(range(first, first + len(lines)), lines, strict=True))
+            except NotAligned as e:
+                e.canonical = e.canonical and scan.canonical  # the header's form too
+                raise
             info = scan.result
             if not info.ok:
                 return RowDiff(info, (), 0, 0, 0, 0, 0, ())

@@ -368,3 +368,34 @@ def test_new_table_without_repeated_keys_is_not_scanned_again(
     monkeypatch.setattr(planner, "_check_keys", lambda *a: checked.append(1))
     code, out, err = run_cli(["plan", "--no-refresh"], root)
     assert code == 0 and checked == [] and "3000 rows to add" in out.replace(",", ""), err
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_shuffled_rows_go_from_the_byte_path_straight_to_hashing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, crlf: bool
+) -> None:
+    """Canonical lines that do not align as bytes would not align as lines either: no second
+    trial by the line aligner. (CRLF lines, not canonical, still get it.)"""
+    old = [f"host{i:05d},prod,team{i % 7}" for i in range(60_000)]
+    new = list(old)
+    random.Random(2).shuffle(new)
+    end = "\r\n" if crlf else "\n"
+    old_text, new_text = (
+        HEADER + "".join(r + "\n" for r in old),
+        HEADER + "".join(r + end for r in new),
+    )
+    (expected, _), *_ = _diffs(tmp_path, old_text, new_text)
+    calls: list[int] = []
+    real = rowdiff._aligned_diff
+
+    def line_path(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(rowdiff, "_aligned_diff", line_path)
+    snap = tmp_path / "snap.csv"
+    d = rowdiff.diff_table(
+        tmp_path / "t.csv", LAYOUT, ProblemSink("t.csv"), lambda: snap.open("rb"), trusted=True
+    )
+    assert d == expected and d.unchanged == 60_000
+    assert calls == ([1] if crlf else [])
