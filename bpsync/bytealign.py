@@ -41,9 +41,11 @@ class NotAligned(Exception):
     way); otherwise the file looked mostly unequal early on (the line aligner may still
     align its canonical lines)."""
 
-    def __init__(self, too_many: bool = False) -> None:
+    def __init__(self, too_many: bool = False, share: float = 0.0) -> None:
         super().__init__("too many unmatched lines" if too_many else "not aligned")
         self.too_many = too_many
+        self.share = share  # of the new lines read, the share passed over
+        self.canonical = False  # whether those lines were in canonical form (the scan says)
 
 
 def nearest_common(old: Sequence[Hashable], new: Sequence[Hashable]) -> tuple[int, int] | None:
@@ -108,6 +110,7 @@ class ByteAligner:
         self.new_lines = 0
         self.new_passed = 0  # new lines passed over (to the scan, as unmatched)
         self.early_check = True
+        self.plain = True  # no line passed over holds a quote or a CR (so each is canonical)
         self.header = self._header()
 
     # -- the snapshot's bytes --------------------------------------------------------------
@@ -187,6 +190,8 @@ class ByteAligner:
                     break
             end = n if self._ensure(1) == 0 else self._resync(raw, j, n)
             lines = raw.count(b"\n", j, end)
+            if self.plain and (raw.find(b'"', j, end) >= 0 or raw.find(b"\r", j, end) >= 0):
+                self.plain = False  # a line passed over may not be in canonical form
             if out and not out[-1][0]:  # runs on from the last piece passed over
                 _, before, count = out.pop()
                 out.append((False, before + raw[j:end], count + lines))
@@ -259,7 +264,9 @@ class ByteAligner:
         if self.early_check and self.new_lines >= self.EARLY_LINES:
             self.early_check = False
             if self.new_passed > self.EARLY_SHARE * self.new_lines:
-                raise NotAligned
+                e = NotAligned(share=self.new_passed / self.new_lines)
+                e.canonical = self.plain
+                raise e
 
     # -- the end ---------------------------------------------------------------------------
     def finish(self) -> int:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
-from itertools import compress, count, repeat
-from operator import is_, ne
+from itertools import compress, count
+from operator import ne
 from pathlib import Path
 from typing import BinaryIO
 
@@ -97,7 +97,10 @@ def diff_table(
         try:
             d = _byte_aligned_diff(path, layout, trial, open_snapshot, align_limit, file_digest)
         except NotAligned as e:
-            if e.too_many:
+            # The lines read were canonical (their bytes are their canonical text): where the
+            # bytes did not align, neither would the lines; a line aligner's trial would only
+            # repeat it.
+            if e.too_many or (e.canonical and e.share > _Aligner.EARLY_SHARE):
                 return _hashed_diff(path, layout, sink, open_snapshot, file_digest)
         else:
             _merge_into(sink, trial)
@@ -371,8 +374,12 @@ def _byte_aligned_diff(
     new_un: list[tuple[int, str]] = []
     with _key_counter(path, tuple(old_columns.index(t) for t in key_titles)) as counter:
         try:
-            for first, lines in scan.row_blocks():
-                new_un.extend(zip(range(first, first + len(lines)), lines, strict=True))
+            try:
+                for first, lines in scan.row_blocks():
+                    new_un.extend(zip(range(first, first + len(lines)), lines, strict=True))
+            except NotAligned as e:
+                e.canonical = e.canonical and scan.canonical  # the header's form too
+                raise
             info = scan.result
             if not info.ok:
                 return RowDiff(info, (), 0, 0, 0, 0, 0, ())
@@ -451,8 +458,8 @@ def _hashed_diff(
     open_snapshot: SnapshotOpener,
     file_digest: Callable[[], str] | None = None,
 ) -> RowDiff:
-    # Phase 1: the snapshot's line hashes, in a dict and (for phase 3) in file order.
-    old: dict[int, None] = {}
+    # Phase 1: the snapshot's line hashes, in a set and (for phase 3) in file order.
+    old: set[int] = set()
     order = array("q")
     old_header = ""
     for first, lines, _ in _iter_snapshot(open_snapshot):
@@ -460,7 +467,7 @@ def _hashed_diff(
             old_header, lines = lines[0], lines[1:]
         hashes = list(map(hash, lines))
         order.extend(hashes)
-        old.update(zip(hashes, repeat(None)))
+        old.update(hashes)
     old_rows = len(old)
     old_columns = tuple(parse_line(old_header)) if old_header else ()
 
@@ -474,9 +481,10 @@ def _hashed_diff(
         for first, lines in scan.row_blocks():
             if counter is None:  # the header is read: the keys' columns are known
                 counter = _key_counter(path, tuple(scan.columns.index(t) for t in key_titles))
-            popped = map(old.pop, map(hash, lines), repeat(_MISSING))
-            for i in compress(range(len(lines)), map(is_, popped, repeat(_MISSING))):
-                fresh.append((first + i, lines[i]))
+            flags = _not_found(old, list(map(hash, lines)))
+            if flags is not None:
+                numbers = compress(range(first, first + len(lines)), flags)
+                fresh.extend(zip(numbers, compress(lines, flags), strict=True))
         info = scan.result
         if not info.ok:
             return RowDiff(info, (), 0, 0, 0, 0, old_rows, old_columns)
@@ -501,7 +509,22 @@ def _hashed_diff(
     return _classify(info, new_key_idx, old_columns, old_rows, gone, fresh, key_titles)
 
 
-_MISSING = object()
+def _not_found(old: set[int], hashes: list[int]) -> list[bool] | None:
+    """Take the lines found out of `old` (unchanged); which were not found (None: all were).
+
+    A line found once is taken: the same line again (in this block or a later one) is not
+    found, so a repeated row is new and its duplicate key is reported."""
+    block = set(hashes)
+    if len(block) != len(hashes):  # a line (or a hash) repeats within the block
+        flags = []
+        for h in hashes:
+            found = h in old
+            old.discard(h)
+            flags.append(not found)
+        return flags
+    missing = block - old  # usually empty, or a few lines
+    old -= block
+    return list(map(missing.__contains__, hashes)) if missing else None
 
 
 def _lines_at(open_snapshot: SnapshotOpener, numbers: Iterator[int]) -> list[tuple[int, str]]:
