@@ -1,14 +1,12 @@
-"""How many rows of a valid table hold one of a few keys (or whether any key repeats),
-counted on the second core.
+"""How many rows of a valid table hold one of a few keys, counted on the second core.
 
 The byte-aligned row diff (`bytealign`) never parses the rows it skips, so whether an added
 row's key is also held by an unchanged row takes one more read of the table: every key, the
 largest single cost left in planning an edited table. That read needs nothing from the diff
 until its end, so it runs in a child process (`python -m bpsync.keycount PATH COLUMNS`),
 started with the diff: the child logs every key's hash (8 bytes a row), then reads the wanted
-keys as JSON on stdin and prints how many rows hold one of them. (A new table's plan asks it
-instead whether any hash repeats, `{"repeats": true}`, and checks exactly only then.) Its
-hashes are its own (each process salts `hash` differently): the keys themselves are sent.
+keys as JSON on stdin and prints how many rows hold one of them. Its hashes are its own
+(each process salts `hash` differently): the keys themselves are sent.
 
 If the child cannot be started or does not answer, the count is taken in process instead:
 slower, never different.
@@ -20,7 +18,7 @@ import contextlib
 import json
 import sys
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
@@ -89,11 +87,6 @@ class KeyCounter:
         answer = self._ask([list(k) for k in keys])
         return count_keys(self.path, self.idx, keys) if answer is None else answer
 
-    def repeats(self) -> bool:
-        """Whether two rows may share a key (hashes repeat; a collision says True too)."""
-        answer = self._ask({"repeats": True})
-        return _repeats(key_hashes(self.path, self.idx)) if answer is None else bool(answer)
-
     def _ask(self, question: object) -> int | None:
         proc, self._proc = self._proc, None
         if proc is None:
@@ -131,19 +124,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
                 stream.close()
 
 
-def _repeats(hashes: Iterable[int]) -> bool:
-    log = array("q", hashes)
-    return len(set(log)) != len(log)
-
-
 def main(argv: Sequence[str]) -> int:
     path, columns = Path(argv[0]), tuple(int(c) for c in argv[1].split(","))
     log = array("q", key_hashes(path, columns))
-    question = json.load(sys.stdin)
-    if isinstance(question, dict):  # {"repeats": true}
-        sys.stdout.write(str(int(_repeats(log))))
-        return 0
-    wanted = _wanted(question)
+    wanted = _wanted(json.load(sys.stdin))
     sys.stdout.write(str(sum(map(wanted.__contains__, log))))
     return 0
 

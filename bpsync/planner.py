@@ -7,7 +7,6 @@ digest is `no-op` after one SHA-256 pass; only a changed table is scanned and di
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -19,7 +18,6 @@ from typing import Any
 from bpsync.bigpanda import facts
 from bpsync.config import Config
 from bpsync.errors import InvalidInput, Problem
-from bpsync.keycount import KeyCounter
 from bpsync.manifest import Manifest
 from bpsync.plan import (
     ADD,
@@ -42,13 +40,11 @@ from bpsync.rowdiff import RowDiff, diff_table
 from bpsync.state import State, StateBackend, TableState, state_to_dict
 from bpsync.table import (
     FileDigests,
-    KeyMode,
     ProblemSink,
     RowBlock,
     TableInfo,
     TableLayout,
     TableScan,
-    header_columns,
     is_gzip_path,
     parse_line,
     read_blocks,
@@ -792,13 +788,8 @@ def _all_added(
     path = m.csv_path
     stamp = _stamp(path)
     whole = (lambda: digest(path)) if digest is not None else None
-    counter = _new_key_counter(path, layout)
-    with counter or contextlib.nullcontext():
-        keys_mode: KeyMode = "off" if counter is not None else "check"
-        scan = TableScan(path, layout, sink, track_order=True, file_digest=whole, keys=keys_mode)
-        info = scan.run()
-        if info.ok and counter is not None and counter.repeats():
-            info = _check_keys(path, layout, sink, info)  # exactly, now that it matters
+    scan = TableScan(path, layout, sink, track_order=True, file_digest=whole)
+    info = scan.run()
     if not info.ok:
         return _Rows(info, RowChanges(), baseline=baseline)
     columns = info.columns
@@ -819,35 +810,6 @@ def _all_added(
             lazy=read, count=info.rows, ordered=scan.keys_ascending, add_blocks=blocks
         )
     return _Rows(info, changes, added=info.rows, old_rows=None, columns=columns, baseline=baseline)
-
-
-# A child that counts keys on the second core pays off from about this size.
-_CHILD_KEYS_BYTES = 16 << 20
-
-
-def _new_key_counter(path: Path, layout: TableLayout) -> KeyCounter | None:
-    """For a large new table: its keys checked for repeats on the second core while the
-    main one validates it (None: checked by the scan itself)."""
-    if is_gzip_path(path) or path.stat().st_size < _CHILD_KEYS_BYTES:
-        return None
-    columns = header_columns(path)
-    titles = [layout.titles[k] for k in layout.key_indexes]
-    if columns is None or not all(t in columns for t in titles):
-        return None  # the scan reports the header
-    return KeyCounter(path, tuple(columns.index(t) for t in titles))
-
-
-def _check_keys(path: Path, layout: TableLayout, sink: ProblemSink, info: TableInfo) -> TableInfo:
-    """The exact duplicate-key check of a table otherwise valid: its errors are all about
-    keys (the other problems were reported by the first scan)."""
-    keys_sink = ProblemSink(sink.path, sink.cap)
-    TableScan(path, layout, keys_sink).run()
-    for problem in keys_sink.problems:
-        if problem.severity == "error":
-            sink.error(problem.line, problem.message, problem.hint, col=problem.col)
-    sink.errors += keys_sink.suppressed_errors
-    sink.suppressed_errors += keys_sink.suppressed_errors
-    return replace(info, ok=False) if keys_sink.errors else info
 
 
 def _stamp(path: Path) -> tuple[int, int]:

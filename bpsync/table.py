@@ -186,16 +186,6 @@ def parse_line(line: str) -> list[str]:
     return next(csv.reader([line], strict=True))
 
 
-def header_columns(path: Path) -> tuple[str, ...] | None:
-    """The titles of a plain table's first line, unchecked; None when it has none."""
-    try:
-        with path.open("rb") as f:
-            first = f.readline(MAX_LINE_BYTES)
-        return tuple(parse_line(first.decode("utf-8").rstrip("\r\n")))
-    except (OSError, UnicodeDecodeError, csv.Error, StopIteration):
-        return None
-
-
 def is_gzip_path(path: Path) -> bool:
     """Whether `path` names a gzip-compressed table (`csv: table.csv.gz`)."""
     return path.name.endswith(GZIP_SUFFIX)

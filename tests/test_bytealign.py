@@ -15,7 +15,7 @@ from helpers import fast_client_options, make_repo, manifest_yaml, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpsync import bytealign, keycount, planner, rowdiff, table
+from bpsync import bytealign, keycount, rowdiff, table
 from bpsync.emulator import Emulator
 from bpsync.table import ProblemSink, TableLayout, TableScan, format_row
 
@@ -315,59 +315,6 @@ def test_a_repeated_row_is_a_duplicate_on_every_path(
     for d, problems in results:
         assert not d.info.ok
         assert any("t.csv:42" in p and "duplicate row (same as line 5)" in p for p in problems)
-
-
-@pytest.mark.parametrize("child", [True, False])
-def test_new_table_keys_checked_on_the_second_core_report_what_the_scan_reports(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, child: bool
-) -> None:
-    """A new table's duplicate keys, found by the child (or in process when it fails), are
-    the same located errors as the scan's own check; warnings are not repeated."""
-    rows = [f"h{i:04d},e,o" for i in range(3_000)]
-    rows[2_000] = "h0007,other,x"  # duplicate key of line 9
-    rows[100] = "h0100,p|q,o"  # a warning
-    csv = HEADER + "".join(r + "\n" for r in rows)
-    fields = [
-        ("host", "query_tag", None),
-        ("env", "result_tag", None),
-        ("owner", "result_tag", None),
-    ]
-    root = make_repo(
-        tmp_path, manifests={"t": manifest_yaml("t.csv", fields)}, tables={"t.csv": csv}
-    )
-    code, _, expected = run_cli(["plan", "--no-refresh"], root)  # the scan's own check
-
-    monkeypatch.setattr(planner, "_CHILD_KEYS_BYTES", 0)
-    if not child:
-        monkeypatch.setattr(keycount.sys, "executable", "/bin/false")
-    repeats: list[bool] = []
-    real = keycount.KeyCounter.repeats
-
-    def spy(self: keycount.KeyCounter) -> bool:
-        repeats.append(real(self))
-        return repeats[-1]
-
-    monkeypatch.setattr(keycount.KeyCounter, "repeats", spy)
-    code2, _, err = run_cli(["plan", "--no-refresh"], root)
-    assert repeats == [True]  # the child (or its fallback) was asked
-    assert (code2, err) == (code, expected) and code == 1
-    assert "t.csv:2002" in err and "duplicate key host='h0007'" in err and err.count("'|'") == 1
-
-
-def test_new_table_without_repeated_keys_is_not_scanned_again(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    rows = [f"h{i:04d},e,o" for i in range(3_000)]
-    fields = [("host", "query_tag", None), ("env", "result_tag", None)]
-    fields.append(("owner", "result_tag", None))
-    manifests = {"t": manifest_yaml("t.csv", fields)}
-    csv = HEADER + "".join(r + "\n" for r in rows)
-    root = make_repo(tmp_path, manifests=manifests, tables={"t.csv": csv})
-    monkeypatch.setattr(planner, "_CHILD_KEYS_BYTES", 0)
-    checked: list[int] = []
-    monkeypatch.setattr(planner, "_check_keys", lambda *a: checked.append(1))
-    code, out, err = run_cli(["plan", "--no-refresh"], root)
-    assert code == 0 and checked == [] and "3000 rows to add" in out.replace(",", ""), err
 
 
 @pytest.mark.parametrize("crlf", [False, True])

@@ -185,13 +185,21 @@ def _write_add_blocks(t: TablePlan, out: TextIO, blocks: Iterator[RowBlock]) -> 
     """
     enc = RowEncoder(t)
     template = ROW_INDENT + enc.add_template()
+    # The template's constant text between its fields, for `_plain_rows`.
+    parts = [x.replace("%%", "%") for x in _FIELD.split(template)]
     keys = tuple(t.columns.index(c) for c in t.key_columns)
     key_of = itemgetter(*keys) if len(keys) > 1 else None
     wrote = False
     for first, lines in blocks:
         if not lines:
             continue
-        if _NEEDS_ESCAPE.search("\n".join(lines)) is None and len(t.columns) > 0:
+        text = "\n".join(lines)
+        if _NEEDS_ESCAPE.search(text) is None and len(t.columns) > 0:
+            joined = _plain_rows(parts, keys, len(t.columns), text, len(lines), first)
+            if joined is not None:
+                out.write(("\n" if not wrote else ",\n") + joined)
+                wrote = True
+                continue
             cells = map(str.split, lines, repeat(","))
             if key_of is None:
                 k = keys[0]
@@ -204,6 +212,30 @@ def _write_add_blocks(t: TablePlan, out: TextIO, blocks: Iterator[RowBlock]) -> 
         out.write(("\n" if not wrote else ",\n") + ",\n".join(rows))
         wrote = True
     return wrote
+
+
+_FIELD = re.compile(r"(?<!%)%[sd]")  # a field of the add template (`%%` is a literal %)
+
+
+def _plain_rows(
+    parts: list[str], keys: tuple[int, ...], width: int, text: str, n: int, first: int
+) -> str | None:
+    """The rows of `n` plain lines (`text`, joined by newlines) as the add template writes
+    them, joined by ",\\n", built column by column with slice assignments: no work per row in
+    Python. None when the cells do not come out as `width` per line."""
+    cells = text.replace("\n", ",").split(",")
+    if len(cells) != n * width:
+        return None
+    fields = [cells[k::width] for k in keys]
+    fields += [cells[c::width] for c in range(width)]
+    fields.append(list(map(str, range(first, first + n))))
+    stride = 2 * len(fields) + 1
+    out = [""] * (n * stride)
+    for i, field in enumerate(fields):
+        out[2 * i : n * stride : stride] = [parts[i]] * n
+        out[2 * i + 1 : n * stride : stride] = field
+    out[stride - 1 : n * stride : stride] = [parts[-1] + ",\n"] * n
+    return "".join(out)[:-2]
 
 
 # What json escapes in a str with ensure_ascii=False; a `\n` only separates the lines here.
