@@ -397,3 +397,29 @@ def test_batched_output_passes_big_pieces_on_whole_and_keeps_the_order() -> None
             out.write(p)
     assert target.getvalue() == "".join(pieces)
     assert writes[:2] == [10, 100]  # what was pending goes first, then the big piece whole
+
+
+@pytest.mark.parametrize("titles", [("a", "b", "c"), ("100%", "%s", "x%%d"), ("k",)])
+@pytest.mark.parametrize("keys", [(0,), (0, -1)])
+def test_block_built_rows_equal_the_row_template(
+    titles: tuple[str, ...], keys: tuple[int, ...]
+) -> None:
+    """The column-wise build of an add block writes what `template % row` writes, titles
+    holding `%` included."""
+    from bpsync.render import json as jr
+
+    key_at = tuple(sorted({k % len(titles) for k in keys}))
+    t = cast(Any, type("T", (), {}))()
+    t.columns, t.old_columns = titles, titles
+    t.key_columns = tuple(titles[k] for k in key_at)
+    enc = RowEncoder(t)
+    template = jr.ROW_INDENT + enc.add_template()
+    parts = [x.replace("%%", "%") for x in jr._FIELD.split(template)]
+    lines = [",".join(f"v{r}{c}" for c in range(len(titles))) for r in range(5)]
+    built = jr._plain_rows(parts, key_at, len(titles), "\n".join(lines), len(lines), 7)
+    cells = [line.split(",") for line in lines]
+    expected = ",\n".join(
+        template % (*(c[k] for k in key_at), *c, n) for n, c in enumerate(cells, 7)
+    )
+    assert built == expected
+    assert jr._plain_rows(parts, key_at, len(titles), "a,b\nc", 2, 1) is None  # cells short

