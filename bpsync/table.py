@@ -378,6 +378,25 @@ def prefetched(open_stream: Callable[[], BinaryIO], depth: int = 4) -> Generator
             worker.join(0.01)
 
 
+def _only_lines(runs: list[RowBlock], first: int, keep: list[tuple[int, int]]) -> list[RowBlock]:
+    """The rows of `runs` on the lines kept: [a, b) ranges of line offsets from `first`."""
+    wanted = {first + n for a, b in keep for n in range(a, b)}
+    out: list[RowBlock] = []
+    for start, lines in runs:
+        run: list[str] = []
+        for n, line in enumerate(lines, start):
+            if n in wanted:
+                if not run:
+                    run_start = n
+                run.append(line)
+            elif run:
+                out.append((run_start, run))
+                run = []
+        if run:
+            out.append((run_start, run))
+    return out
+
+
 class TableScan:
     """One pass over a table file; see the module docstring for the strategy.
 
@@ -472,8 +491,18 @@ class TableScan:
                     self.missing_newline = True
                     self.canonical = False
                     raw += b"\n"
+                if self._known is not None and not raw.isascii():
+                    # As without `known`, invalid UTF-8 anywhere in the block stops the scan
+                    # before any of the block is checked (not after the pieces before it:
+                    # their problems, the header's columns, the rows counted would differ).
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        self._decode(raw, offset)
+                        self.result = self._info(self.size)
+                        return
                 pieces = self._split(raw, offset)
-                for at, piece, equal_lines in pieces:
+                for at, piece, equal_lines, keep in pieces:
                     if equal_lines:
                         if not self._accept_known(piece, equal_lines, at):
                             self.result = self._info(self.size)
@@ -483,7 +512,9 @@ class TableScan:
                     if text is None:
                         self.result = self._info(self.size)
                         return
-                    yield from self._block(piece, text)
+                    first = self.line + 1
+                    runs = self._block(piece, text)
+                    yield from runs if keep is None else _only_lines(runs, first, keep)
         except LineTooLong as e:
             self.sink.error(
                 self.line + 1,
@@ -633,21 +664,38 @@ class TableScan:
             return None
 
     # -- a block split against a known baseline ---------------------------------------------
-    def _split(self, raw: bytes, offset: int) -> Iterator[tuple[int, bytes, int]]:
-        """(byte offset, piece, its line count if equal to the baseline, else 0) of a block:
-        the whole block as one piece to check, unless `known` splits the rows after the
-        header."""
+    def _split(
+        self, raw: bytes, offset: int
+    ) -> Iterator[tuple[int, bytes, int, list[tuple[int, int]] | None]]:
+        """(byte offset, piece, its line count if equal to the baseline, else 0, the lines
+        of it whose rows are passed on or None for all) of a block: the whole block as one
+        piece to check, unless `known` splits the rows after the header."""
         if self._known is None:
-            yield offset, raw, 0
+            yield offset, raw, 0, None
             return
         if not self.header_done:
             cut = raw.find(b"\n") + 1
-            yield offset, raw[:cut], 0  # the header is always checked
+            yield offset, raw[:cut], 0, None  # the header is always checked
             offset, raw = offset + cut, raw[cut:]
             if not raw or not self.header_done:
                 return
-        for equal, piece, lines in self._known(raw):
-            yield offset, piece, lines if equal else 0
+        pieces = self._known(raw)
+        for i, (equal, piece, lines) in enumerate(pieces):
+            if not equal and b'"' in piece and i + 1 < len(pieces):
+                # A quote may open a value that runs on over the lines after the piece (an
+                # unterminated quote): checked alone, the piece would end the record at its
+                # end, and the equal lines after it would count as rows. So the rest of the
+                # block is checked as one, as without `known`; only the rows of the
+                # differing pieces in it are passed on (the equal ones matched the baseline).
+                keep, at = [], 0
+                for eq, p, n in pieces[i:]:
+                    count = p.count(b"\n") if not eq else n
+                    if not eq:
+                        keep.append((at, at + count))
+                    at += count
+                yield offset, b"".join(p for _, p, _ in pieces[i:]), 0, keep
+                return
+            yield offset, piece, lines if equal else 0, None
             offset += len(piece)
 
     def _accept_known(self, piece: bytes, n: int, offset: int) -> bool:
@@ -733,6 +781,9 @@ class TableScan:
         except csv.Error as e:
             message, hint = describe_csv_error(e)
             self.sink.error(lineno, f"header row: {message}", hint)
+            # The header is not hashed, yet the table may stay canonical: with `file_digest`
+            # the file's bytes would no longer be the hashed bytes, so hash from now on.
+            self._file_digest = None
             return
         canon = format_row(titles)
         self.header_line = canon
