@@ -89,8 +89,12 @@ def diff_table(
     columns (False when the key columns changed since): otherwise every key is checked.
     `file_digest`: the file's SHA-256, taken on another core (see `TableScan`)."""
     if not old_keys_unique:
-        check = TableScan(path, layout, sink).run()  # duplicates among unchanged rows too
+        # Duplicates among unchanged rows too. Its own sink: when the table passes, the diff
+        # below reports the same warnings again.
+        keys_sink = ProblemSink(sink.path, sink.cap)
+        check = TableScan(path, layout, keys_sink).run()
         if not check.ok:
+            _merge_into(sink, keys_sink)
             return RowDiff(check, (), 0, 0, 0, 0, 0, ())
     if trusted:
         trial = ProblemSink(sink.path, sink.cap)

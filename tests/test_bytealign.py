@@ -346,3 +346,19 @@ def test_shuffled_rows_go_from_the_byte_path_straight_to_hashing(
     )
     assert d == expected and d.unchanged == 60_000
     assert calls == ([1] if crlf else [])
+
+
+def test_a_key_change_check_reports_each_warning_once(tmp_path: Path) -> None:
+    """With the key columns changed every key is checked by a scan of its own before the
+    diff; the warnings both find (a pipe) are reported once, not once by each."""
+    old = [f"h{i:03d},e,o" for i in range(30)]
+    new = [*old[:5], "h005,e|x,o", *old[6:]]
+    snap, path = tmp_path / "snap.csv", tmp_path / "t.csv"
+    snap.write_text(HEADER + "".join(r + "\n" for r in old), "utf-8")
+    path.write_text(HEADER + "".join(r + "\n" for r in new), "utf-8")
+    sink = ProblemSink("t.csv")
+    d = rowdiff.diff_table(
+        path, LAYOUT, sink, lambda: snap.open("rb"), trusted=True, old_keys_unique=False
+    )
+    assert d.info.ok and d.changed == 1
+    assert [p.line for p in sink.finish() if "'|'" in p.message] == [7]
