@@ -11,6 +11,7 @@ as `bytes` (written as they are), so tests control every byte of a CSV.
 from __future__ import annotations
 
 import io
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,19 @@ def one_problem(err: str, location: str, *words: str) -> str:
     for word in words:
         assert word in found[0], f"{word!r} missing from {found[0]!r}"
     return found[0]
+
+
+def mutate_rows(rows: list[str], rnd: random.Random, fraction: float) -> list[str]:
+    """`fraction` of the rows touched where they stand: changed, removed, or a row added."""
+    out: list[str] = []
+    for i, row in enumerate(rows):
+        r = rnd.random()
+        if r < fraction / 2:
+            out.append(row + "x")  # changed (the last cell)
+        elif r < fraction * 3 / 4:
+            continue  # removed
+        elif r < fraction:
+            out += [row, f"new{i:06d},a,b"]  # added after it
+        else:
+            out.append(row)
+    return out

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import fast_client_options, make_repo, manifest_yaml, run_cli
+from helpers import fast_client_options, make_repo, manifest_yaml, mutate_rows, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,38 +42,24 @@ def _diffs(
     return out
 
 
-def _mutate(rows: list[str], rnd: random.Random, fraction: float) -> list[str]:
-    out: list[str] = []
-    for i, row in enumerate(rows):
-        r = rnd.random()
-        if r < fraction / 2:
-            out.append(row + "x")  # changed
-        elif r < fraction * 3 / 4:
-            continue  # removed
-        elif r < fraction:
-            out += [row, f"new{i:05d},a,b"]  # added after it
-        else:
-            out.append(row)
-    return out
-
-
 @settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    n=st.integers(1, 300),
-    fraction=st.sampled_from([0.0, 0.02, 0.3, 0.9]),
-    block=st.sampled_from([64, 200, 4096]),
+    n=st.integers(1, 400),
+    fraction=st.sampled_from([0.0, 0.02, 0.05, 0.3, 0.9]),
+    block=st.sampled_from([64, 200, 256, 4096]),
     shuffle=st.booleans(),
     seed=st.integers(0, 10_000),
 )
 def test_byte_path_equals_line_path_and_hashing_on_random_edits(
     monkeypatch: pytest.MonkeyPatch, n: int, fraction: float, block: int, shuffle: bool, seed: int
 ) -> None:
+    """All three ways (bytes, lines, hashes) agree on in-place edits and re-orderings."""
     monkeypatch.setattr(table, "BLOCK_SIZE", block)
     rnd = random.Random(seed)
     old = [f"h{i:04d},e{rnd.randrange(3)},o" for i in range(n)]
-    new = _mutate(old, rnd, fraction)
+    new = mutate_rows(old, rnd, fraction)
     if shuffle:
         rnd.shuffle(new)
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +119,7 @@ def test_in_order_edits_take_the_byte_path(monkeypatch: pytest.MonkeyPatch, tmp_
     """Nothing falls back to the line aligner, and only the lines that differ (~2%) and the
     header are parsed and checked."""
     old = [f"host{i:05d},prod,team{i % 7}" for i in range(30_000)]
-    new = _mutate(old, random.Random(5), 0.02)
+    new = mutate_rows(old, random.Random(5), 0.02)
     (expected, _), *_ = _diffs(
         tmp_path, HEADER + "".join(r + "\n" for r in old), HEADER + "".join(r + "\n" for r in new)
     )
@@ -269,7 +255,7 @@ def test_dense_edits_go_to_the_line_aligner_early(
     """Half the rows touched: each difference costs more on bytes than on lists of lines, so
     the byte path hands over after its first EARLY_LINES lines, not at the end."""
     old = [f"host{i:05d},prod,team{i % 7}" for i in range(60_000)]
-    new = _mutate(old, random.Random(9), 0.5)
+    new = mutate_rows(old, random.Random(9), 0.5)
     split_lines: list[int] = []
     real_split = bytealign.ByteAligner.split
 

@@ -23,6 +23,7 @@ from helpers import (
     fast_client_options,
     make_repo,
     manifest_yaml,
+    mutate_rows,
     run_cli,
 )
 from hypothesis import HealthCheck, given, settings
@@ -269,22 +270,6 @@ def test_rows_memo_reads_again_when_the_csv_or_the_state_moved(tmp_path: Path) -
 # -- the aligner keeps in sync through dense edits ---------------------------------------
 
 
-def _mutate(rows: list[str], rnd: random.Random, fraction: float) -> list[str]:
-    """`fraction` of the rows touched where they stand: changed, removed, or a row added."""
-    out: list[str] = []
-    for i, row in enumerate(rows):
-        r = rnd.random()
-        if r < fraction / 2:
-            out.append(row + "x")  # changed (the last cell)
-        elif r < fraction * 3 / 4:
-            continue  # removed
-        elif r < fraction:
-            out += [row, f"new{i:06d},a,b"]  # added after it
-        else:
-            out.append(row)
-    return out
-
-
 def _aligned_and_hashed(
     tmp: Path, old: list[str], new: list[str], limit: int = 1_000_000
 ) -> tuple[Any, Any]:
@@ -311,7 +296,7 @@ def test_dense_edits_stay_aligned_across_block_ends(
     monkeypatch.setattr(table, "BLOCK_SIZE", 4096)
     rnd = random.Random(7)
     old = [f"host{i:06d},prod,team{i % 97}" for i in range(20_000)]
-    new = _mutate(old, rnd, fraction)
+    new = mutate_rows(old, rnd, fraction)
     hashed_calls: list[int] = []
     real = rowdiff._hashed_diff
 
@@ -324,35 +309,6 @@ def test_dense_edits_stay_aligned_across_block_ends(
     limit = int(2 * fraction * len(old)) + 200
     aligned, by_hash = _aligned_and_hashed(tmp_path, old, new, limit)
     assert hashed_calls == [1]  # only the limit-0 run hashed: alignment held
-    assert aligned == by_hash
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    n=st.integers(1, 400),
-    fraction=st.sampled_from([0.0, 0.05, 0.3, 0.9]),
-    block=st.sampled_from([64, 256, 4096]),
-    shuffle=st.booleans(),
-    seed=st.integers(0, 10_000),
-)
-def test_aligned_diff_equals_hashed_diff_on_random_edits(
-    monkeypatch: pytest.MonkeyPatch,
-    n: int,
-    fraction: float,
-    block: int,
-    shuffle: bool,
-    seed: int,
-) -> None:
-    monkeypatch.setattr(table, "BLOCK_SIZE", block)
-    rnd = random.Random(seed)
-    old = [f"h{i:04d},e{rnd.randrange(3)},o" for i in range(n)]
-    new = _mutate(old, rnd, fraction)
-    if shuffle:
-        rnd.shuffle(new)
-    with tempfile.TemporaryDirectory() as tmp:
-        aligned, by_hash = _aligned_and_hashed(Path(tmp), old, new)
     assert aligned == by_hash
 
 
