@@ -363,7 +363,19 @@ def _check_csv_path(csv_path: Path, display: str, doc: LoadedYaml, root: Path) -
                 "`..` or symlinks leading out)",
             )
         ]
-    if not csv_path.is_file():
+    try:
+        exists = csv_path.is_file()
+    except OSError as e:  # e.g. a name longer than the file system allows (is_file raises)
+        return [
+            Problem(
+                display,
+                line,
+                col,
+                f"csv path {doc.data.get('csv')!r} cannot be used: {e.strerror or e}",
+                "fix the `csv:` path (relative to the manifest)",
+            )
+        ]
+    if not exists:
         return [
             Problem(
                 display,

@@ -282,8 +282,11 @@ class FileDigests:
         self._threads: dict[Path, threading.Thread] = {}
 
     def request(self, path: Path) -> None:
-        if path in self._threads or not path.is_file() or is_gzip_path(path):
-            return  # a .gz's own digest is never that of a canonical table: not worth it
+        try:
+            if path in self._threads or not path.is_file() or is_gzip_path(path):
+                return  # a .gz's own digest is never that of a canonical table: not worth it
+        except OSError:
+            return  # an unusable path: the manifest's check reports it
         result: list[str | BaseException] = []
 
         def work() -> None:

@@ -337,3 +337,16 @@ def test_manifests_outside_the_configured_globs_are_ignored(tmp_path: Path) -> N
 def test_two_fields_with_the_same_title(tmp_path: Path) -> None:
     err = invalid(repo(tmp_path, fields(KEY, OWNER, ("owner", "result_tag", "owner_2"))))
     one_problem(err, f"{M}:8:5", "'owner' is used twice", "rename")
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_a_csv_name_too_long_for_the_file_system_is_a_located_problem(
+    tmp_path: Path, command: str
+) -> None:
+    """Found by fuzzing: `csv:` naming a file longer than the file system allows made
+    `is_file()` raise (ENAMETOOLONG) and ended in a traceback."""
+    name = "x" * 300 + ".csv"
+    root = make_repo(tmp_path, manifests={"t": manifest_yaml(name)})
+    code, out, err = run_cli([command, "--no-refresh"] if command == "plan" else [command], root)
+    assert code == 1, out
+    assert "tables/t.yaml:2:6" in err and "cannot be used" in err and "Traceback" not in err
