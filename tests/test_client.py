@@ -17,6 +17,8 @@ from typing import Any
 import h11
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bpsync.bigpanda.client import BigPandaClient, RateLimiter
 from bpsync.bigpanda.models import EnrichmentSpec, Job, UploadReceipt, parse_enrichment
@@ -380,6 +382,47 @@ def test_rate_limiter_keeps_at_most_four_requests_in_any_simulated_second() -> N
     for start in times:
         assert sum(1 for t in times if start <= t < start + 1.0) <= 4
     assert times[-1] - times[0] >= 4.0  # 20 requests need at least 4 more seconds
+
+
+def test_after_a_pause_four_requests_go_at_once_then_the_fifth_waits_a_second() -> None:
+    # An apply's list, create and upload need not queue 0.25 s apart when nothing else ran.
+    ft = FakeTime()
+    limiter = RateLimiter(4.0, clock=ft.clock, sleep=ft.sleep)
+    waits = [limiter.acquire() for _ in range(4)]
+    assert waits == [0.0, 0.0, 0.0, 0.0] and ft.sleeps == []
+    assert limiter.acquire() == pytest.approx(1.0)  # 5 requests span 1 s
+    assert limiter.acquire() == pytest.approx(0.25)  # 6 span 1.25 s: even spacing's margin
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.0, 0.01, 0.1, 0.2, 0.3, 0.7, 1.1, 3.0]), max_size=40))
+def test_requests_never_crowd_closer_than_evenly_spaced_ones(gaps: list[float]) -> None:
+    """Whatever the pauses between callers: at most 4 in any second, any 6 span 1.25 s (a 6th
+    in one of BigPanda's seconds needs a delay of 0.25 s), and no caller waits longer than
+    those two rules ask."""
+    ft = FakeTime()
+    limiter = RateLimiter(4.0, clock=ft.clock, sleep=ft.sleep)
+    sent: list[float] = []
+    for gap in gaps:
+        ft.now += gap
+        asked = ft.now
+        limiter.acquire()
+        sent.append(ft.now)
+        due = max(
+            [asked]
+            + ([sent[-5] + 1.0] if len(sent) > 4 else [])
+            + ([sent[-6] + 1.25] if len(sent) > 5 else [])
+        )
+        assert ft.now == pytest.approx(due)
+    for i in range(len(sent)):
+        assert i < 4 or sent[i] - sent[i - 4] >= 1.0 - 1e-9
+        assert i < 5 or sent[i] - sent[i - 5] >= 1.25 - 1e-9
+
+
+def test_a_limiter_below_one_request_a_second_spaces_them_evenly() -> None:
+    ft = FakeTime()
+    limiter = RateLimiter(0.5, clock=ft.clock, sleep=ft.sleep)
+    assert [limiter.acquire() for _ in range(3)] == [0.0, pytest.approx(2.0), pytest.approx(2.0)]
 
 
 def test_rate_limiter_is_shared_safely_between_threads() -> None:

@@ -25,6 +25,7 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,12 +93,18 @@ class _Secret:
 
 
 class RateLimiter:
-    """Requests spaced at least 1/`per_second` apart, across every thread that shares it.
+    """At most `per_second` requests start in any 1 s, across every thread that shares it.
 
-    Evenly spaced rather than in bursts: a burst of 4 followed by another exactly 1 s later
-    puts 8 requests in one of BigPanda's 1-second windows as soon as the first burst is
-    delayed on the way (new TLS connections). Each caller reserves a send time under the lock
-    and sleeps outside it, so threads queue fairly without holding the lock while waiting.
+    Requests may go out together after a pause (an apply's list, create and upload), but
+    never closer than evenly spaced ones over a longer run: with n = `per_second` (a whole
+    number), any n + 1 requests span at least 1 s, and any n + 2 at least (n + 1) / n s
+    (1.25 s at 4/s).
+    The second rule is the margin even spacing gave: the server, which allows n + 1 in a
+    second (§9: 5 at 4/s), sees one too many only if the network delays one request 0.25 s
+    more than another. (Plain bursts lacked it: 4 sent together, then 4 more 1 s later, put
+    8 in one of BigPanda's 1-second windows as soon as the first 4 were held up by new TLS
+    connections.) Each caller reserves a send time under the lock and sleeps outside it, so
+    threads queue fairly without holding the lock while waiting.
     """
 
     def __init__(
@@ -109,25 +116,45 @@ class RateLimiter:
     ) -> None:
         if per_second <= 0:
             raise ValueError("per_second must be positive")
-        self._interval = 1.0 / per_second
+        # n requests may start together; n + 1 and n + 2 span what evenly spaced ones do.
+        self._burst = max(1, int(per_second))
+        self._spans = (self._burst / per_second, (self._burst + 1) / per_second)
         self._clock = clock
         self._sleep = sleep
-        self._next = float("-inf")
+        # Send times of the last burst + 1 requests, oldest first (reserved, maybe future).
+        self._sent: deque[float] = deque(maxlen=self._burst + 1)
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Block until a request may go; return how long we waited."""
+    def acquire(self, sleep: Sleep | None = None) -> float:
+        """Block until a request may go (in `sleep`, else the limiter's own); return how
+        long we waited."""
         with self._lock:
             now = self._clock()
-            at = max(now, self._next)
-            self._next = at + self._interval
+            at = self._next_slot(now)
+            self._sent.append(at)
         wait = at - now
         if wait > 0:
-            self._sleep(wait)
+            (sleep or self._sleep)(wait)
         return max(wait, 0.0)
+
+    def _next_slot(self, now: float) -> float:
+        sent, n = self._sent, self._burst
+        at = now
+        if len(sent) >= n:
+            at = max(at, sent[-n] + self._spans[0])  # n + 1 requests: 1 s at a whole rate
+        if len(sent) > n:
+            at = max(at, sent[-n - 1] + self._spans[1])  # n + 2: the margin
+        return at
 
 
 _shared_limiter = RateLimiter()
+
+
+def process_rate_limiter() -> RateLimiter:
+    """The one limiter of this process on real time: commands run one after another in a
+    process share its history (as the threads of one apply do), so no burst of one follows
+    another's requests. Its waits use each caller's sleep (the CLI's ends at Ctrl-C)."""
+    return _shared_limiter
 
 
 # ---------------------------------------------------------------------------- request bodies
@@ -655,7 +682,7 @@ class BigPandaClient:
         attempt = 0
         while True:
             attempt += 1
-            self._limiter.acquire()
+            self._limiter.acquire(self._sleep)
             outcome, last = self._attempt(method, url, body, what)
             elapsed = self._clock() - start
             delay = self._backoff(attempt)

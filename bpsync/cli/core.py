@@ -303,7 +303,7 @@ def _client(
     fault: Callable[[str], None] | None = None,
     interrupts: Interrupts | None = None,
 ) -> Any:
-    from bpsync.bigpanda.client import BigPandaClient
+    from bpsync.bigpanda.client import BigPandaClient, process_rate_limiter
 
     config = ctx.config
     log = ctx.console.note if ctx.args.debug else None
@@ -312,7 +312,8 @@ def _client(
         # Every sleep of the client (polls, backoff, rate limit) ends at a second Ctrl-C.
         inner = options.get("sleep")
         if inner is None:
-            options["sleep"] = interrupts.sleep
+            options["sleep"] = interrupts.sleep  # real time: the process's limiter is right
+            options.setdefault("rate_limiter", process_rate_limiter())
         else:
 
             def sleep(seconds: float) -> None:
