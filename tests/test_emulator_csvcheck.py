@@ -46,7 +46,7 @@ def test_bulk_path_reports_what_the_line_path_reports(
         path = Path(tmp) / "t.csv"
         path.write_bytes(text.encode("utf-8"))
         bulk = csvcheck.check_table(path, ["a", "b", "c"])
-        monkeypatch.setattr(csvcheck, "_plain_rows", lambda lines, width: None)
+        monkeypatch.setattr(csvcheck, "_plain_rows", lambda raw, width: None)
         by_line = csvcheck.check_table(path, ["a", "b", "c"])
     assert bulk == by_line
 

@@ -68,8 +68,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def _lines(path: Path, reasons: _Reasons) -> Iterator[str]:
     """Decoded lines, split on "\n" only, each still ending with it (so csv sees line breaks)."""
-    for number, lines in _blocks(path):
-        yield from _decoded(lines, number, reasons)
+    for number, raw in _blocks(path):
+        yield from _decoded(_lf_lines(raw), number, reasons)
 
 
 def _decoded(lines: list[bytes], number: int, reasons: _Reasons) -> Iterator[str]:
@@ -88,21 +88,21 @@ def _decoded(lines: list[bytes], number: int, reasons: _Reasons) -> Iterator[str
         yield line
 
 
-def _blocks(path: Path) -> Iterator[tuple[int, list[bytes]]]:
-    """(number of the first line, its lines each ending with "\n") per ~1 MiB of the file;
-    a block never ends inside a quoted value (its count of quotes is even)."""
+def _blocks(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number of the first line, its bytes: whole lines) per ~1 MiB of the file; a block
+    never ends inside a quoted value (its count of quotes is even)."""
     number, rest, held = 1, b"", b""
     with path.open("rb") as fh:
         while chunk := fh.read(_BLOCK):
             chunk = rest + chunk
             cut = chunk.rfind(b"\n") + 1
             held, rest = held + chunk[:cut], chunk[cut:]
-            if held and held.count(b'"') % 2 == 0:
-                yield number, _lf_lines(held)
+            if held and (b'"' not in held or held.count(b'"') % 2 == 0):
+                yield number, held
                 number += held.count(b"\n")
                 held = b""
     if held or rest:
-        yield number, _lf_lines(held + rest)
+        yield number, held + rest
 
 
 def _lf_lines(data: bytes) -> list[bytes]:
@@ -124,7 +124,9 @@ def _scan(path: Path, titles: Sequence[str], reasons: _Reasons) -> set[int]:
     first = next(blocks, None)
     header = None
     if first is not None:
-        header = _next_row(csv.reader(_decoded(first[1][:1], 1, reasons), strict=True), reasons)
+        head, _, body = first[1].partition(b"\n")
+        first = (2, body)
+        header = _next_row(csv.reader(_decoded([head + b"\n"], 1, reasons), strict=True), reasons)
     if header is None or first is None:
         reasons.add("the table is empty: it needs a header row and at least one data row")
         return set()
@@ -132,10 +134,10 @@ def _scan(path: Path, titles: Sequence[str], reasons: _Reasons) -> set[int]:
     seen: set[int] = set()
     repeated: set[int] = set()
     rows = 0
-    for number, lines in itertools.chain([(2, first[1][1:])], blocks):
-        hashes = _plain_rows(lines, len(header))
+    for number, raw in itertools.chain([first], blocks):
+        hashes = _plain_rows(raw, len(header))
         if hashes is None:
-            hashes = _slow_rows(lines, number, len(header), reasons)
+            hashes = _slow_rows(_lf_lines(raw), number, len(header), reasons)
         rows += len(hashes)
         block = set(hashes)
         repeated |= block & seen
@@ -147,9 +149,8 @@ def _scan(path: Path, titles: Sequence[str], reasons: _Reasons) -> set[int]:
     return repeated
 
 
-def _plain_rows(lines: list[bytes], width: int) -> list[int] | None:
+def _plain_rows(raw: bytes, width: int) -> list[int] | None:
     """The row hashes of a plain block, or None when it needs the line-by-line checks."""
-    raw = b"".join(lines)
     if not raw.endswith(b"\n") or b'"' in raw or b"\r" in raw:
         return None
     try:
