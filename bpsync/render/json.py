@@ -42,7 +42,7 @@ from json.encoder import encode_basestring
 from operator import itemgetter
 from typing import Any, TextIO
 
-from bpsync.plan import ADD, FORMAT_VERSION, NO_OP, Plan, RowChange, TablePlan
+from bpsync.plan import ADD, CHANGE, FORMAT_VERSION, NO_OP, REMOVE, Plan, RowChange, TablePlan
 from bpsync.render import after_cells, before_cells, key_cells, risks, sorted_changes
 from bpsync.render.digest import Digest, DigestBuilder
 from bpsync.table import RowBlock, parse_line
@@ -160,18 +160,18 @@ def _write_rows(
     t: TablePlan, out: TextIO, changes: Iterable[RowChange], builder: DigestBuilder | None
 ) -> bool:
     """Write `changes` one per line; whether there was any."""
-    encode = RowEncoder(t).encode
+    encoder = RowEncoder(t)
     wrote = False
-    batch: list[str] = []
+    batch: list[RowChange] = []
     for rc in changes:
         if builder is not None:
             builder.add(rc)
-        batch.append(ROW_INDENT + encode(rc))
+        batch.append(rc)
         if len(batch) == _BATCH:
-            out.write(("\n" if not wrote else ",\n") + ",\n".join(batch))
+            out.write(("\n" if not wrote else ",\n") + ",\n".join(encoder.encode_batch(batch)))
             wrote, batch = True, []
     if batch:
-        out.write(("\n" if not wrote else ",\n") + ",\n".join(batch))
+        out.write(("\n" if not wrote else ",\n") + ",\n".join(encoder.encode_batch(batch)))
         wrote = True
     return wrote
 
@@ -267,6 +267,62 @@ class RowEncoder:
             len(set(cols)) == len(cols) for cols in (t.key_columns, t.old_columns, t.columns)
         )
         self.key_at = tuple(t.columns.index(c) for c in t.key_columns) if self.safe else ()
+        # Per op: the row object with `%s` for each cell and `%d` for the lines, and how
+        # many cells `before` and `after` must hold for it (see encode_batch).
+        self.templates = {op: self._template(op) for op in (ADD, CHANGE, REMOVE)}
+
+    def encode_batch(self, batch: list[RowChange]) -> list[str]:
+        """Each change as `ROW_INDENT + encode(rc)`. When json leaves every cell of the
+        batch as it is (one check of their joined text), by `%` formatting each change's
+        cells into its op's template instead of encoding cell by cell (a third less time)."""
+        if self.safe and self._fits(batch):
+            cells: list[str] = []
+            for rc in batch:
+                cells.extend(rc.key)
+                cells.extend(rc.before or ())
+                cells.extend(rc.after or ())
+            if _plain_json("".join(cells)):
+                shapes = self.templates
+                return [
+                    shapes[rc.op][0]
+                    % (*rc.key, *(rc.before or ()), *(rc.after or ()), rc.line, *_lines(rc))
+                    for rc in batch
+                ]
+        return [ROW_INDENT + self.encode(rc) for rc in batch]
+
+    def _fits(self, batch: list[RowChange]) -> bool:
+        """Whether every change has the cells, and the lines, its op's template holds."""
+        shapes, n_keys = self.templates, len(self.keys)
+        for rc in batch:
+            shape = shapes.get(rc.op)
+            if (
+                shape is None
+                or len(rc.key) != n_keys
+                or (-1 if rc.before is None else len(rc.before)) != shape[1]
+                or (-1 if rc.after is None else len(rc.after)) != shape[2]
+                or (rc.old_line is None) != (rc.op == ADD)
+                or type(rc.line) is not int
+                or (rc.old_line is not None and type(rc.old_line) is not int)
+            ):
+                return False
+        return True
+
+    def _template(self, op: str) -> tuple[str, int, int]:
+        """(the row object with `%s` per cell and `%d` per line, cells of before, of after;
+        -1 for null)."""
+
+        def fields(prefixes: list[str]) -> str:
+            return "{" + ", ".join(p.replace("%", "%%") + '"%s"' for p in prefixes) + "}"
+
+        before = "null" if op == ADD else fields(self.old)
+        after = "null" if op == REMOVE else fields(self.new)
+        old_line = "null" if op == ADD else "%d"
+        text = (
+            f'{{"op": {_str(op)}, "key": {fields(self.keys)}, "before": {before}, '
+            f'"after": {after}, "line": %d, "old_line": {old_line}}}'
+        )
+        widths = (-1 if op == ADD else len(self.old), -1 if op == REMOVE else len(self.new))
+        return ROW_INDENT.replace("%", "%%") + text, *widths
 
     def encode(self, rc: RowChange) -> str:
         if not self.safe or len(rc.key) != len(self.keys):
@@ -301,6 +357,11 @@ class RowEncoder:
             f'{{"op": "{ADD}", "key": {{{fields(self.keys)}}}, "before": null, '
             f'"after": {{{fields(self.new)}}}, "line": %d, "old_line": null}}'
         )
+
+
+def _lines(rc: RowChange) -> tuple[int, ...]:
+    """The old line, when the change has one (all but an `add`)."""
+    return () if rc.old_line is None else (rc.old_line,)
 
 
 def _object(prefixes: list[str], cells: Iterable[str]) -> str:
