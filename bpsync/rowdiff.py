@@ -36,6 +36,7 @@ from bpsync.table import (
     TableInfo,
     TableLayout,
     TableScan,
+    is_gzip_path,
     key_hash,
     parse_line,
     prefetched,
@@ -455,6 +456,12 @@ def _has_duplicate_keys(key_log: array[int], d: RowDiff) -> bool:
     return bool(added) and sum(map(added.__contains__, key_log)) != len(added)
 
 
+# From this many snapshot rows on, the hashed diff matches sorted arrays (numpy) instead of a
+# set: a set of millions of hashes is probed at random (a cache miss or two per line, ~1 µs
+# each at 5 million rows); below it numpy's import costs more than it saves.
+_SORTED_MATCH_ROWS = 1 << 19
+
+
 def _hashed_diff(
     path: Path,
     layout: TableLayout,
@@ -462,21 +469,19 @@ def _hashed_diff(
     open_snapshot: SnapshotOpener,
     file_digest: Callable[[], str] | None = None,
 ) -> RowDiff:
-    # Phase 1: the snapshot's line hashes, in a set and (for phase 3) in file order.
-    old: set[int] = set()
+    # Phase 1: the snapshot's line hashes, in file order.
     order = array("q")
     old_header = ""
     for first, lines, _ in _iter_snapshot(open_snapshot):
         if first == 1:
             old_header, lines = lines[0], lines[1:]
-        hashes = list(map(hash, lines))
-        order.extend(hashes)
-        old.update(hashes)
-    old_rows = len(old)
+        order.extend(map(hash, lines))
     old_columns = tuple(parse_line(old_header)) if old_header else ()
+    matcher: _SetMatcher | _SortedMatcher
+    matcher = _SortedMatcher(order) if len(order) >= _SORTED_MATCH_ROWS else _SetMatcher(order)
+    old_rows = matcher.old_rows
 
-    # Phase 2: validate the new table; a line found in the snapshot is unchanged (popped).
-    fresh: list[tuple[int, str]] = []
+    # Phase 2: validate the new table; a line found in the snapshot is unchanged (taken).
     # Duplicate keys are found below, without a dict of all keys.
     scan = TableScan(path, layout, sink, keys="off", file_digest=file_digest)
     key_titles = [layout.titles[k] for k in layout.key_indexes]
@@ -485,20 +490,14 @@ def _hashed_diff(
         for first, lines in scan.row_blocks():
             if counter is None:  # the header is read: the keys' columns are known
                 counter = _key_counter(path, tuple(scan.columns.index(t) for t in key_titles))
-            flags = _not_found(old, list(map(hash, lines)))
-            if flags is not None:
-                numbers = compress(range(first, first + len(lines)), flags)
-                fresh.extend(zip(numbers, compress(lines, flags), strict=True))
+            matcher.feed(first, lines)
         info = scan.result
         if not info.ok:
             return RowDiff(info, (), 0, 0, 0, 0, old_rows, old_columns)
+        fresh = matcher.fresh(path, layout, sink, info)
         # Phase 3: the snapshot again, for the rows not found (removed or changed): where
         # they are is known from the hashes in order; only their lines are decoded.
-        # The set keeps its full size (and its removed entries) after the removals: a copy of
-        # what is left is small and in cache, so the snapshot's 5 million probes stay cheap.
-        left = set(old)
-        del old
-        gone = _lines_at(open_snapshot, compress(count(2), map(left.__contains__, order)))
+        gone = _lines_at(open_snapshot, matcher.gone_lines())
         # A new row's key held by another row of the table (an unchanged one, or another
         # new one): the rows holding these keys are counted (on the second core).
         new_key_idx = tuple(info.columns.index(t) for t in key_titles)
@@ -517,6 +516,34 @@ def _hashed_diff(
     return _classify(info, new_key_idx, old_columns, old_rows, gone, fresh, key_titles)
 
 
+class _SetMatcher:
+    """The snapshot's line hashes in a set: each new line found is taken out of it."""
+
+    def __init__(self, order: array[int]) -> None:
+        self.order = order
+        self.old = set(order)
+        self.old_rows = len(self.old)
+        self._fresh: list[tuple[int, str]] = []
+
+    def feed(self, first: int, lines: list[str]) -> None:
+        flags = _not_found(self.old, list(map(hash, lines)))
+        if flags is not None:
+            numbers = compress(range(first, first + len(lines)), flags)
+            self._fresh.extend(zip(numbers, compress(lines, flags), strict=True))
+
+    def fresh(self, *_: object) -> list[tuple[int, str]]:
+        """(line number, line) of the new lines not found (added or changed)."""
+        return self._fresh
+
+    def gone_lines(self) -> Iterator[int]:
+        """Numbers of the snapshot's lines no new line took (removed or changed)."""
+        # The set keeps its full size (and its removed entries) after the removals: a copy
+        # of what is left is small and in cache, so the snapshot's probes stay cheap.
+        left = set(self.old)
+        del self.old
+        return compress(count(2), map(left.__contains__, self.order))
+
+
 def _not_found(old: set[int], hashes: list[int]) -> list[bool] | None:
     """Take the lines found out of `old` (unchanged); which were not found (None: all were).
 
@@ -533,6 +560,75 @@ def _not_found(old: set[int], hashes: list[int]) -> list[bool] | None:
     missing = block - old  # usually empty, or a few lines
     old -= block
     return list(map(missing.__contains__, hashes)) if missing else None
+
+
+class _SortedMatcher:
+    """The snapshot's distinct line hashes sorted; the new table's hashes logged in order,
+    then matched all at once: sorting keeps every look-up near the last one, where a set's
+    probes land anywhere in hundreds of megabytes. The new lines not found are read again
+    afterwards (only they are decoded)."""
+
+    def __init__(self, order: array[int]) -> None:
+        import numpy as np  # ~80 ms to import: only for a table this large
+
+        self.np = np
+        self.uniq, self.inv = np.unique(np.frombuffer(order, dtype=np.int64), return_inverse=True)
+        self.old_rows = len(self.uniq)
+        self.new = array("q")
+
+    def feed(self, first: int, lines: list[str]) -> None:
+        self.new.extend(map(hash, lines))
+
+    def fresh(
+        self, path: Path, layout: TableLayout, sink: ProblemSink, info: TableInfo
+    ) -> list[tuple[int, str]]:
+        """Match, then (line number, line) of the new lines not found (added or changed).
+
+        A line is taken by its first occurrence only: the same line again is not found, so a
+        repeated row is new and its duplicate key is reported (as `_not_found` does)."""
+        np = self.np
+        new = np.frombuffer(self.new, dtype=np.int64)
+        by_hash = np.argsort(new, kind="stable")  # equal lines stay in file order
+        ordered = new[by_hash]
+        at = np.searchsorted(self.uniq, ordered)
+        at[at == len(self.uniq)] = 0
+        first = np.ones(len(ordered), dtype=bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        taken = first & (self.uniq[at] == ordered) if len(self.uniq) else first & False
+        self.taken = np.zeros(len(self.uniq), dtype=bool)
+        self.taken[at[taken]] = True
+        found = np.zeros(len(new), dtype=bool)
+        found[by_hash[taken]] = True
+        rows = np.flatnonzero(~found).tolist()  # indexes of rows, in file order
+        del self.new
+        return _rows_at(path, layout, sink, info, rows)
+
+    def gone_lines(self) -> Iterator[int]:
+        return iter((self.np.flatnonzero(~self.taken[self.inv]) + 2).tolist())
+
+
+def _rows_at(
+    path: Path, layout: TableLayout, sink: ProblemSink, info: TableInfo, rows: list[int]
+) -> list[tuple[int, str]]:
+    """(line number, canonical line) of the table's rows at these ascending indexes (0: the
+    first row). A canonical plain file is its canonical lines, one a row: only the lines
+    asked for are decoded. Any other is scanned again (its problems were reported)."""
+    if not rows:
+        return []
+    if info.is_canonical and not is_gzip_path(path):
+        return _lines_at(lambda: path.open("rb"), (r + 2 for r in rows))
+    out: list[tuple[int, str]] = []
+    at = index = 0
+    rescan = TableScan(path, layout, ProblemSink(sink.path, sink.cap), keys="off")
+    for first, lines in rescan.row_blocks():  # left early: freed (and closed) on return
+        end = index + len(lines)
+        while at < len(rows) and rows[at] < end:
+            out.append((first + rows[at] - index, lines[rows[at] - index]))
+            at += 1
+        if at == len(rows):
+            break
+        index = end
+    return out
 
 
 def _lines_at(open_snapshot: SnapshotOpener, numbers: Iterator[int]) -> list[tuple[int, str]]:

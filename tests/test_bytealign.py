@@ -7,11 +7,19 @@ from __future__ import annotations
 import hashlib
 import random
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import fast_client_options, make_repo, manifest_yaml, mutate_rows, run_cli
+from helpers import (
+    fast_client_options,
+    make_repo,
+    manifest_yaml,
+    mutate_rows,
+    run_cli,
+    sorted_matching,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,18 +36,27 @@ VALUE = st.text(alphabet=st.sampled_from(list('ab0,"| é')), min_size=1, max_siz
 def _diffs(
     tmp: Path, old: str, new: str | bytes, layout: TableLayout = LAYOUT
 ) -> list[tuple[Any, list[str]]]:
-    """(diff, problems) by the byte path, the line aligner and hashing, in that order."""
+    """(diff, problems) by the byte path, the line aligner and hashing, in that order.
+    Hashing is run both ways (a set, and sorted arrays as for a large table), which must
+    agree."""
     snap, path = tmp / "snap.csv", tmp / "t.csv"
     snap.write_text(old, "utf-8")
     path.write_bytes(new.encode("utf-8") if isinstance(new, str) else new)
     out = []
-    for trusted, limit in ((True, 1_000_000), (False, 1_000_000), (False, 0)):
+    for trusted, limit, sorted_arrays in (
+        (True, 1_000_000, False),
+        (False, 1_000_000, False),
+        (False, 0, False),
+        (False, 0, True),
+    ):
         sink = ProblemSink("t.csv")
-        d = rowdiff.diff_table(
-            path, layout, sink, lambda: snap.open("rb"), align_limit=limit, trusted=trusted
-        )
+        with sorted_matching() if sorted_arrays else nullcontext():
+            d = rowdiff.diff_table(
+                path, layout, sink, lambda: snap.open("rb"), align_limit=limit, trusted=trusted
+            )
         out.append((d, [str(p) for p in sink.finish()]))
-    return out
+    assert out[3] == out[2], "hashing with sorted arrays differs from hashing with a set"
+    return out[:3]
 
 
 @settings(

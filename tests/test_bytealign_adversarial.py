@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import sorted_matching
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,19 +39,26 @@ def _run(
     path.write_bytes(new.encode("utf-8") if isinstance(new, str) else new)
     file_digest = (lambda: table.sha256_file(path)) if digest else None
     out = []
-    for trusted, limit in ((True, 1_000_000), (False, 1_000_000), (False, 0)):
+    for trusted, limit, sorted_arrays in (
+        (True, 1_000_000, False),
+        (False, 1_000_000, False),
+        (False, 0, False),
+        (False, 0, True),
+    ):
         sink = ProblemSink("t.csv")
-        d = rowdiff.diff_table(
-            path,
-            layout,
-            sink,
-            lambda: snap.open("rb"),
-            align_limit=limit,
-            trusted=trusted,
-            file_digest=file_digest,
-        )
+        with sorted_matching() if sorted_arrays else nullcontext():
+            d = rowdiff.diff_table(
+                path,
+                layout,
+                sink,
+                lambda: snap.open("rb"),
+                align_limit=limit,
+                trusted=trusted,
+                file_digest=file_digest,
+            )
         out.append((d, [str(p) for p in sink.finish()]))
-    return out
+    assert out[3] == out[2], "hashing with sorted arrays differs from hashing with a set"
+    return out[:3]
 
 
 def _same(results: list[Result]) -> Result:
