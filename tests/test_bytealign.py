@@ -132,6 +132,33 @@ def test_byte_path_on_hostile_values_and_other_spellings(
     assert p1 == p2 == p3  # pipe warnings in unchanged rows included
 
 
+def test_a_large_densely_changed_table_is_hashed_not_aligned_line_by_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Half the rows changed in place: the bytes do not align, and for a table past the size
+    limit (here 0) the hashed diff takes over at once, with the line aligner's diff."""
+    old = [f"host{i:05d},prod,team{i % 7}" for i in range(30_000)]
+    new = mutate_rows(old, random.Random(9), 0.5)
+    (expected, _), *_ = _diffs(
+        tmp_path, HEADER + "".join(r + "\n" for r in old), HEADER + "".join(r + "\n" for r in new)
+    )
+    monkeypatch.setattr(rowdiff, "_HASH_DENSE_BYTES", 0)
+    took: list[str] = []
+    for name in ("_aligned_diff", "_hashed_diff"):
+        real = getattr(rowdiff, name)
+
+        def spy(*args: Any, real: Any = real, name: str = name) -> Any:
+            took.append(name)
+            return real(*args)
+
+        monkeypatch.setattr(rowdiff, name, spy)
+    snap = tmp_path / "snap.csv"
+    sink = ProblemSink("t.csv")
+    d = rowdiff.diff_table(tmp_path / "t.csv", LAYOUT, sink, lambda: snap.open("rb"), trusted=True)
+    assert took == ["_hashed_diff"]
+    assert d == expected
+
+
 def test_in_order_edits_take_the_byte_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Nothing falls back to the line aligner, and only the lines that differ (~2%) and the
     header are parsed and checked."""
