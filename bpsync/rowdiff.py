@@ -6,10 +6,13 @@ Usually a table is edited in place: rows keep their order. Then the new table's 
 aligned with the snapshot's while both are streamed (`_Aligner`): equal runs are skipped at C
 speed and only the differing lines are kept. When the rows were re-ordered, alignment gives
 up and every line is hashed instead:
-1. The snapshot's line hashes go into a dict (a 64-bit hash per row, not the row itself).
-2. The new table is scanned (and validated) block by block; each of its lines found in the
-   dict is popped: unchanged. Lines not found are kept: added or changed (usually ~1%).
-3. The snapshot is read once more for the lines left in the dict: removed or changed.
+1. The snapshot's line hashes are kept in order (a 64-bit hash per row, not the row itself),
+   and in a set, or for a large snapshot sorted (numpy: a set of millions is probed at
+   random, a cache miss or two per line).
+2. The new table is scanned (and validated) block by block; each of its lines found among
+   them is taken: unchanged. Lines not found are added or changed (usually ~1%); with sorted
+   arrays they are matched after the scan, then read again.
+3. The snapshot is read once more for the lines no new line took: removed or changed.
 Either way the leftovers of both sides are paired by key: change, add or remove.
 Re-ordering or re-quoting never shows as a change, and memory holds hashes, not rows.
 
