@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from bpsync.errors import PlanError
+from bpsync.gcpause import cycle_collector_paused
 from bpsync.plan import Inputs, Plan, RowChange, RowChanges, TablePlan
 from bpsync.render.json import ROW_INDENT, write_document
 
@@ -47,6 +48,7 @@ _ROW = ROW_INDENT.encode() + b"{"
 _NEW_PLAN = "make a new one with `bpsync plan --out FILE`"
 
 
+@cycle_collector_paused()
 def save_plan(plan: Plan, path: Path | str) -> Path:
     """Write `plan` to `path` atomically (temp file, fsync, rename); returns the path."""
     path = Path(path)
@@ -94,6 +96,7 @@ def _section(plan: Plan) -> dict[str, Any]:
 # -- loading --------------------------------------------------------------------------------
 
 
+@cycle_collector_paused()
 def load_plan(path: Path | str) -> Plan:
     """The Plan saved at `path`; PlanError saying why when the file is not a usable plan."""
     path = Path(path)

@@ -205,34 +205,3 @@ def test_max_bytes_fits_the_markdown_and_links_the_run(tmp_path: Path) -> None:
     assert len(comment.encode("utf-8")) > 4000
     code, _, err = run_cli(["show", "p.out", "--format", "markdown", "--max-bytes", "10"], repo)
     assert code == 64 and "--max-bytes" in err
-
-
-@pytest.mark.parametrize(
-    ("argv", "collects"),
-    [
-        (["plan", "--format", "json"], False),
-        (["-C", "repo", "apply", "--auto-approve"], False),
-        (["import", "--all", "--generate"], True),
-        (["state", "list"], True),
-        (["--help"], True),
-    ],
-)
-def test_plan_processes_run_without_the_cycle_collector(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str], collects: bool
-) -> None:
-    """A plan's millions of acyclic rows make the collector's passes pure cost (~20% of a
-    large plan); commands that loop over many requests keep it."""
-    import gc
-
-    import bpsync.cli as cli
-
-    seen: list[bool] = []
-    monkeypatch.setattr(cli, "run", lambda argv: seen.append(gc.isenabled()) or 0)
-    monkeypatch.setattr(sys, "argv", ["bpsync", *argv])
-    monkeypatch.setattr(gc, "freeze", lambda: None)
-    try:
-        with pytest.raises(SystemExit):
-            cli.main()
-    finally:
-        gc.enable()
-    assert seen == [collects]

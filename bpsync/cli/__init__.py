@@ -105,17 +105,7 @@ def _traceback() -> str:
     return traceback.format_exc()
 
 
-# Commands whose memory is a plan: millions of small objects (rows, changes) that hold no
-# reference cycles. The cyclic collector's passes over them cost ~20% of a plan with 500,000
-# changed rows and free nothing, so these processes run without it; the few cycles they make
-# (an exception's frames, an HTTP exchange) are freed by the OS at exit, a short time later.
-# `import` and `state`, which loop over many tables and requests, keep it.
-_WITHOUT_CYCLE_GC = frozenset({"plan", "apply", "show", "validate"})
-
-
 def main() -> None:
-    if command_of(sys.argv[1:]) in _WITHOUT_CYCLE_GC:
-        gc.disable()
     code = run(sys.argv[1:])
     # The process ends here. At exit the interpreter's garbage collections would walk every
     # object the start-up made (~10 ms, a tenth of planning a 100 MB unchanged table); frozen,

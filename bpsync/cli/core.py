@@ -380,6 +380,13 @@ def _import_renderer(fmt: str) -> None:
 
 
 def render(ctx: Context, plan: Plan, fmt: str, plan_file: str | None = None) -> None:
+    from bpsync.gcpause import cycle_collector_paused
+
+    with cycle_collector_paused():
+        _render(ctx, plan, fmt, plan_file)
+
+
+def _render(ctx: Context, plan: Plan, fmt: str, plan_file: str | None) -> None:
     if fmt == "json":
         from bpsync.render.json import write_json
 
