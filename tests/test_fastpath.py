@@ -79,7 +79,7 @@ _CHANGE = st.builds(
         old_line,
     ),
     op=st.sampled_from([ADD, CHANGE, REMOVE]),
-    cells=st.lists(st.one_of(SIMPLE, HOSTILE), min_size=3, max_size=3),
+    cells=st.lists(st.one_of(SIMPLE, HOSTILE, st.just("x\ny")), min_size=3, max_size=3),
     old=st.lists(st.one_of(SIMPLE, SIMPLE, HOSTILE), min_size=3, max_size=3),
     line=st.integers(1, 10**7),
     old_line=st.one_of(st.none(), st.integers(1, 10**7)),
@@ -92,8 +92,8 @@ def test_a_batch_of_row_changes_is_written_as_each_one_alone(
     batch: list[RowChange], plain: bool
 ) -> None:
     """The `%` templates of a plain batch write what the cell-by-cell encoder writes: titles
-    with `%` and quotes, a missing old line, every op; a hostile cell sends the batch back to
-    the encoder."""
+    with `%` and quotes, a missing old line, every op; a hostile cell (a line break too, from
+    a plan file written by hand) sends the batch back to the encoder."""
     if plain:  # mostly batches the templates take
         batch = [replace(rc, key=("k",), after=rc.after and ("k", "v", "w")) for rc in batch]
         batch = [replace(rc, before=rc.before and ("k", "w", "x")) for rc in batch]

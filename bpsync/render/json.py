@@ -281,7 +281,10 @@ class RowEncoder:
                 cells.extend(rc.key)
                 cells.extend(rc.before or ())
                 cells.extend(rc.after or ())
-            if _plain_json("".join(cells)):
+            joined = "".join(cells)
+            # _ESCAPED leaves "\n" out (the add blocks check lines joined by it): a cell may
+            # not hold one here.
+            if _plain_json(joined) and "\n" not in joined:
                 shapes = self.templates
                 return [
                     shapes[rc.op][0]
