@@ -45,6 +45,7 @@ from bpsync.table import (
     TableInfo,
     TableLayout,
     TableScan,
+    file_stamp,
     is_gzip_path,
     parse_line,
     read_blocks,
@@ -136,7 +137,7 @@ def _sink_fields(sink: ProblemSink) -> dict[str, Any]:
 
 def _stamp_or_none(path: Path) -> tuple[int, int] | None:
     try:
-        return _stamp(path)
+        return file_stamp(path)
     except OSError:
         return None
 
@@ -786,7 +787,7 @@ def _all_added(
     digest: Callable[[Path], str] | None = None,
 ) -> _Rows:
     path = m.csv_path
-    stamp = _stamp(path)
+    stamp = file_stamp(path)
     whole = (lambda: digest(path)) if digest is not None else None
     scan = TableScan(path, layout, sink, track_order=True, file_digest=whole)
     info = scan.run()
@@ -798,7 +799,7 @@ def _all_added(
 
     def blocks() -> Iterator[RowBlock]:
         # The file's own lines when they were canonical and the file has not moved since.
-        return _add_blocks(path, layout, canonical and _stamp(path) == stamp)
+        return _add_blocks(path, layout, canonical and file_stamp(path) == stamp)
 
     def read() -> Iterator[RowChange]:
         return _iter_rows(blocks(), keys)
@@ -810,11 +811,6 @@ def _all_added(
             lazy=read, count=info.rows, ordered=scan.keys_ascending, add_blocks=blocks
         )
     return _Rows(info, changes, added=info.rows, old_rows=None, columns=columns, baseline=baseline)
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
 
 
 def _add_blocks(path: Path, layout: TableLayout, canonical: bool) -> Iterator[RowBlock]:

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bpsync.bytealign import ByteAligner, NotAligned, nearest_common
+from bpsync.errors import PlanError
+from bpsync.gcpause import cycle_collector_paused
 from bpsync.keycount import KeyCounter
 from bpsync.plan import ADD, CHANGE, REMOVE, RowChange
 from bpsync.table import (
@@ -39,6 +41,7 @@ from bpsync.table import (
     TableInfo,
     TableLayout,
     TableScan,
+    file_stamp,
     is_gzip_path,
     key_hash,
     parse_line,
@@ -72,6 +75,7 @@ def _iter_snapshot(open_snapshot: SnapshotOpener) -> Generator[tuple[int, list[s
         line += len(lines)
 
 
+@cycle_collector_paused()
 def diff_table(
     path: Path,
     layout: TableLayout,
@@ -492,6 +496,7 @@ def _hashed_diff(
 
     # Phase 2: validate the new table; a line found in the snapshot is unchanged (taken).
     # Duplicate keys are found below, without a dict of all keys.
+    stamp = file_stamp(path)  # the sorted matcher reads some lines again after the scan
     scan = TableScan(path, layout, sink, keys="off", file_digest=file_digest)
     key_titles = [layout.titles[k] for k in layout.key_indexes]
     counter: KeyCounter | None = None
@@ -503,7 +508,7 @@ def _hashed_diff(
         info = scan.result
         if not info.ok:
             return RowDiff(info, (), 0, 0, 0, 0, old_rows, old_columns)
-        fresh = matcher.fresh(path, layout, sink, info)
+        fresh = matcher.fresh(path, layout, sink, info, stamp)
         # Phase 3: the snapshot again, for the rows not found (removed or changed): where
         # they are is known from the hashes in order; only their lines are decoded.
         gone = _lines_at(open_snapshot, matcher.gone_lines())
@@ -589,7 +594,12 @@ class _SortedMatcher:
         self.new.extend(map(hash, lines))
 
     def fresh(
-        self, path: Path, layout: TableLayout, sink: ProblemSink, info: TableInfo
+        self,
+        path: Path,
+        layout: TableLayout,
+        sink: ProblemSink,
+        info: TableInfo,
+        stamp: tuple[int, int],
     ) -> list[tuple[int, str]]:
         """Match, then (line number, line) of the new lines not found (added or changed).
 
@@ -610,22 +620,40 @@ class _SortedMatcher:
         found[by_hash[taken]] = True
         rows = np.flatnonzero(~found).tolist()  # indexes of rows, in file order
         del self.new
-        return _rows_at(path, layout, sink, info, rows)
+        return _rows_at(path, layout, sink, info, rows, stamp)
 
     def gone_lines(self) -> Iterator[int]:
         return iter((self.np.flatnonzero(~self.taken[self.inv]) + 2).tolist())
 
 
+def _unchanged_since(path: Path, stamp: tuple[int, int]) -> None:
+    if file_stamp(path) != stamp:
+        raise PlanError(
+            f"{path}: the table changed while bpsync read it",
+            hint="run the command again once nothing is writing the file",
+        )
+
+
 def _rows_at(
-    path: Path, layout: TableLayout, sink: ProblemSink, info: TableInfo, rows: list[int]
+    path: Path,
+    layout: TableLayout,
+    sink: ProblemSink,
+    info: TableInfo,
+    rows: list[int],
+    stamp: tuple[int, int],
 ) -> list[tuple[int, str]]:
     """(line number, canonical line) of the table's rows at these ascending indexes (0: the
-    first row). A canonical plain file is its canonical lines, one a row: only the lines
-    asked for are decoded. Any other is scanned again (its problems were reported)."""
+    first row), read again after the scan. A canonical plain file is its canonical lines, one
+    a row: only the lines asked for are decoded. Any other is scanned again (its problems
+    were reported). A file that changed since the scan (`stamp`) is refused: its lines are
+    not the ones matched and checked."""
     if not rows:
         return []
+    _unchanged_since(path, stamp)
     if info.is_canonical and not is_gzip_path(path):
-        return _lines_at(lambda: path.open("rb"), (r + 2 for r in rows))
+        lines_read = _lines_at(lambda: path.open("rb"), (r + 2 for r in rows))
+        _unchanged_since(path, stamp)
+        return lines_read
     out: list[tuple[int, str]] = []
     at = index = 0
     rescan = TableScan(path, layout, ProblemSink(sink.path, sink.cap), keys="off")
@@ -637,6 +665,7 @@ def _rows_at(
         if at == len(rows):
             break
         index = end
+    _unchanged_since(path, stamp)
     return out
 
 

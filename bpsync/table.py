@@ -186,6 +186,12 @@ def parse_line(line: str) -> list[str]:
     return next(csv.reader([line], strict=True))
 
 
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns): a file read twice is the same file if it is equal."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def is_gzip_path(path: Path) -> bool:
     """Whether `path` names a gzip-compressed table (`csv: table.csv.gz`)."""
     return path.name.endswith(GZIP_SUFFIX)

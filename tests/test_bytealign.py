@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from bpsync import bytealign, keycount, rowdiff, table
 from bpsync.emulator import Emulator
+from bpsync.errors import PlanError
 from bpsync.table import ProblemSink, TableLayout, TableScan, format_row
 
 LAYOUT = TableLayout(("host", "env", "owner"), (0,))
@@ -392,3 +393,28 @@ def test_a_key_change_check_reports_each_warning_once(tmp_path: Path) -> None:
     )
     assert d.info.ok and d.changed == 1
     assert [p.line for p in sink.finish() if "'|'" in p.message] == [7]
+
+
+@pytest.mark.parametrize("crlf", [False, True])  # re-read by line number / by a second scan
+def test_a_table_rewritten_during_a_sorted_matching_plan_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, crlf: bool
+) -> None:
+    """The rows not found are read again after the scan: if the file changed in between, its
+    lines are not the ones matched and validated, so the plan stops instead of showing them."""
+    old = [f"h{i:03d},e,o" for i in range(50)]
+    new = [*old[1:], "h999,e,o"]
+    end = "\r\n" if crlf else "\n"
+    snap, path = tmp_path / "snap.csv", tmp_path / "t.csv"
+    snap.write_text(HEADER + "".join(r + "\n" for r in old))
+    path.write_bytes((HEADER + "".join(r + "\n" for r in new)).replace("\n", end).encode())
+    real = rowdiff._SortedMatcher.fresh
+
+    def rewritten(self: Any, *args: Any) -> Any:
+        path.write_text(HEADER + "h999,only-two-cells\n")  # another size: another stamp
+        return real(self, *args)
+
+    monkeypatch.setattr(rowdiff._SortedMatcher, "fresh", rewritten)
+    with sorted_matching(), pytest.raises(PlanError, match="changed while bpsync read it"):
+        rowdiff.diff_table(
+            path, LAYOUT, ProblemSink("t.csv"), lambda: snap.open("rb"), align_limit=0
+        )
