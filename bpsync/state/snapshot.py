@@ -1,8 +1,9 @@
 """The snapshot byte format every backend stores, and its one reader and one writer.
 
-A snapshot is the canonical CSV of an applied table, compressed as one zstd frame at level 1,
-single-threaded, with neither the content size nor a checksum in the frame (the SHA-256 id
-checks the content), so the same table always gives the same bytes (git sees no change, and a
+A snapshot is the canonical CSV of an applied table, compressed as one zstd frame at level 1
+by two worker threads (the same bytes for any chunking of the input), with neither the content
+size nor a checksum in the frame (the SHA-256 id checks the content), so the same table always
+gives the same bytes (git sees no change, and a
 snapshot can move between backends unchanged). Its id is the SHA-256 hex of the plain bytes;
 it is stored as ``<id>.csv.zst``. Snapshots written before zstd are gzip (deflate level 1, no
 file name, mtime 0) and named ``<id>.csv.gz``: they are still read, never written, and stay
