@@ -206,10 +206,8 @@ class LocalHarness:
     name = "local"
     # Words the recovery advice must contain beyond what every backend says.
     recovery_words: tuple[str, ...] = ("git",)
-    # tracemalloc peak allowed while recording a 50 MB snapshot: zstd's two worker threads
-    # may hand out a few jobs' output at once (for random bytes, as large as their input;
-    # 11-14 MiB seen), so this still shows the table is never held whole.
-    put_peak_limit = 20 * 1024 * 1024
+    # tracemalloc peak allowed while recording a 50 MB snapshot.
+    put_peak_limit = 8 * 1024 * 1024
 
     def __init__(self, path: Path) -> None:
         self.path = path
