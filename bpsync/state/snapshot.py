@@ -1,9 +1,8 @@
 """The snapshot byte format every backend stores, and its one reader and one writer.
 
-A snapshot is the canonical CSV of an applied table, compressed as one zstd frame at level 1
-by two worker threads (the same bytes for any chunking of the input), with neither the content
-size nor a checksum in the frame (the SHA-256 id checks the content), so the same table always
-gives the same bytes (git sees no change, and a
+A snapshot is the canonical CSV of an applied table, compressed as one zstd frame at level 1,
+single-threaded, with neither the content size nor a checksum in the frame (the SHA-256 id
+checks the content), so the same table always gives the same bytes (git sees no change, and a
 snapshot can move between backends unchanged). Its id is the SHA-256 hex of the plain bytes;
 it is stored as ``<id>.csv.zst``. Snapshots written before zstd are gzip (deflate level 1, no
 file name, mtime 0) and named ``<id>.csv.gz``: they are still read, never written, and stay
@@ -90,7 +89,10 @@ def snapshot_id(name: str) -> str | None:
 def _compressor() -> zstandard.ZstdCompressionObj:
     """A fresh zstd stream with the snapshot settings. The size is never passed: zstd would
     write it in the frame and tune itself to it, so the bytes would depend on more than the
-    table (and a streamed table's size is not known up front)."""
+    table (and a streamed table's size is not known up front). Single-threaded: zstd's worker
+    threads halve the time (100 MB: 0.16 s instead of 0.31 s), but for high-entropy data
+    hand out their output in bursts of tens of MiB (41 MiB held for a 50 MiB random table,
+    against 9 MiB), which breaks the streaming promise."""
     return zstandard.ZstdCompressor(
         level=1,
         write_checksum=False,
