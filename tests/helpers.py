@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,41 @@ def mutate_rows(rows: list[str], rnd: random.Random, fraction: float) -> list[st
         else:
             out.append(row)
     return out
+
+
+def diffs_every_way(
+    snap: Path,
+    path: Path,
+    layout: Any,
+    file_digest: Callable[[], str] | None = None,
+    sorted_arrays: Iterable[bool] = (False, True),
+) -> list[tuple[Any, list[str]]]:
+    """(diff, problems) of `path` against the snapshot file `snap` by the byte path, the
+    line aligner and hashing, in that order. Hashing runs with a set and with sorted arrays
+    (as for a snapshot of millions of rows), which must agree."""
+    from bpsync import rowdiff
+    from bpsync.table import ProblemSink
+
+    def diff(trusted: bool, limit: int) -> tuple[Any, list[str]]:
+        sink = ProblemSink("t.csv")
+        d = rowdiff.diff_table(
+            path,
+            layout,
+            sink,
+            lambda: snap.open("rb"),
+            align_limit=limit,
+            trusted=trusted,
+            file_digest=file_digest,
+        )
+        return d, [str(p) for p in sink.finish()]
+
+    out = [diff(True, 1_000_000), diff(False, 1_000_000)]
+    hashed = []
+    for arrays in sorted_arrays:
+        with sorted_matching() if arrays else nullcontext():
+            hashed.append(diff(False, 0))  # 0: alignment gives up at once
+    assert all(h == hashed[0] for h in hashed), "sorted arrays and a set hash differently"
+    return [*out, hashed[0]]
 
 
 @contextmanager

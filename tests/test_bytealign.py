@@ -7,12 +7,12 @@ from __future__ import annotations
 import hashlib
 import random
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import (
+    diffs_every_way,
     fast_client_options,
     make_repo,
     manifest_yaml,
@@ -43,21 +43,7 @@ def _diffs(
     snap, path = tmp / "snap.csv", tmp / "t.csv"
     snap.write_text(old, "utf-8")
     path.write_bytes(new.encode("utf-8") if isinstance(new, str) else new)
-    out = []
-    for trusted, limit, sorted_arrays in (
-        (True, 1_000_000, False),
-        (False, 1_000_000, False),
-        (False, 0, False),
-        (False, 0, True),
-    ):
-        sink = ProblemSink("t.csv")
-        with sorted_matching() if sorted_arrays else nullcontext():
-            d = rowdiff.diff_table(
-                path, layout, sink, lambda: snap.open("rb"), align_limit=limit, trusted=trusted
-            )
-        out.append((d, [str(p) for p in sink.finish()]))
-    assert out[3] == out[2], "hashing with sorted arrays differs from hashing with a set"
-    return out[:3]
+    return diffs_every_way(snap, path, layout)
 
 
 @settings(
