@@ -545,8 +545,17 @@ class _SetMatcher:
             numbers = compress(range(first, first + len(lines)), flags)
             self._fresh.extend(zip(numbers, compress(lines, flags), strict=True))
 
-    def fresh(self, *_: object) -> list[tuple[int, str]]:
-        """(line number, line) of the new lines not found (added or changed)."""
+    def fresh(
+        self,
+        path: Path,
+        layout: TableLayout,
+        sink: ProblemSink,
+        info: TableInfo,
+        stamp: tuple[int, int],
+    ) -> list[tuple[int, str]]:
+        """(line number, line) of the new lines not found (added or changed): kept while
+        the table was scanned, so the file is not read again."""
+        del path, layout, sink, info, stamp
         return self._fresh
 
     def gone_lines(self) -> Iterator[int]:
@@ -669,15 +678,16 @@ def _rows_at(
     return out
 
 
-def _lines_at(open_snapshot: SnapshotOpener, numbers: Iterator[int]) -> list[tuple[int, str]]:
-    """(number, text) of the snapshot's lines at these ascending line numbers."""
+def _lines_at(opener: SnapshotOpener, numbers: Iterator[int]) -> list[tuple[int, str]]:
+    """(number, text) of a file's lines at these ascending line numbers (the snapshot's, or
+    a canonical table's)."""
     wanted = list(numbers)
     if not wanted:
         return []
     out: list[tuple[int, str]] = []
     at = 0  # index in `wanted` of the next line to take
     first = 1  # number of the first line of the block
-    for _offset, raw, last in split_blocks(prefetched(open_snapshot)):
+    for _offset, raw, last in split_blocks(prefetched(opener)):
         lines = raw.split(b"\n")
         if not last:
             lines.pop()  # after the block's last newline (a last block may have none)
