@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from functools import partial
+from itertools import repeat
+from typing import Any, NamedTuple, cast, overload
 
 FORMAT_VERSION = "1"
 
@@ -21,14 +23,107 @@ CHANGE = "change"
 REMOVE = "remove"
 
 
-@dataclass(frozen=True)
-class RowChange:
+class RowChange(NamedTuple):
+    """One row's change. A named tuple, not a dataclass: a half-changed table makes millions
+    of them, and a tuple is built in C (`tuple.__new__` over zipped columns, see `rowdiff`)
+    at a tenth of a frozen dataclass's cost; it is immutable all the same."""
+
     op: str  # add | change | remove
     key: tuple[str, ...]
     before: tuple[str, ...] | None  # cells in the snapshot's column order
     after: tuple[str, ...] | None  # cells in the new table's column order
     line: int  # line in the new CSV; for removals, in the snapshot
     old_line: int | None = None  # line in the snapshot (change, remove)
+
+
+Cells = tuple[str, ...]
+
+
+class ChangeColumns(Sequence[RowChange]):
+    """Row changes held column by column, in key order: each row's old and new canonical
+    line, not its cells, and no object per change until one is read.
+
+    A plan of half a table changed holds millions of changes; as `RowChange`s with their
+    cells split they took ~1 KB each and most of the plan's time to build. Here a change is
+    its two lines (already read), its key and line numbers; cells are split a batch at a
+    time when the changes are iterated, and the digest (`render.digest`) reads the columns
+    themselves. `split` turns canonical lines into their cells (`rowdiff` gives it).
+    Immutable: built once by the diff, then only read.
+    """
+
+    BATCH = 4096
+
+    def __init__(
+        self,
+        ops: list[str],
+        keys: list[Cells],
+        before: list[str | None],
+        after: list[str | None],
+        lines: list[int],
+        old_lines: list[int | None],
+        split: Callable[[list[str]], list[Cells]],
+    ) -> None:
+        self.ops, self.keys, self.before, self.after = ops, keys, before, after
+        self.lines, self.old_lines, self.split = lines, old_lines, split
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    @overload
+    def __getitem__(self, at: int) -> RowChange: ...
+
+    @overload
+    def __getitem__(self, at: slice) -> list[RowChange]: ...
+
+    def __getitem__(self, at: int | slice) -> RowChange | list[RowChange]:
+        if isinstance(at, slice):
+            return self.rows(range(len(self))[at])
+        (rc,) = self.rows([range(len(self))[at]])
+        return rc
+
+    def __iter__(self) -> Iterator[RowChange]:
+        for i in range(0, len(self), self.BATCH):
+            yield from self.rows(range(i, min(i + self.BATCH, len(self))))
+
+    def rows(self, at: Sequence[int]) -> list[RowChange]:
+        """The row changes at these positions, their cells split."""
+        pick = partial(map, list.__getitem__)
+        return list(
+            map(
+                _row_change,
+                zip(
+                    pick(repeat(self.ops), at),
+                    pick(repeat(self.keys), at),
+                    self.cells(list(pick(repeat(self.before), at))),
+                    self.cells(list(pick(repeat(self.after), at))),
+                    pick(repeat(self.lines), at),
+                    pick(repeat(self.old_lines), at),
+                    strict=True,
+                ),
+            )
+        )
+
+    def cells(self, lines: list[str | None]) -> list[Cells | None]:
+        """Each line's cells (None for None), split in one call."""
+        if None not in lines:
+            return list(self.split(cast(list[str], lines)))
+        split = iter(self.split([x for x in lines if x is not None]))
+        return [None if x is None else next(split) for x in lines]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))  # as the tuple it equals
+
+    def __repr__(self) -> str:
+        return f"ChangeColumns({len(self)} changes)"
+
+
+# A RowChange from a tuple of its fields, in C (no Python frame per row).
+_row_change = cast(Callable[[tuple[object, ...]], RowChange], partial(tuple.__new__, RowChange))
 
 
 class RowChanges:
@@ -47,6 +142,11 @@ class RowChanges:
         ordered: bool = False,
         add_blocks: Any = None,
     ):
+        # Changes held by column (a diff's): read lazily, in key order, and the digest may
+        # read the columns themselves.
+        self.columns = changes if isinstance(changes, ChangeColumns) else None
+        if self.columns is not None:
+            lazy, count, ordered, changes = self.columns.__iter__, len(self.columns), True, ()
         self._changes = tuple(changes)
         self._lazy = lazy  # a callable returning an iterator of RowChange
         self._count = count if lazy is not None else len(self._changes)

@@ -24,18 +24,19 @@ the plan displays: `no-op` is decided by SHA-256 and apply always uploads the ex
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Generator, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import compress, count, repeat
-from operator import attrgetter, itemgetter, ne
+from operator import eq, is_, itemgetter, ne, not_, sub
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar, cast
 
 from bpsync.bytealign import ByteAligner, NotAligned, nearest_common
 from bpsync.errors import PlanError
 from bpsync.gcpause import cycle_collector_paused
 from bpsync.keycount import KeyCounter
-from bpsync.plan import ADD, CHANGE, REMOVE, RowChange
+from bpsync.plan import ADD, CHANGE, REMOVE, ChangeColumns
 from bpsync.table import (
     ProblemSink,
     TableInfo,
@@ -55,7 +56,7 @@ SnapshotOpener = Callable[[], BinaryIO]
 @dataclass(frozen=True)
 class RowDiff:
     info: TableInfo  # the new table's scan
-    changes: tuple[RowChange, ...]  # sorted by key
+    changes: ChangeColumns  # sorted by key
     added: int
     changed: int
     removed: int
@@ -103,7 +104,7 @@ def diff_table(
         check = TableScan(path, layout, keys_sink).run()
         if not check.ok:
             _merge_into(sink, keys_sink)
-            return RowDiff(check, (), 0, 0, 0, 0, 0, ())
+            return RowDiff(check, NO_CHANGES, 0, 0, 0, 0, 0, ())
     if trusted:
         trial = ProblemSink(sink.path, sink.cap)
         try:
@@ -353,7 +354,7 @@ def _aligned_diff(
             aligner.feed(first, lines)
         info = scan.result
         if not info.ok:
-            return RowDiff(info, (), 0, 0, 0, 0, 0, ())
+            return RowDiff(info, NO_CHANGES, 0, 0, 0, 0, 0, ())
         aligner.finish()
     finally:
         blocks.close()  # stops the snapshot's reader thread when we stop early
@@ -361,10 +362,10 @@ def _aligned_diff(
     d = _resolve(info, layout, old_columns, aligner.old_rows, aligner.old_un, aligner.new_un)
     assert scan.key_log is not None
     if _has_duplicate_keys(scan.key_log, d):
-        scan.dup_suspects.update(key_hash(c.key) for c in d.changes if c.op != REMOVE)
+        scan.dup_suspects.update(map(key_hash, _keys_where(d, ne, REMOVE)))
         scan.report_duplicates()
         if sink.errors:
-            return RowDiff(replace(info, ok=False), (), 0, 0, 0, 0, d.old_rows, old_columns)
+            return RowDiff(replace(info, ok=False), NO_CHANGES, 0, 0, 0, 0, d.old_rows, old_columns)
     return d
 
 
@@ -400,17 +401,17 @@ def _byte_aligned_diff(
                 raise
             info = scan.result
             if not info.ok:
-                return RowDiff(info, (), 0, 0, 0, 0, 0, ())
+                return RowDiff(info, NO_CHANGES, 0, 0, 0, 0, 0, ())
             old_rows = aligner.finish()
         finally:
             chunks.close()  # stops the snapshot's reader thread when we stop early
         d = _resolve(info, layout, old_columns, old_rows, aligner.old_un, new_un)
         repeat_keys = _keys_repeat(d, counter)
     if repeat_keys:
-        scan.dup_suspects.update(key_hash(c.key) for c in d.changes if c.op != REMOVE)
+        scan.dup_suspects.update(map(key_hash, _keys_where(d, ne, REMOVE)))
         scan.report_duplicates()
         if sink.errors:
-            return RowDiff(replace(info, ok=False), (), 0, 0, 0, 0, d.old_rows, old_columns)
+            return RowDiff(replace(info, ok=False), NO_CHANGES, 0, 0, 0, 0, d.old_rows, old_columns)
     return d
 
 
@@ -447,11 +448,16 @@ def _keys_repeat(d: RowDiff, counter: KeyCounter) -> bool:
     (the byte-aligned diff keeps no key of the rows it skipped). As `_has_duplicate_keys`,
     but the rows holding an added key are counted in one more read of the new table (see
     `keycount`), only when rows were added."""
-    keys = [c.key for c in d.changes if c.op != REMOVE]
+    keys = _keys_where(d, ne, REMOVE)
     if len(set(keys)) != len(keys):
         return True
-    added = [c.key for c in d.changes if c.op == ADD]
-    return bool(added) and counter.count(added) != len(added)
+    added = _keys_where(d, eq, ADD)
+    return bool(added) and not counter.held_once(added)
+
+
+def _keys_where(d: RowDiff, test: Callable[[str, str], bool], op: str) -> list[tuple[str, ...]]:
+    """The keys of the changes whose op passes `test(op_of_change, op)`."""
+    return list(compress(d.changes.keys, map(test, d.changes.ops, repeat(op))))
 
 
 def _has_duplicate_keys(key_log: array[int], d: RowDiff) -> bool:
@@ -462,10 +468,10 @@ def _has_duplicate_keys(key_log: array[int], d: RowDiff) -> bool:
     how often the added keys' hashes occur among all keys of the new table. A hash collision
     only sends us to the exact check.
     """
-    keys = [c.key for c in d.changes if c.op != REMOVE]
+    keys = _keys_where(d, ne, REMOVE)
     if len(set(keys)) != len(keys):
         return True
-    added = {key_hash(c.key) for c in d.changes if c.op == ADD}
+    added = set(map(key_hash, _keys_where(d, eq, ADD)))
     return bool(added) and sum(map(added.__contains__, key_log)) != len(added)
 
 
@@ -507,7 +513,7 @@ def _hashed_diff(
             matcher.feed(first, lines)
         info = scan.result
         if not info.ok:
-            return RowDiff(info, (), 0, 0, 0, 0, old_rows, old_columns)
+            return RowDiff(info, NO_CHANGES, 0, 0, 0, 0, old_rows, old_columns)
         fresh = matcher.fresh(path, layout, sink, info, stamp)
         # Phase 3: the snapshot again, for the rows not found (removed or changed): where
         # they are is known from the hashes in order; only their lines are decoded.
@@ -515,9 +521,9 @@ def _hashed_diff(
         # A new row's key held by another row of the table (an unchanged one, or another
         # new one): the rows holding these keys are counted (on the second core).
         new_key_idx = tuple(info.columns.index(t) for t in key_titles)
-        fresh_keys = [tuple(parse_line(line)[k] for k in new_key_idx) for _, line in fresh]
+        fresh_keys = _line_keys(list(map(itemgetter(1), fresh)), new_key_idx)
         repeats = len(set(fresh_keys)) != len(fresh_keys) or bool(
-            counter is not None and fresh_keys and counter.count(fresh_keys) != len(fresh_keys)
+            counter is not None and fresh_keys and not counter.held_once(fresh_keys)
         )
     finally:
         if counter is not None:
@@ -526,8 +532,8 @@ def _hashed_diff(
         scan.dup_suspects.update(map(key_hash, fresh_keys))
         scan.report_duplicates()
         if sink.errors:
-            return RowDiff(replace(info, ok=False), (), 0, 0, 0, 0, old_rows, old_columns)
-    return _classify(info, new_key_idx, old_columns, old_rows, gone, fresh, key_titles)
+            return RowDiff(replace(info, ok=False), NO_CHANGES, 0, 0, 0, 0, old_rows, old_columns)
+    return _classify(info, new_key_idx, old_columns, old_rows, gone, fresh, key_titles, fresh_keys)
 
 
 class _SetMatcher:
@@ -688,14 +694,15 @@ def _lines_at(opener: SnapshotOpener, numbers: Iterator[int]) -> list[tuple[int,
     at = 0  # index in `wanted` of the next line to take
     first = 1  # number of the first line of the block
     for _offset, raw, last in split_blocks(prefetched(opener)):
-        lines = raw.split(b"\n")
-        if not last:
-            lines.pop()  # after the block's last newline (a last block may have none)
-        end = first + len(lines)
+        end = first + raw.count(b"\n") + (1 if last and not raw.endswith(b"\n") else 0)
         start = at
-        while at < len(wanted) and wanted[at] < end:
-            at += 1
-        out.extend((n, lines[n - first].decode("utf-8")) for n in wanted[start:at])
+        at = bisect_left(wanted, end, at)
+        if at == start:
+            first = end
+            continue
+        lines = raw.decode("utf-8").split("\n")  # a whole block decodes faster than its lines
+        taken = wanted[start:at]
+        out.extend(zip(taken, map(lines.__getitem__, map(sub, taken, repeat(first))), strict=True))
         if at == len(wanted):
             break
         first = end
@@ -710,56 +717,107 @@ def _classify(
     gone: list[tuple[int, str]],
     fresh: list[tuple[int, str]],
     key_titles: list[str],
+    fresh_keys: list[tuple[str, ...]] | None = None,
 ) -> RowDiff:
     """Pair removed-or-changed old rows with added-or-changed new rows by key.
 
     Rows are compared cell by title, not as lines: with the columns in a new order every
     line differs, yet a row whose cells are equal title by title did not change.
+
+    Column-wise, with no Python code per row unless the columns moved (half of a table
+    changed is a million rows): only keys are split off the lines, keys are popped from a
+    dict by `map`, and the changes kept as `ChangeColumns` (lines, not cells).
+    `fresh_keys`: the keys of `fresh`, when the caller has them.
     """
-    old_key_idx = _key_indexes(old_columns, key_titles)
+    old_text = list(map(itemgetter(1), gone))
+    old_keys = _line_keys(old_text, _key_indexes(old_columns, key_titles))
+    old_lines = list(map(itemgetter(0), gone))
+    # Key to index in `gone`; a repeated key (rows read back from BigPanda): the last row.
+    leftover = dict(zip(old_keys, range(len(gone)), strict=True))
+    new_text = list(map(itemgetter(1), fresh))
+    new_keys = _line_keys(new_text, new_key_idx) if fresh_keys is None else fresh_keys
+    new_lines = list(map(itemgetter(0), fresh))
+    partner = list(map(leftover.pop, new_keys, repeat(None)))  # index in `gone`, or None
+    is_add = list(map(is_, partner, repeat(None)))
+    at_new = list(compress(range(len(fresh)), map(not_, is_add)))  # paired fresh rows
+    at_old = cast(list[int], _at(partner, at_new))
     same_cells = _cell_comparer(old_columns, info.columns)
-    old_cells = _cells_of([line for _, line in gone])
-    leftover = dict(
-        zip(
-            _keys_of(old_cells, old_key_idx),
-            zip((lineno for lineno, _ in gone), old_cells, strict=True),
-            strict=True,
-        )
+    if same_cells is not _never_same:  # columns re-ordered: equal by title is unchanged
+        was, now = _cells_of(_at(old_text, at_old)), _cells_of(_at(new_text, at_new))
+        differ = list(map(not_, map(same_cells, was, now)))
+        at_new, at_old = list(compress(at_new, differ)), list(compress(at_old, differ))
+    removed = list(leftover.values())
+    added = is_add.count(True)
+    n_changed, n_removed = len(at_new), len(removed)
+    ops = [ADD] * added + [CHANGE] * n_changed + [REMOVE] * n_removed
+    keys = [*compress(new_keys, is_add), *_at(new_keys, at_new), *_at(old_keys, removed)]
+    before = [*repeat(None, added), *_at(old_text, at_old), *_at(old_text, removed)]
+    after = [*compress(new_text, is_add), *_at(new_text, at_new), *repeat(None, n_removed)]
+    lines = [*compress(new_lines, is_add), *_at(new_lines, at_new), *_at(old_lines, removed)]
+    old_at = [*repeat(None, added), *_at(old_lines, at_old), *_at(old_lines, removed)]
+    order = _key_order(ops, keys, lines)
+    changes = ChangeColumns(
+        _at(ops, order),
+        _at(keys, order),
+        _at(before, order),
+        _at(after, order),
+        _at(lines, order),
+        _at(old_at, order),
+        _cells_of,
     )
-    new_cells = _cells_of([line for _, line in fresh])
-    new_keys = _keys_of(new_cells, new_key_idx)
-    changes: list[RowChange] = []
-    changed = unmoved = 0  # unmoved: equal by title, different as lines (columns re-ordered)
-    take = leftover.pop
-    for (lineno, _), cells, key in zip(fresh, new_cells, new_keys, strict=True):
-        old = take(key, None)
-        if old is None:
-            changes.append(RowChange(ADD, key, None, cells, lineno))
-        elif same_cells(old[1], cells):
-            unmoved += 1
-        else:
-            changed += 1
-            changes.append(RowChange(CHANGE, key, old[1], cells, lineno, old[0]))
-    for key, (old_line, cells) in leftover.items():
-        changes.append(RowChange(REMOVE, key, cells, None, old_line, old_line))
-    changes.sort(key=attrgetter("key"))
-    added = len(fresh) - changed - unmoved
     return RowDiff(
         info,
-        tuple(changes),
+        changes,
         added,
-        changed,
-        len(leftover),
-        info.rows - added - changed,
+        n_changed,
+        n_removed,
+        info.rows - added - n_changed,
         old_rows,
         old_columns,
     )
 
 
+def _key_order(ops: list[str], keys: list[tuple[str, ...]], lines: list[int]) -> list[int]:
+    """Positions of the changes in `change_order`: by key (a single column's as strings,
+    faster to compare than tuples); op and line only break ties, which a valid table's
+    diff never has (each key is taken once)."""
+    if keys and all(len(k) == 1 for k in (keys[0], keys[-1])) and len(set(map(len, keys))) == 1:
+        flat: list[str] | list[tuple[str, ...]] = list(map(itemgetter(0), keys))
+    else:
+        flat = keys
+    order = sorted(range(len(keys)), key=flat.__getitem__)
+    ranked = _at(flat, order)
+    if any(map(eq, ranked[:-1], ranked[1:])):
+        rank = {REMOVE: 0, CHANGE: 1, ADD: 2}
+        order.sort(key=lambda i: (keys[i], rank[ops[i]], lines[i]))
+    return order
+
+
+def _line_keys(lines: list[str], idx: tuple[int, ...]) -> list[tuple[str, ...]]:
+    """Each canonical line's key cells, as a tuple; only the cells up to the last key
+    column are split off (a line holding a quote is parsed whole)."""
+    if not idx:
+        return [()] * len(lines)
+    if any(map(str.__contains__, lines, repeat('"'))):
+        return _keys_of(_cells_of(lines), idx)
+    if idx == (0,):
+        return list(zip(map(itemgetter(0), map(str.partition, lines, repeat(","))), strict=True))
+    cells = list(map(str.split, lines, repeat(","), repeat(max(idx) + 1)))
+    return _keys_of(cast(list[tuple[str, ...]], cells), idx)
+
+
+def _at(xs: Sequence[_T], indexes: Iterable[int]) -> list[_T]:
+    """The items of `xs` at `indexes`."""
+    return list(map(xs.__getitem__, indexes))
+
+
+_T = TypeVar("_T")
+
+
 def _cells_of(lines: list[str]) -> list[tuple[str, ...]]:
     """Each canonical line's cells (`parse_line`), in bulk: lines holding no quote are their
     cells joined by "," (the usual case: one split each, at C speed)."""
-    if any('"' in line for line in lines):
+    if any(map(str.__contains__, lines, repeat('"'))):
         return [tuple(parse_line(line)) for line in lines]
     return list(map(tuple, map(str.split, lines, repeat(","))))
 
@@ -778,9 +836,14 @@ def _cell_comparer(
 ) -> Callable[[tuple[str, ...], tuple[str, ...]], bool]:
     """Whether an old row's cells equal a new row's, title by title."""
     if sorted(old_columns) != sorted(new_columns) or old_columns == new_columns:
-        return lambda old, new: False  # equal lines were matched already; other titles differ
+        return _never_same  # equal lines were matched already; other titles differ
     order = [old_columns.index(t) for t in new_columns]
     return lambda old, new: len(old) == len(order) and tuple(old[i] for i in order) == new
+
+
+def _never_same(old: tuple[str, ...], new: tuple[str, ...]) -> bool:
+    del old, new
+    return False
 
 
 def _key_indexes(old_columns: tuple[str, ...], key_titles: list[str]) -> tuple[int, ...]:
@@ -789,3 +852,7 @@ def _key_indexes(old_columns: tuple[str, ...], key_titles: list[str]) -> tuple[i
         return tuple(old_columns.index(t) for t in key_titles)
     # The key itself changed: no old row can match a new key; use the old first columns.
     return tuple(range(min(len(key_titles), len(old_columns))))
+
+
+# The changes of a diff that found none, or stopped at the table's problems.
+NO_CHANGES = ChangeColumns([], [], [], [], [], [], _cells_of)

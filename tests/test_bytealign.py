@@ -194,7 +194,12 @@ def test_byte_path_checks_only_differing_lines_yet_reports_their_problems(
     assert all(problems == p for _, p in others)
 
 
-def test_duplicate_key_with_an_unchanged_row_is_found_by_the_byte_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("child", [False, True])
+def test_duplicate_key_with_an_unchanged_row_is_found_by_the_byte_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, child: bool
+) -> None:
+    if child:  # the keys counted in a child process, as for a table of 16 MB or more
+        monkeypatch.setattr(rowdiff, "_CHILD_COUNT_BYTES", 0)
     old = [f"host{i:04d},prod,o" for i in range(5_000)]
     new = [*old[:4_000], "host0100,dev,x", *old[4_000:]]  # added row, key of line 102
     (d, problems), (_, p2), (_, p3) = _diffs(
@@ -208,12 +213,30 @@ def test_key_counter_child_agrees_with_the_count_in_process(tmp_path: Path) -> N
     path = tmp_path / "t.csv"
     rows = [f'"h,{i}",e{i % 3},o' if i % 17 == 0 else f"h{i},e{i % 3},o" for i in range(3_000)]
     path.write_text(HEADER + "".join(r + "\r\n" for r in rows), "utf-8")
+    rows += ["h\x1fs,e1,o", ",e2,o"]  # a key holding the child's cell separator; an empty key
+    path.write_text(HEADER + "".join(r + "\r\n" for r in rows), "utf-8")
     keys = [("h5",), ("h,17",), ("nope",), ("h5",)]
-    for idx, ks in (((0,), keys), ((0, 1), [("h5", "e2"), ("h,17", "e2"), ("h5", "e0")])):
-        expected = keycount.count_keys(path, idx, ks)
+    for idx, ks, rows_holding in (
+        ((0,), keys, 2),
+        ((0,), [("h\x1fs",), ("",), ("h6",)], 3),  # sent as JSON, then as lines
+        ((0,), [("",), ("h6",)], 2),
+        ((0,), [], 0),
+        ((0, 1), [("h5", "e2"), ("h,17", "e2"), ("h5", "e0")], 2),
+        ((0, 1), [("h\x1fs", "e1"), ("", "e2"), ("h6", "e0")], 3),
+        ((0, 1), [("", "e2"), ("h6", "e0")], 2),
+    ):
+        assert keycount.count_keys(path, idx, ks) == rows_holding, (idx, ks)
         with keycount.KeyCounter(path, idx) as counter:
-            assert counter.count(ks) == expected
+            assert counter.count(ks) == rows_holding, (idx, ks)
     assert keycount.count_keys(path, (0,), keys) == 2  # a row counts once, however asked
+    with keycount.KeyCounter(path, (0,)) as counter:
+        assert counter.held_once([("h5",), ("h,17",)])  # no key repeats: nothing is sent
+    twice = tmp_path / "twice.csv"
+    twice.write_text(HEADER + "a,1,o\nb,2,o\na,3,o\n", "utf-8")
+    for child in (True, False):
+        for ks, once in (([("a",)], False), ([("b",)], True), ([("b",), ("a",)], False)):
+            with keycount.KeyCounter(twice, (0,), child=child) as counter:
+                assert counter.held_once(ks) is once, (child, ks)
 
 
 def test_key_counter_falls_back_when_the_child_fails(

@@ -11,7 +11,6 @@ import io
 import os
 import random
 import tempfile
-from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
@@ -95,8 +94,8 @@ def test_a_batch_of_row_changes_is_written_as_each_one_alone(
     with `%` and quotes, a missing old line, every op; a hostile cell (a line break too, from
     a plan file written by hand) sends the batch back to the encoder."""
     if plain:  # mostly batches the templates take
-        batch = [replace(rc, key=("k",), after=rc.after and ("k", "v", "w")) for rc in batch]
-        batch = [replace(rc, before=rc.before and ("k", "w", "x")) for rc in batch]
+        batch = [rc._replace(key=("k",), after=rc.after and ("k", "v", "w")) for rc in batch]
+        batch = [rc._replace(before=rc.before and ("k", "w", "x")) for rc in batch]
     t = pc.table(columns=("a%s", 'b"\\', "c"), old_columns=("a%s", "c", "d"), key_columns=("a%s",))
     enc = RowEncoder(t)
     assert enc.encode_batch(batch) == ["      " + dump(row_object(t, rc)) for rc in batch]

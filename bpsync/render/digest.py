@@ -12,13 +12,16 @@ transitions; per op the first `sample` row changes by key.
 
 from __future__ import annotations
 
+import heapq
 import operator
 import zlib
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, compress, count, filterfalse, islice, repeat
+from typing import cast
 
-from bpsync.plan import ADD, CHANGE, REMOVE, RowChange, TablePlan
+from bpsync.plan import ADD, CHANGE, REMOVE, Cells, ChangeColumns, RowChange, TablePlan
 from bpsync.render import all_columns
 
 OPS = (ADD, CHANGE, REMOVE)
@@ -67,6 +70,9 @@ class Digest:
         return len(self.samples.get(op, ()))
 
 
+Pair = tuple[str | None, str | None]
+
+
 class _TopK:
     """Space-saving counts with batched eviction: amortised O(1) per value, bounded size.
 
@@ -76,27 +82,39 @@ class _TopK:
 
     def __init__(self, kept: int = TOP_KEPT) -> None:
         self.kept = kept
-        self.counts: dict[tuple[str | None, str | None], list[int]] = {}
+        self.counts: dict[Pair, int] = {}
+        self.errors: dict[Pair, int] = {}
         self.floor = 0
         self.evicted = False
 
-    def add(self, key: tuple[str | None, str | None]) -> None:
-        entry = self.counts.get(key)
-        if entry is not None:
-            entry[0] += 1
-            return
-        self.counts[key] = [self.floor + 1, self.floor]
-        if len(self.counts) >= 2 * self.kept:
+    def add(self, key: Pair) -> None:
+        self.add_counts({key: 1})
+
+    def add_counts(self, counts: Mapping[Pair, int]) -> None:
+        """`add` each key its count times, evicting (if due) once at the end: the same
+        counts as one `add` at a time while nothing is evicted, upper bounds all the same
+        after (an item first seen here counts from the floor, as `add` counts it). In C but
+        for the keys already held: a batch of distinct transitions costs no Python per key."""
+        have, floor = self.counts, self.floor
+        held = list(filter(have.__contains__, counts))
+        new = list(filterfalse(have.__contains__, counts))  # in the batch's order: ties rank so
+        for key in held:
+            have[key] += counts[key]
+        have.update(zip(new, [n + floor for n in map(counts.__getitem__, new)], strict=True))
+        self.errors.update(dict.fromkeys(new, floor))
+        if len(have) >= 2 * self.kept:
             self._evict()
 
     def _evict(self) -> None:
-        ranked = sorted(self.counts.items(), key=lambda kv: -kv[1][0])
-        self.floor = max(self.floor, ranked[self.kept][1][0])
+        ranked = sorted(self.counts.items(), key=operator.itemgetter(1), reverse=True)  # stable
+        self.floor = max(self.floor, ranked[self.kept][1])
         self.counts = dict(ranked[: self.kept])
+        self.errors = {key: self.errors[key] for key in self.counts}
         self.evicted = True
 
-    def top(self, n: int) -> list[tuple[tuple[str | None, str | None], list[int]]]:
-        return sorted(self.counts.items(), key=lambda kv: (-kv[1][0], _sort_key(kv[0])))[:n]
+    def top(self, n: int) -> list[tuple[Pair, tuple[int, int]]]:
+        ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], _sort_key(kv[0])))[:n]
+        return [(key, (rows, self.errors[key])) for key, rows in ranked]
 
 
 def _sort_key(key: tuple[str | None, str | None]) -> tuple[str, str]:
@@ -119,30 +137,37 @@ def _shown_value(value: str | None) -> str | None:
 
 # Within one op, key then line orders row changes as `change_order` does (op is fixed).
 _ORDER = operator.attrgetter("key", "line")
+_OP, _BEFORE, _AFTER = (operator.attrgetter(f) for f in ("op", "before", "after"))
+# Row changes counted at a time by `DigestBuilder.feed`.
+_BATCH = 8192
+
+
+def _where(ops: list[str], op: str) -> Iterator[int]:
+    """Positions of the changes of one op."""
+    return compress(count(), map(operator.eq, ops, repeat(op)))
+
+
+def _clipped(values: Iterable[str | None], strings: bool) -> list[str | None]:
+    """`_clip` of each value (one pass in C to learn that none needs it, as a rule)."""
+    out = list(values)
+    if strings and max(map(len, cast(list[str], out)), default=0) > CLIP:
+        return list(map(_clip, out))
+    return out
 
 
 class _Sampler:
-    """The first `n` row changes of one op by key, held in at most ~2n slots; once full,
-    a row past the n-th kept one is dropped with one comparison."""
+    """The first `n` row changes of one op by key, kept as the `n` smallest of what was
+    added so far (heapq, in C): memory for `n` rows, work per batch, not per row."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.rows: list[RowChange] = []
-        self.cutoff: tuple[tuple[str, ...], int] | None = None
 
-    def add(self, rc: RowChange) -> None:
-        if self.cutoff is not None and (rc.key, rc.line) >= self.cutoff:
-            return
-        self.rows.append(rc)
-        if len(self.rows) >= 2 * self.n + 64:
-            self.rows.sort(key=_ORDER)
-            del self.rows[self.n :]
-            last = self.rows[-1]
-            self.cutoff = (last.key, last.line)
+    def add(self, rows: Iterable[RowChange]) -> None:
+        self.rows = heapq.nsmallest(self.n, chain(self.rows, rows), key=_ORDER)
 
     def first(self) -> list[RowChange]:
-        self.rows.sort(key=_ORDER)
-        return self.rows[: self.n]
+        return self.rows
 
 
 class DigestBuilder:
@@ -163,25 +188,58 @@ class DigestBuilder:
         self.examples: list[tuple[str | None, str | None] | None] = [None] * len(self.slots)
 
     def add(self, rc: RowChange) -> None:
-        sampler = self.samplers.get(rc.op)
-        if sampler is not None:
-            sampler.add(rc)
-        if rc.op != CHANGE or rc.before is None or rc.after is None:
+        self.add_batch([rc])
+
+    def add_batch(self, batch: list[RowChange]) -> None:
+        """Count a batch of row changes column by column: a pass in C per column, and
+        Python code per distinct transition, not per row."""
+        ops = list(map(_OP, batch))
+        for op, sampler in self.samplers.items():
+            sampler.add(compress(batch, map(operator.eq, ops, repeat(op))))
+        if CHANGE not in ops:
             return
-        before, after = rc.before, rc.after
+        changes = list(compress(batch, map(operator.eq, ops, repeat(CHANGE))))
+        self._count_cells(list(map(_BEFORE, changes)), list(map(_AFTER, changes)))
+
+    def add_columns(self, changes: ChangeColumns) -> None:
+        """Count changes held by column (in key order): only the changed rows' lines are
+        split, and only the samples become RowChanges."""
+        for op, sampler in self.samplers.items():
+            sampler.add(changes.rows(list(islice(_where(changes.ops, op), sampler.n))))
+        changed = list(_where(changes.ops, CHANGE))
+        for i in range(0, len(changed), _BATCH):
+            at = changed[i : i + _BATCH]
+            self._count_cells(
+                changes.cells(list(map(changes.before.__getitem__, at))),
+                changes.cells(list(map(changes.after.__getitem__, at))),
+            )
+
+    def _count_cells(self, befores: list[Cells | None], afters: list[Cells | None]) -> None:
+        """Count the columns changed rows alter, one pass in C per column."""
+        if None in befores or None in afters:  # not a change of cells: nothing to count
+            whole = [b is not None and a is not None for b, a in zip(befores, afters, strict=True)]
+            befores, afters = list(compress(befores, whole)), list(compress(afters, whole))
+        old_cells, new_cells = cast(list[Cells], befores), cast(list[Cells], afters)
+        nones = [None] * len(old_cells)
         for i, (_, o, n) in enumerate(self.slots):
-            a = None if o is None else before[o]
-            b = None if n is None else after[n]
-            if a != b:
-                self.rows[i] += 1
-                pair = (_clip(a), _clip(b))
-                self.tops[i].add(pair)
-                if self.examples[i] is None:
-                    self.examples[i] = pair
+            olds = nones if o is None else list(map(operator.itemgetter(o), old_cells))
+            news = nones if n is None else list(map(operator.itemgetter(n), new_cells))
+            differ = list(map(operator.ne, olds, news))
+            rows = differ.count(True)
+            if not rows:
+                continue
+            self.rows[i] += rows
+            olds_, news_ = (_clipped(compress(xs, differ), at is not None)
+                            for xs, at in ((olds, o), (news, n)))  # fmt: skip
+            pairs = list(zip(olds_, news_, strict=True))
+            if self.examples[i] is None:
+                self.examples[i] = pairs[0]
+            self.tops[i].add_counts(Counter(pairs))
 
     def feed(self, changes: Iterable[RowChange]) -> Digest:
-        for rc in changes:
-            self.add(rc)
+        it = iter(changes)
+        while batch := list(islice(it, _BATCH)):
+            self.add_batch(batch)
         return self.result()
 
     def result(self) -> Digest:
@@ -212,6 +270,9 @@ def digest(t: TablePlan, sample: int = 0) -> Digest:
     """The digest of one table, reading its row changes once (not at all if nothing to learn)."""
     builder = DigestBuilder(t, sample)
     if sample <= 0 and not builder.need_cells:
+        return builder.result()
+    if t.row_changes.columns is not None:
+        builder.add_columns(t.row_changes.columns)
         return builder.result()
     if t.row_changes.ordered and not builder.need_cells and not t.rows_removed:
         # Only adds, in key order: the samples are the first rows; no need to read on.

@@ -37,7 +37,7 @@ import json
 import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import repeat
+from itertools import islice, repeat
 from json.encoder import encode_basestring
 from operator import itemgetter
 from typing import Any, TextIO
@@ -143,6 +143,9 @@ def _write_table(t: TablePlan, out: TextIO, exact: bool) -> None:
     if not exact and t.action != NO_OP and blocks is not None and t.row_changes.ordered:
         # Every row an `add`, in key order (a new table): nothing for the digest to count.
         wrote = _write_add_blocks(t, out, blocks())
+    elif builder is not None and t.row_changes.columns is not None:
+        builder.add_columns(t.row_changes.columns)  # by column: cheaper than row by row
+        wrote = _write_rows(t, out, _changes(t, exact), None)
     else:
         wrote = _write_rows(t, out, _changes(t, exact), builder)
     out.write("\n    ]" if wrote else "]")
@@ -162,15 +165,10 @@ def _write_rows(
     """Write `changes` one per line; whether there was any."""
     encoder = RowEncoder(t)
     wrote = False
-    batch: list[RowChange] = []
-    for rc in changes:
+    it = iter(changes)
+    while batch := list(islice(it, _BATCH)):
         if builder is not None:
-            builder.add(rc)
-        batch.append(rc)
-        if len(batch) == _BATCH:
-            out.write(("\n" if not wrote else ",\n") + ",\n".join(encoder.encode_batch(batch)))
-            wrote, batch = True, []
-    if batch:
+            builder.add_batch(batch)
         out.write(("\n" if not wrote else ",\n") + ",\n".join(encoder.encode_batch(batch)))
         wrote = True
     return wrote
