@@ -33,7 +33,7 @@ from bpsync import planner, rowdiff, table
 from bpsync.config import load_config
 from bpsync.emulator import Emulator
 from bpsync.manifest import load_manifests
-from bpsync.plan import ADD, CHANGE, REMOVE, RowChange
+from bpsync.plan import ADD, CHANGE, REMOVE, ChangeColumns, RowChange
 from bpsync.render.json import RowEncoder, dump, row_object
 from bpsync.state import TableState
 from bpsync.table import ProblemSink, TableLayout, TableScan, format_row
@@ -99,6 +99,53 @@ def test_a_batch_of_row_changes_is_written_as_each_one_alone(
     t = pc.table(columns=("a%s", 'b"\\', "c"), old_columns=("a%s", "c", "d"), key_columns=("a%s",))
     enc = RowEncoder(t)
     assert enc.encode_batch(batch) == ["      " + dump(row_object(t, rc)) for rc in batch]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([ADD, CHANGE, REMOVE]),
+            st.lists(st.one_of(SIMPLE, SIMPLE, SIMPLE, HOSTILE), min_size=3, max_size=3),
+            st.lists(st.one_of(SIMPLE, SIMPLE, SIMPLE, HOSTILE), min_size=3, max_size=3),
+            st.integers(1, 10**7),
+            st.integers(1, 10**7),
+        ),
+        max_size=40,
+    ),
+    st.integers(1, 16),
+)
+def test_changes_held_by_column_are_written_as_row_by_row(
+    rows: list[tuple[str, list[str], list[str], int, int]], batch: int
+) -> None:
+    """The column-wise writer (a diff's `ChangeColumns`, written from their lines) writes
+    what the row encoder writes for the same changes, ops mixed in key order, in batches of
+    any size; lines holding quotes, escapes or line breaks leave a batch to the encoder."""
+    t = pc.table(columns=("a%s", 'b"\\', "c"), old_columns=("a%s", "c", "d"), key_columns=("a%s",))
+    rows.sort(key=lambda r: r[1][0] if r[0] != REMOVE else r[2][0])
+    changes = ChangeColumns(
+        [op for op, *_ in rows],
+        [((new if op != REMOVE else old)[0],) for op, new, old, *_ in rows],
+        [None if op == ADD else format_row(old) for op, _, old, *_ in rows],
+        [None if op == REMOVE else format_row(new) for op, new, *_ in rows],
+        [n for *_, n, _ in rows],
+        [None if op == ADD else o for op, *_, o in rows],
+        rowdiff._cells_of,
+    )
+    enc = RowEncoder(t)
+    for start in range(0, len(rows), batch):
+        at = range(start, min(start + batch, len(rows)))
+        by_rows = enc.encode_batch(changes.rows(at))
+        assert by_rows == ["      " + dump(row_object(t, rc)) for rc in changes.rows(at)]
+        by_columns = enc.encode_columns(changes, at)
+        lines = [
+            x
+            for side in (changes.before, changes.after)
+            for x in side[at.start : at.stop]
+            if x is not None
+        ]
+        plain = all('"' not in x and "\\" not in x and min(x) >= " " for x in lines)
+        assert by_columns == (by_rows if plain else None)
 
 
 def test_row_encoder_falls_back_where_a_dict_would_differ() -> None:

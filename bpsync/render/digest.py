@@ -255,7 +255,11 @@ class DigestBuilder:
             for k, c in counter.top(TOP_SHOWN)
         ]
         # An estimate says little unless it is sure to repeat: at least 2 beyond its error.
-        top = tuple(tr for tr in ranked if tr.exact or tr.rows - tr.error >= 2)
+        # Once the counter has evicted, a transition seen once says nothing either (exact
+        # or not: which single ones a batch kept is chance), so only repeats are shown.
+        top = tuple(
+            tr for tr in ranked if (tr.exact and not counter.evicted) or tr.rows - tr.error >= 2
+        )
         example = self.examples[i] or (None, None)
         return ColumnChange(
             column=self.slots[i][0],

@@ -37,12 +37,22 @@ import json
 import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import islice, repeat
+from itertools import compress, islice, repeat
 from json.encoder import encode_basestring
 from operator import itemgetter
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
-from bpsync.plan import ADD, CHANGE, FORMAT_VERSION, NO_OP, REMOVE, Plan, RowChange, TablePlan
+from bpsync.plan import (
+    ADD,
+    CHANGE,
+    FORMAT_VERSION,
+    NO_OP,
+    REMOVE,
+    ChangeColumns,
+    Plan,
+    RowChange,
+    TablePlan,
+)
 from bpsync.render import after_cells, before_cells, key_cells, risks, sorted_changes
 from bpsync.render.digest import Digest, DigestBuilder
 from bpsync.table import RowBlock, parse_line
@@ -143,9 +153,11 @@ def _write_table(t: TablePlan, out: TextIO, exact: bool) -> None:
     if not exact and t.action != NO_OP and blocks is not None and t.row_changes.ordered:
         # Every row an `add`, in key order (a new table): nothing for the digest to count.
         wrote = _write_add_blocks(t, out, blocks())
-    elif builder is not None and t.row_changes.columns is not None:
-        builder.add_columns(t.row_changes.columns)  # by column: cheaper than row by row
-        wrote = _write_rows(t, out, _changes(t, exact), None)
+    elif t.row_changes.columns is not None and (exact or t.action != NO_OP):
+        # Held by column (a diff's), in key order: counted and written column by column.
+        if builder is not None:
+            builder.add_columns(t.row_changes.columns)
+        wrote = _write_columns(t, out, t.row_changes.columns)
     else:
         wrote = _write_rows(t, out, _changes(t, exact), builder)
     out.write("\n    ]" if wrote else "]")
@@ -170,6 +182,21 @@ def _write_rows(
         if builder is not None:
             builder.add_batch(batch)
         out.write(("\n" if not wrote else ",\n") + ",\n".join(encoder.encode_batch(batch)))
+        wrote = True
+    return wrote
+
+
+def _write_columns(t: TablePlan, out: TextIO, changes: ChangeColumns) -> bool:
+    """Write changes held by column (`ChangeColumns`, in key order), a batch at a time; a
+    batch `RowEncoder.encode_columns` cannot take as lines is written row by row."""
+    encoder = RowEncoder(t)
+    wrote = False
+    for start in range(0, len(changes), _BATCH):
+        at = range(start, min(start + _BATCH, len(changes)))
+        rows = encoder.encode_columns(changes, at)
+        if rows is None:
+            rows = encoder.encode_batch(changes.rows(at))
+        out.write(("\n" if not wrote else ",\n") + ",\n".join(rows))
         wrote = True
     return wrote
 
@@ -290,6 +317,59 @@ class RowEncoder:
                     for rc in batch
                 ]
         return [ROW_INDENT + self.encode(rc) for rc in batch]
+
+    def encode_columns(self, changes: ChangeColumns, at: range) -> list[str] | None:
+        """`encode_batch` of the changes at `at`, straight from their lines: each op's rows
+        by `%` formatting its template over the cells' columns (`zip`, in C: no Python
+        frame per row), then the ops merged back in key order. None when a line is not
+        plain (json would escape something, or a quote makes it CSV-quoted) or has not the
+        columns' number of cells: then `encode_batch` does it."""
+        if not self.safe:
+            return None
+        ops = changes.ops[at.start : at.stop]
+        groups: list[Iterator[str]] = []
+        for op in (ADD, CHANGE, REMOVE):
+            pos = list(compress(range(len(ops)), map(operator.eq, ops, repeat(op))))
+            fields = self._op_fields(changes, op, [at.start + p for p in pos])
+            if fields is None:
+                return None
+            groups.append(map(self.templates[op][0].__mod__, zip(*fields, strict=True)))
+        rank = {ADD: 0, CHANGE: 1, REMOVE: 2}
+        return list(map(next, map(groups.__getitem__, map(rank.__getitem__, ops))))
+
+    def _op_fields(self, changes: ChangeColumns, op: str, at: list[int]) -> list[list[Any]] | None:
+        """The fields of one op's template, column by column, for the changes at `at`."""
+        if not at:
+            return [[]]
+        keys = list(map(changes.keys.__getitem__, at))
+        if set(map(len, keys)) != {len(self.keys)}:
+            return None
+        fields: list[list[Any]] = [list(map(itemgetter(i), keys)) for i in range(len(self.keys))]
+        for side, width, present in (
+            (changes.before, len(self.old), op != ADD),
+            (changes.after, len(self.new), op != REMOVE),
+        ):
+            if not present:
+                continue
+            lines = list(map(side.__getitem__, at))
+            if None in lines or not width:
+                return None
+            text = ",".join(cast(list[str], lines))
+            if not _plain_json(text) or "\n" in text:
+                return None
+            if set(map(str.count, cast(list[str], lines), repeat(","))) != {width - 1}:
+                return None
+            cells = text.split(",")
+            fields += [cells[c::width] for c in range(width)]
+        if not _plain_json("".join(fields[0] if len(self.keys) == 1 else map("".join, keys))):
+            return None
+        numbers = list(map(changes.lines.__getitem__, at))
+        old = list(map(changes.old_lines.__getitem__, at))
+        if set(map(type, numbers)) != {int} or (
+            set(map(type, old)) != ({type(None)} if op == ADD else {int})
+        ):
+            return None  # as `_fits`: the template's lines are ints, an add's old line null
+        return [*fields, numbers, *([old] if op != ADD else [])]
 
     def _fits(self, batch: list[RowChange]) -> bool:
         """Whether every change has the cells, and the lines, its op's template holds."""
