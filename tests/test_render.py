@@ -12,9 +12,9 @@ import plan_cases as pc
 import pytest
 from golden_util import assert_golden
 
-from bpsync import render
+from bpsync import render, rowdiff
 from bpsync.console import Console
-from bpsync.plan import ADD, CHANGE, NO_OP, REMOVE, Plan, RowChange, RowChanges
+from bpsync.plan import ADD, CHANGE, NO_OP, REMOVE, ChangeColumns, Plan, RowChange, RowChanges
 from bpsync.render import digest
 from bpsync.render.json import render_json, write_json
 from bpsync.render.markdown import (
@@ -474,3 +474,43 @@ def test_closing_line_agrees_with_its_numbers(n: int, words: str) -> None:
         )
     )
     assert "(1 unchanged cell)" in one and "1 row changed" in one
+
+
+def _owner_changes(owners: list[tuple[str, str]]) -> list[RowChange]:
+    return [
+        RowChange(
+            CHANGE, (f"app{i:05d}",), (f"app{i:05d}", a, "u"), (f"app{i:05d}", b, "u"), i + 2, i + 2
+        )
+        for i, (a, b) in enumerate(owners)
+    ]
+
+
+@pytest.mark.parametrize("by_column", [False, True])
+def test_after_an_eviction_only_repeated_transitions_are_shown(by_column: bool) -> None:
+    """A counter that had to evict keeps some transitions seen once by chance: they are not
+    shown as the column's most frequent ones (a repeated one is); with nothing evicted,
+    every transition is exact and shown."""
+    singles = [(f"old{i}", f"new{i}") for i in range(300)]
+    for owners, shown in (
+        (singles + [("ana", "bob")] * 5, [("ana", "bob", 5)]),
+        (singles[:3], [("old0", "new0", 1), ("old1", "new1", 1), ("old2", "new2", 1)]),
+        (singles, []),
+    ):
+        rows = _owner_changes(owners)
+        changes = RowChanges(rows)
+        if by_column:  # as a diff holds them: lines, in key order
+            changes = RowChanges(
+                ChangeColumns(
+                    [c.op for c in rows],
+                    [c.key for c in rows],
+                    [",".join(c.before or ()) for c in rows],
+                    [",".join(c.after or ()) for c in rows],
+                    [c.line for c in rows],
+                    [c.old_line for c in rows],
+                    rowdiff._cells_of,
+                )
+            )
+        t = pc.table(rows_changed=len(rows), row_changes=changes, old_rows=len(rows))
+        (owner,) = digest.digest(t).columns
+        assert [(tr.old, tr.new, tr.rows) for tr in owner.top] == shown
+        assert owner.rows == len(owners) and owner.example.old == owners[0][0]
