@@ -10,8 +10,8 @@ up and every line is hashed instead:
    and in a set, or for a large snapshot sorted (numpy: a set of millions is probed at
    random, a cache miss or two per line).
 2. The new table is scanned (and validated) block by block; each of its lines found among
-   them is taken: unchanged. Lines not found are added or changed (usually ~1%); with sorted
-   arrays they are matched after the scan, then read again.
+   them is taken: unchanged. Lines not found are added or changed (usually ~1%) and kept;
+   with sorted arrays each block's hashes are sorted, then looked up all at once.
 3. The snapshot is read once more for the lines no new line took: removed or changed.
 Either way the leftovers of both sides are paired by key: change, add or remove.
 Re-ordering or re-quoting never shows as a change, and memory holds hashes, not rows.
@@ -30,10 +30,9 @@ from dataclasses import dataclass, replace
 from itertools import compress, count, repeat
 from operator import eq, is_, itemgetter, ne, not_, sub
 from pathlib import Path
-from typing import BinaryIO, TypeVar, cast
+from typing import BinaryIO, NamedTuple, TypeVar, cast
 
 from bpsync.bytealign import ByteAligner, NotAligned, nearest_common
-from bpsync.errors import PlanError
 from bpsync.gcpause import cycle_collector_paused
 from bpsync.keycount import KeyCounter
 from bpsync.plan import ADD, CHANGE, REMOVE, ChangeColumns
@@ -42,8 +41,6 @@ from bpsync.table import (
     TableInfo,
     TableLayout,
     TableScan,
-    file_stamp,
-    is_gzip_path,
     key_hash,
     parse_line,
     prefetched,
@@ -438,9 +435,10 @@ def _resolve(
     moved = {line: lineno for lineno, line in old_un}
     fresh = [(lineno, line) for lineno, line in new_un if moved.pop(line, None) is None]
     gone = sorted((lineno, line) for line, lineno in moved.items())
+    old, new = (Lines([n for n, _ in x], [t for _, t in x]) for x in (gone, fresh))
     key_titles = [layout.titles[k] for k in layout.key_indexes]
     new_key_idx = tuple(info.columns.index(t) for t in key_titles)
-    return _classify(info, new_key_idx, old_columns, old_rows, gone, fresh, key_titles)
+    return _classify(info, new_key_idx, old_columns, old_rows, old, new, key_titles)
 
 
 def _keys_repeat(d: RowDiff, counter: KeyCounter) -> bool:
@@ -502,7 +500,6 @@ def _hashed_diff(
 
     # Phase 2: validate the new table; a line found in the snapshot is unchanged (taken).
     # Duplicate keys are found below, without a dict of all keys.
-    stamp = file_stamp(path)  # the sorted matcher reads some lines again after the scan
     scan = TableScan(path, layout, sink, keys="off", file_digest=file_digest)
     key_titles = [layout.titles[k] for k in layout.key_indexes]
     counter: KeyCounter | None = None
@@ -514,14 +511,14 @@ def _hashed_diff(
         info = scan.result
         if not info.ok:
             return RowDiff(info, NO_CHANGES, 0, 0, 0, 0, old_rows, old_columns)
-        fresh = matcher.fresh(path, layout, sink, info, stamp)
+        fresh = matcher.fresh
         # Phase 3: the snapshot again, for the rows not found (removed or changed): where
         # they are is known from the hashes in order; only their lines are decoded.
         gone = _lines_at(open_snapshot, matcher.gone_lines())
         # A new row's key held by another row of the table (an unchanged one, or another
         # new one): the rows holding these keys are counted (on the second core).
         new_key_idx = tuple(info.columns.index(t) for t in key_titles)
-        fresh_keys = _line_keys(list(map(itemgetter(1), fresh)), new_key_idx)
+        fresh_keys = _line_keys(fresh.texts, new_key_idx)
         repeats = len(set(fresh_keys)) != len(fresh_keys) or bool(
             counter is not None and fresh_keys and not counter.held_once(fresh_keys)
         )
@@ -543,26 +540,13 @@ class _SetMatcher:
         self.order = order
         self.old = set(order)
         self.old_rows = len(self.old)
-        self._fresh: list[tuple[int, str]] = []
+        self.fresh = Lines([], [])  # the new lines not found (added or changed)
 
     def feed(self, first: int, lines: list[str]) -> None:
         flags = _not_found(self.old, list(map(hash, lines)))
         if flags is not None:
-            numbers = compress(range(first, first + len(lines)), flags)
-            self._fresh.extend(zip(numbers, compress(lines, flags), strict=True))
-
-    def fresh(
-        self,
-        path: Path,
-        layout: TableLayout,
-        sink: ProblemSink,
-        info: TableInfo,
-        stamp: tuple[int, int],
-    ) -> list[tuple[int, str]]:
-        """(line number, line) of the new lines not found (added or changed): kept while
-        the table was scanned, so the file is not read again."""
-        del path, layout, sink, info, stamp
-        return self._fresh
+            self.fresh.numbers.extend(compress(range(first, first + len(lines)), flags))
+            self.fresh.texts.extend(compress(lines, flags))
 
     def gone_lines(self) -> Iterator[int]:
         """Numbers of the snapshot's lines no new line took (removed or changed)."""
@@ -592,10 +576,10 @@ def _not_found(old: set[int], hashes: list[int]) -> list[bool] | None:
 
 
 class _SortedMatcher:
-    """The snapshot's distinct line hashes sorted; the new table's hashes logged in order,
-    then matched all at once: sorting keeps every look-up near the last one, where a set's
-    probes land anywhere in hundreds of megabytes. The new lines not found are read again
-    afterwards (only they are decoded)."""
+    """The snapshot's distinct line hashes sorted, each block of the new table matched
+    against them as it is scanned, its hashes sorted first: sorting keeps every look-up
+    near the last one, where a set's probes land anywhere in hundreds of megabytes. The
+    lines not found are kept as they pass (the file is not read again)."""
 
     def __init__(self, order: array[int]) -> None:
         import numpy as np  # ~80 ms to import: only for a table this large
@@ -603,110 +587,66 @@ class _SortedMatcher:
         self.np = np
         self.uniq, self.inv = np.unique(np.frombuffer(order, dtype=np.int64), return_inverse=True)
         self.old_rows = len(self.uniq)
-        self.new = array("q")
+        self.taken = np.zeros(len(self.uniq), dtype=bool)
+        self.fresh = Lines([], [])
 
     def feed(self, first: int, lines: list[str]) -> None:
-        self.new.extend(map(hash, lines))
+        """Take the block's lines found among the snapshot's, keep the others.
 
-    def fresh(
-        self,
-        path: Path,
-        layout: TableLayout,
-        sink: ProblemSink,
-        info: TableInfo,
-        stamp: tuple[int, int],
-    ) -> list[tuple[int, str]]:
-        """Match, then (line number, line) of the new lines not found (added or changed).
-
-        A line is taken by its first occurrence only: the same line again is not found, so a
-        repeated row is new and its duplicate key is reported (as `_not_found` does)."""
+        A line is taken by its first occurrence only: the same line again (in this block or
+        a later one) is not found, so a repeated row is new and its duplicate key is reported
+        (as `_not_found` does)."""
         np = self.np
-        new = np.frombuffer(self.new, dtype=np.int64)
+        new = np.fromiter(map(hash, lines), dtype=np.int64, count=len(lines))
         by_hash = np.argsort(new, kind="stable")  # equal lines stay in file order
         ordered = new[by_hash]
         at = np.searchsorted(self.uniq, ordered)
         at[at == len(self.uniq)] = 0
-        first = np.ones(len(ordered), dtype=bool)
-        first[1:] = ordered[1:] != ordered[:-1]
-        taken = first & (self.uniq[at] == ordered) if len(self.uniq) else first & False
-        self.taken = np.zeros(len(self.uniq), dtype=bool)
-        self.taken[at[taken]] = True
+        take = np.ones(len(ordered), dtype=bool)
+        take[1:] = ordered[1:] != ordered[:-1]  # the first of equal lines in the block
+        if len(self.uniq):
+            take &= self.uniq[at] == ordered
+            take[take] = ~self.taken[at[take]]  # not taken by an earlier block's line
+        else:
+            take[:] = False
+        self.taken[at[take]] = True
         found = np.zeros(len(new), dtype=bool)
-        found[by_hash[taken]] = True
-        rows = np.flatnonzero(~found).tolist()  # indexes of rows, in file order
-        del self.new
-        return _rows_at(path, layout, sink, info, rows, stamp)
+        found[by_hash[take]] = True
+        if not found.all():
+            keep = (~found).tolist()
+            self.fresh.numbers.extend(compress(range(first, first + len(lines)), keep))
+            self.fresh.texts.extend(compress(lines, keep))
 
     def gone_lines(self) -> Iterator[int]:
         return iter((self.np.flatnonzero(~self.taken[self.inv]) + 2).tolist())
 
 
-def _unchanged_since(path: Path, stamp: tuple[int, int]) -> None:
-    if file_stamp(path) != stamp:
-        raise PlanError(
-            f"{path}: the table changed while bpsync read it",
-            hint="run the command again once nothing is writing the file",
-        )
+class Lines(NamedTuple):
+    """Some lines of a file, by column: their numbers, ascending, and their texts."""
+
+    numbers: list[int]
+    texts: list[str]
 
 
-def _rows_at(
-    path: Path,
-    layout: TableLayout,
-    sink: ProblemSink,
-    info: TableInfo,
-    rows: list[int],
-    stamp: tuple[int, int],
-) -> list[tuple[int, str]]:
-    """(line number, canonical line) of the table's rows at these ascending indexes (0: the
-    first row), read again after the scan. A canonical plain file is its canonical lines, one
-    a row: only the lines asked for are decoded. Any other is scanned again (its problems
-    were reported). A file that changed since the scan (`stamp`) is refused: its lines are
-    not the ones matched and checked."""
-    if not rows:
-        return []
-    _unchanged_since(path, stamp)
-    if info.is_canonical and not is_gzip_path(path):
-        lines_read = _lines_at(lambda: path.open("rb"), (r + 2 for r in rows))
-        _unchanged_since(path, stamp)
-        return lines_read
-    out: list[tuple[int, str]] = []
-    at = index = 0
-    rescan = TableScan(path, layout, ProblemSink(sink.path, sink.cap), keys="off")
-    for first, lines in rescan.row_blocks():  # left early: freed (and closed) on return
-        end = index + len(lines)
-        while at < len(rows) and rows[at] < end:
-            out.append((first + rows[at] - index, lines[rows[at] - index]))
-            at += 1
-        if at == len(rows):
-            break
-        index = end
-    _unchanged_since(path, stamp)
-    return out
-
-
-def _lines_at(opener: SnapshotOpener, numbers: Iterator[int]) -> list[tuple[int, str]]:
-    """(number, text) of a file's lines at these ascending line numbers (the snapshot's, or
-    a canonical table's)."""
+def _lines_at(opener: SnapshotOpener, numbers: Iterator[int]) -> Lines:
+    """A file's lines at these ascending line numbers (the snapshot's)."""
     wanted = list(numbers)
+    texts: list[str] = []
     if not wanted:
-        return []
-    out: list[tuple[int, str]] = []
+        return Lines(wanted, texts)
     at = 0  # index in `wanted` of the next line to take
     first = 1  # number of the first line of the block
     for _offset, raw, last in split_blocks(prefetched(opener)):
         end = first + raw.count(b"\n") + (1 if last and not raw.endswith(b"\n") else 0)
         start = at
         at = bisect_left(wanted, end, at)
-        if at == start:
-            first = end
-            continue
-        lines = raw.decode("utf-8").split("\n")  # a whole block decodes faster than its lines
-        taken = wanted[start:at]
-        out.extend(zip(taken, map(lines.__getitem__, map(sub, taken, repeat(first))), strict=True))
+        if at > start:
+            lines = raw.decode("utf-8").split("\n")  # a whole block: faster than its lines
+            texts.extend(map(lines.__getitem__, map(sub, wanted[start:at], repeat(first))))
         if at == len(wanted):
             break
         first = end
-    return out
+    return Lines(wanted, texts)
 
 
 def _classify(
@@ -714,8 +654,8 @@ def _classify(
     new_key_idx: tuple[int, ...],
     old_columns: tuple[str, ...],
     old_rows: int,
-    gone: list[tuple[int, str]],
-    fresh: list[tuple[int, str]],
+    gone: Lines,
+    fresh: Lines,
     key_titles: list[str],
     fresh_keys: list[tuple[str, ...]] | None = None,
 ) -> RowDiff:
@@ -729,17 +669,15 @@ def _classify(
     dict by `map`, and the changes kept as `ChangeColumns` (lines, not cells).
     `fresh_keys`: the keys of `fresh`, when the caller has them.
     """
-    old_text = list(map(itemgetter(1), gone))
+    old_lines, old_text = gone
     old_keys = _line_keys(old_text, _key_indexes(old_columns, key_titles))
-    old_lines = list(map(itemgetter(0), gone))
     # Key to index in `gone`; a repeated key (rows read back from BigPanda): the last row.
-    leftover = dict(zip(old_keys, range(len(gone)), strict=True))
-    new_text = list(map(itemgetter(1), fresh))
+    leftover = dict(zip(old_keys, range(len(old_text)), strict=True))
+    new_lines, new_text = fresh
     new_keys = _line_keys(new_text, new_key_idx) if fresh_keys is None else fresh_keys
-    new_lines = list(map(itemgetter(0), fresh))
     partner = list(map(leftover.pop, new_keys, repeat(None)))  # index in `gone`, or None
     is_add = list(map(is_, partner, repeat(None)))
-    at_new = list(compress(range(len(fresh)), map(not_, is_add)))  # paired fresh rows
+    at_new = list(compress(range(len(new_text)), map(not_, is_add)))  # paired fresh rows
     at_old = cast(list[int], _at(partner, at_new))
     same_cells = _cell_comparer(old_columns, info.columns)
     if same_cells is not _never_same:  # columns re-ordered: equal by title is unchanged

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from bpsync import bytealign, keycount, rowdiff, table
 from bpsync.emulator import Emulator
-from bpsync.errors import PlanError
+from bpsync.plan import ADD
 from bpsync.table import ProblemSink, TableLayout, TableScan, format_row
 
 LAYOUT = TableLayout(("host", "env", "owner"), (0,))
@@ -338,7 +338,7 @@ def test_lines_at_takes_the_lines_asked_for_across_blocks(
     snap.write_text("\n".join(lines) + ("\n" if final_newline else ""), "utf-8")
     wanted = [1, 2, 17, 50, 99, 100]
     got = rowdiff._lines_at(lambda: snap.open("rb"), iter(wanted))
-    assert got == [(n, lines[n - 1]) for n in wanted]
+    assert got == rowdiff.Lines(wanted, [lines[n - 1] for n in wanted])
 
 
 @pytest.mark.parametrize("block", [32, 1 << 20])
@@ -404,26 +404,31 @@ def test_a_key_change_check_reports_each_warning_once(tmp_path: Path) -> None:
     assert [p.line for p in sink.finish() if "'|'" in p.message] == [7]
 
 
-@pytest.mark.parametrize("crlf", [False, True])  # re-read by line number / by a second scan
-def test_a_table_rewritten_during_a_sorted_matching_plan_is_refused(
+@pytest.mark.parametrize("crlf", [False, True])
+def test_a_sorted_matching_plan_keeps_the_rows_it_scanned(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, crlf: bool
 ) -> None:
-    """The rows not found are read again after the scan: if the file changed in between, its
-    lines are not the ones matched and validated, so the plan stops instead of showing them."""
+    """The rows not found are kept as the scan passes them, not read again afterwards: a
+    table rewritten after its scan cannot put other lines than the ones matched and
+    validated into the plan."""
     old = [f"h{i:03d},e,o" for i in range(50)]
     new = [*old[1:], "h999,e,o"]
     end = "\r\n" if crlf else "\n"
     snap, path = tmp_path / "snap.csv", tmp_path / "t.csv"
     snap.write_text(HEADER + "".join(r + "\n" for r in old))
     path.write_bytes((HEADER + "".join(r + "\n" for r in new)).replace("\n", end).encode())
-    real = rowdiff._SortedMatcher.fresh
+    real = rowdiff._lines_at
 
-    def rewritten(self: Any, *args: Any) -> Any:
-        path.write_text(HEADER + "h999,only-two-cells\n")  # another size: another stamp
-        return real(self, *args)
+    def rewritten(*args: Any) -> Any:  # the snapshot read again, after the scan
+        path.write_text(HEADER + "h999,only-two-cells\n")
+        return real(*args)
 
-    monkeypatch.setattr(rowdiff._SortedMatcher, "fresh", rewritten)
-    with sorted_matching(), pytest.raises(PlanError, match="changed while bpsync read it"):
-        rowdiff.diff_table(
+    monkeypatch.setattr(rowdiff, "_lines_at", rewritten)
+    with sorted_matching():
+        d = rowdiff.diff_table(
             path, LAYOUT, ProblemSink("t.csv"), lambda: snap.open("rb"), align_limit=0
         )
+    assert d.info.ok and (d.added, d.removed, d.unchanged) == (1, 1, 49)
+    assert [(c.op, c.key, c.after) for c in d.changes if c.op == ADD] == [
+        (ADD, ("h999",), ("h999", "e", "o"))
+    ]

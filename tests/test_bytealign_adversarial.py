@@ -378,7 +378,7 @@ def test_lines_at_without_a_final_newline(
     snap.write_text("\n".join(lines), "utf-8")
     for wanted in ([40], [1, 40], [2, 3, 39, 40], list(range(1, 41)), [20]):
         got = rowdiff._lines_at(lambda: snap.open("rb"), iter(wanted))
-        assert got == [(n, lines[n - 1]) for n in wanted]
+        assert got == rowdiff.Lines(wanted, [lines[n - 1] for n in wanted])
 
 
 def test_digest_of_the_byte_path_is_the_canonical_digest(tmp_path: Path) -> None:
