@@ -26,6 +26,7 @@ from bpsync.render.markdown import (
     render_markdown,
 )
 from bpsync.render.text import render_text
+from bpsync.table import format_row
 
 LINK_BASE = "https://github.com/acme/tables/blob/0123abc/"
 LINKED = {"update", "hostile"}  # golden cases whose Markdown is rendered with row links
@@ -493,6 +494,7 @@ def test_after_an_eviction_only_repeated_transitions_are_shown(by_column: bool) 
     singles = [(f"old{i}", f"new{i}") for i in range(300)]
     for owners, shown in (
         (singles + [("ana", "bob")] * 5, [("ana", "bob", 5)]),
+        (singles + [('ana, "jr"', "bob")] * 5, [('ana, "jr"', "bob", 5)]),  # quoted lines
         (singles[:3], [("old0", "new0", 1), ("old1", "new1", 1), ("old2", "new2", 1)]),
         (singles, []),
     ):
@@ -503,8 +505,8 @@ def test_after_an_eviction_only_repeated_transitions_are_shown(by_column: bool) 
                 ChangeColumns(
                     [c.op for c in rows],
                     [c.key for c in rows],
-                    [",".join(c.before or ()) for c in rows],
-                    [",".join(c.after or ()) for c in rows],
+                    [format_row(list(c.before or ())) for c in rows],
+                    [format_row(list(c.after or ())) for c in rows],
                     [c.line for c in rows],
                     [c.old_line for c in rows],
                     rowdiff._cells_of,

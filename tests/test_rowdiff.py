@@ -12,6 +12,7 @@ from helpers import sorted_matching
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bpsync import rowdiff
 from bpsync.plan import ADD, CHANGE, REMOVE
 from bpsync.rowdiff import RowDiff, diff_table
 from bpsync.table import ProblemSink, TableLayout, format_row
@@ -220,3 +221,15 @@ def test_new_column_order_compares_cells_by_title(tmp_path: Path) -> None:
     same = ["env,owner,host", "prod,ana,web1", "prod,bob,web2", "prod,eve,db1"]
     d = _diff(tmp_path, a, "\n".join(same) + "\n")
     assert (d.added, d.changed, d.removed, d.unchanged, d.changes) == (0, 0, 0, 3, ())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(0, 5), max_size=60))
+def test_unique_of_the_sorted_matcher_is_numpys(values: list[int]) -> None:
+    import numpy as np
+
+    a = np.array(values, dtype=np.int64)
+    uniq, inverse = rowdiff._unique(np, a)
+    want, want_inverse = np.unique(a, return_inverse=True)
+    assert uniq.tolist() == want.tolist()
+    assert inverse.tolist() == want_inverse.reshape(-1).tolist()

@@ -16,7 +16,7 @@ import heapq
 import operator
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain, compress, count, filterfalse, islice, repeat
 from typing import cast
@@ -142,6 +142,24 @@ _OP, _BEFORE, _AFTER = (operator.attrgetter(f) for f in ("op", "before", "after"
 _BATCH = 8192
 
 
+Column = Callable[[int], list[str | None]]
+
+
+def _cell_column(cells: list[Cells | None]) -> Column:
+    """The cells at an index of each row's cells."""
+    return lambda at: list(map(operator.itemgetter(at), cast(list[Cells], cells)))
+
+
+def _line_column(changes: ChangeColumns, lines: list[str], width: int) -> Column:
+    """The cells at an index of each line: split all at once when no line is quoted and each
+    has `width` cells (one `split` for the batch, each column a slice), else line by line."""
+    text = ",".join(lines)
+    if '"' not in text and set(map(str.count, lines, repeat(","))) == {width - 1}:
+        flat: list[str | None] = list(text.split(","))
+        return lambda at: flat[at::width]
+    return _cell_column(changes.cells(list(lines)))
+
+
 def _where(ops: list[str], op: str) -> Iterator[int]:
     """Positions of the changes of one op."""
     return compress(count(), map(operator.eq, ops, repeat(op)))
@@ -199,36 +217,39 @@ class DigestBuilder:
         if CHANGE not in ops:
             return
         changes = list(compress(batch, map(operator.eq, ops, repeat(CHANGE))))
-        self._count_cells(list(map(_BEFORE, changes)), list(map(_AFTER, changes)))
-
-    def add_columns(self, changes: ChangeColumns) -> None:
-        """Count changes held by column (in key order): only the changed rows' lines are
-        split, and only the samples become RowChanges."""
-        for op, sampler in self.samplers.items():
-            sampler.add(changes.rows(list(islice(_where(changes.ops, op), sampler.n))))
-        changed = list(_where(changes.ops, CHANGE))
-        for i in range(0, len(changed), _BATCH):
-            at = changed[i : i + _BATCH]
-            self._count_cells(
-                changes.cells(list(map(changes.before.__getitem__, at))),
-                changes.cells(list(map(changes.after.__getitem__, at))),
-            )
-
-    def _count_cells(self, befores: list[Cells | None], afters: list[Cells | None]) -> None:
-        """Count the columns changed rows alter, one pass in C per column."""
+        befores, afters = list(map(_BEFORE, changes)), list(map(_AFTER, changes))
         if None in befores or None in afters:  # not a change of cells: nothing to count
             whole = [b is not None and a is not None for b, a in zip(befores, afters, strict=True)]
             befores, afters = list(compress(befores, whole)), list(compress(afters, whole))
-        old_cells, new_cells = cast(list[Cells], befores), cast(list[Cells], afters)
-        nones = [None] * len(old_cells)
+        self._count_cells(len(befores), _cell_column(befores), _cell_column(afters))
+
+    def add_columns(self, changes: ChangeColumns) -> None:
+        """Count changes held by column (in key order): only the changed rows' lines are
+        split (a batch's lines at once, when plain), only the samples become RowChanges."""
+        for op, sampler in self.samplers.items():
+            sampler.add(changes.rows(list(islice(_where(changes.ops, op), sampler.n))))
+        changed = list(_where(changes.ops, CHANGE))
+        widths = (len(self.t.old_columns), len(self.t.columns))
+        for i in range(0, len(changed), _BATCH):
+            at = changed[i : i + _BATCH]
+            sides = [
+                _line_column(changes, cast(list[str], list(map(side.__getitem__, at))), width)
+                for side, width in ((changes.before, widths[0]), (changes.after, widths[1]))
+            ]
+            self._count_cells(len(at), *sides)
+
+    def _count_cells(self, rows: int, old_column: Column, new_column: Column) -> None:
+        """Count the columns `rows` changed rows alter, one pass in C per column; a side's
+        column of cells by its index comes from `old_column` / `new_column`."""
+        nones: list[str | None] = [None] * rows
         for i, (_, o, n) in enumerate(self.slots):
-            olds = nones if o is None else list(map(operator.itemgetter(o), old_cells))
-            news = nones if n is None else list(map(operator.itemgetter(n), new_cells))
+            olds = nones if o is None else old_column(o)
+            news = nones if n is None else new_column(n)
             differ = list(map(operator.ne, olds, news))
-            rows = differ.count(True)
-            if not rows:
+            changed = differ.count(True)
+            if not changed:
                 continue
-            self.rows[i] += rows
+            self.rows[i] += changed
             olds_, news_ = (_clipped(compress(xs, differ), at is not None)
                             for xs, at in ((olds, o), (news, n)))  # fmt: skip
             pairs = list(zip(olds_, news_, strict=True))
