@@ -732,7 +732,7 @@ def _key_order(ops: list[str], keys: list[tuple[str, ...]], lines: list[int]) ->
     """Positions of the changes in `change_order`: by key (a single column's as strings,
     faster to compare than tuples); op and line only break ties, which a valid table's
     diff never has (each key is taken once)."""
-    if keys and all(len(k) == 1 for k in (keys[0], keys[-1])) and len(set(map(len, keys))) == 1:
+    if keys and len(keys[0]) == 1 and len(set(map(len, keys))) == 1:
         flat: list[str] | list[tuple[str, ...]] = list(map(itemgetter(0), keys))
     else:
         flat = keys
