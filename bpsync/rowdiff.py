@@ -683,9 +683,11 @@ def _classify(
     `fresh_keys`: the keys of `fresh`, when the caller has them.
     """
     old_lines, old_text = gone
-    old_keys = _line_keys(old_text, _key_indexes(old_columns, key_titles))
-    # Key to index in `gone`; a repeated key (rows read back from BigPanda): the last row.
+    old_keys = _old_keys(old_text, old_columns, key_titles)
+    # Key to index in `gone`. A key held by several old rows (rows read back from BigPanda,
+    # or a key changed since the snapshot): the last row may pair, the others are removed.
     leftover = dict(zip(old_keys, range(len(old_text)), strict=True))
+    doubled = _shadowed(leftover, len(old_text))
     new_lines, new_text = fresh
     new_keys = _line_keys(new_text, new_key_idx) if fresh_keys is None else fresh_keys
     partner = list(map(leftover.pop, new_keys, repeat(None)))  # index in `gone`, or None
@@ -697,7 +699,7 @@ def _classify(
         was, now = _cells_of(_at(old_text, at_old)), _cells_of(_at(new_text, at_new))
         differ = list(map(not_, map(same_cells, was, now)))
         at_new, at_old = list(compress(at_new, differ)), list(compress(at_old, differ))
-    removed = list(leftover.values())
+    removed = [*doubled, *leftover.values()]
     added = is_add.count(True)
     n_changed, n_removed = len(at_new), len(removed)
     ops = [ADD] * added + [CHANGE] * n_changed + [REMOVE] * n_removed
@@ -797,12 +799,24 @@ def _never_same(old: tuple[str, ...], new: tuple[str, ...]) -> bool:
     return False
 
 
-def _key_indexes(old_columns: tuple[str, ...], key_titles: list[str]) -> tuple[int, ...]:
-    """Where the key columns sit in the snapshot (its columns may differ after a replace)."""
+def _old_keys(
+    lines: list[str], old_columns: tuple[str, ...], key_titles: list[str]
+) -> list[tuple[str, ...]]:
+    """The snapshot lines' keys under the new key columns (its columns may differ after a
+    replace). A key column the snapshot lacks is empty in every old row's key."""
     if all(t in old_columns for t in key_titles):
-        return tuple(old_columns.index(t) for t in key_titles)
-    # The key itself changed: no old row can match a new key; use the old first columns.
-    return tuple(range(min(len(key_titles), len(old_columns))))
+        return _line_keys(lines, tuple(old_columns.index(t) for t in key_titles))
+    cells = _cells_of(lines)
+    return [tuple(row[old_columns.index(t)] if t in old_columns else "" for t in key_titles)
+            for row in cells]  # fmt: skip
+
+
+def _shadowed(leftover: dict[tuple[str, ...], int], rows: int) -> list[int]:
+    """The rows whose key a later row of the same key took in `leftover` (none, usually)."""
+    if len(leftover) == rows:
+        return []
+    last = set(leftover.values())
+    return [i for i in range(rows) if i not in last]
 
 
 # The changes of a diff that found none, or stopped at the table's problems.

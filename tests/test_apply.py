@@ -379,3 +379,43 @@ def test_force_unlock_clears_a_lock_left_by_a_killed_apply(repo: Path, emu: Emul
     assert r.code == 0 and info.id in r.err
     assert backend.current_lock() is None
     assert bp(repo, emu, "apply", "--auto-approve").code == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "table", "counts"),
+    [
+        # The key moved to a column whose old values repeat: one prod row is removed.
+        ([("env", "query_tag"), ("owner", "result_tag")], "env,owner\nprod,ana\ndev,cy\n",
+         {"added": 0, "changed": 2, "removed": 1, "unchanged": 0}),
+        # The key widened past the snapshot's columns (it had crashed the renderers).
+        ([("host", "query_tag"), ("env", "query_tag"), ("zone", "query_tag"),
+          ("region", "query_tag"), ("owner", "result_tag")],
+         "host,env,zone,region,owner\nh1,prod,,,ana\nh2,prod,eu,w,bob\nh3,dev,,,cy\n",
+         {"added": 1, "changed": 2, "removed": 1, "unchanged": 0}),
+    ],
+)  # fmt: skip
+def test_a_plan_after_the_key_changed_accounts_for_every_old_row(
+    tmp_path: Path, emu: Emulator, fields: list[tuple[str, str]], table: str, counts: dict
+) -> None:
+    from helpers import make_repo, manifest_yaml
+
+    old = [("host", "query_tag", None), ("env", "result_tag", None), ("owner", "result_tag", None)]
+    root = make_repo(
+        tmp_path,
+        manifests={"t": manifest_yaml("t.csv", old)},
+        tables={"t.csv": "host,env,owner\nh1,prod,ana\nh2,prod,bob\nh3,dev,cy\n"},
+    )
+    assert bp(root, emu, "apply", "--auto-approve").code == 0
+    (root / "tables" / "t.yaml").write_text(
+        manifest_yaml("t.csv", [(t, kind, None) for t, kind in fields])
+    )
+    (root / "tables" / "t.csv").write_text(table)
+    r = bp(root, emu, "plan", "--format", "json")
+    assert r.code == 0, r.text
+    (t,) = json.loads(r.out)["tables"]
+    assert t["rows"] == counts
+    assert t["table_rows"]["before"] == counts["changed"] + counts["removed"] + counts["unchanged"]
+    keys = [c["key"] for c in t["row_changes"]]
+    assert all(list(k) == t["key_columns"] for k in keys)
+    text = bp(root, emu, "plan")
+    assert text.code == 0 and f"{counts['removed']} to remove" in text.out, text.text

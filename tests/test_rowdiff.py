@@ -8,7 +8,7 @@ import random
 from contextlib import nullcontext
 from pathlib import Path
 
-from helpers import sorted_matching
+from helpers import diffs_every_way, sorted_matching
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -233,3 +233,46 @@ def test_unique_of_the_sorted_matcher_is_numpys(values: list[int]) -> None:
     want, want_inverse = np.unique(a, return_inverse=True)
     assert uniq.tolist() == want.tolist()
     assert inverse.tolist() == want_inverse.reshape(-1).tolist()
+
+
+def _diff_to_layout(tmp: Path, old: str, new: str, layout: TableLayout) -> list[RowDiff]:
+    """`new` (under `layout`, whose key the snapshot `old` may not have) against `old`,
+    every way; the ways agree."""
+    (tmp / "snap.csv").write_text(old)
+    (tmp / "t.csv").write_text(new)
+    results = diffs_every_way(tmp / "snap.csv", tmp / "t.csv", layout)
+    for d, problems in results:
+        assert problems == [] and d == results[0][0]
+    return [d for d, _ in results]
+
+
+def test_a_key_repeating_among_old_rows_removes_the_rows_it_does_not_pair(
+    tmp_path: Path,
+) -> None:
+    # The key changed since the snapshot (host -> env): two old rows share env=prod. Each old
+    # row is changed or removed, none is lost (before: 0 changed and 0 removed of 3 rows).
+    old = "host,env,owner\nh1,prod,ana\nh2,prod,bob\nh3,dev,cy\n"
+    new = "env,owner\nprod,ana\ndev,cy\n"
+    d = _diff_to_layout(tmp_path, old, new, TableLayout(("env", "owner"), (0,)))[0]
+    assert (d.added, d.changed, d.removed, d.unchanged) == (0, 2, 1, 0)
+    assert d.changed + d.removed == d.old_rows == 3
+    removed = [c for c in d.changes if c.op == REMOVE]
+    assert [(c.key, c.before) for c in removed] == [(("prod",), ("h1", "prod", "ana"))]
+    assert [c.key for c in d.changes] == [("dev",), ("prod",), ("prod",)]
+
+
+def test_a_key_column_the_snapshot_lacks_is_empty_in_its_rows_keys(tmp_path: Path) -> None:
+    # The key widened to columns the snapshot does not have: an old row's key holds its own
+    # cells, "" for the new columns (not the old row's first cells under the new titles, and
+    # no crash when the snapshot has fewer columns than the key).
+    old = "host,owner\nh1,ana\nh2,bob\n"
+    new = "host,zone,region,owner\nh1,,,ana\nh2,eu,west,bob\n"
+    layout = TableLayout(("host", "zone", "region", "owner"), (0, 1, 2))
+    d = _diff_to_layout(tmp_path, old, new, layout)[0]
+    assert [(c.op, c.key) for c in d.changes] == [
+        (CHANGE, ("h1", "", "")),
+        (REMOVE, ("h2", "", "")),
+        (ADD, ("h2", "eu", "west")),
+    ]
+    assert (d.added, d.changed, d.removed) == (1, 1, 1)
+    assert d.changes[1].before == ("h2", "bob")
