@@ -174,7 +174,7 @@ class RowChanges:
         return isinstance(other, RowChanges) and list(self) == list(other)
 
     def __hash__(self) -> int:
-        return hash((self._count, self._changes))
+        return hash(self._count)  # equal by rows, whichever way they are held
 
     def __repr__(self) -> str:
         return f"RowChanges({self._count} changes)"

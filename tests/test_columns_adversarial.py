@@ -464,3 +464,16 @@ def test_plan_json_text_and_saved_plan_agree_with_the_diff(tmp_path: Path) -> No
         assert code == 0, err
         assert "~ host=h003" in text and "- host=h007" in text and "+ host=n1" in text
         assert "~ host=h006" in text
+
+
+def test_row_changes_held_by_column_equal_and_hash_as_the_same_rows_held_as_objects(
+    tmp_path: Path,
+) -> None:
+    old = [(f"h{i}", "p", "o") for i in range(6)]
+    new = [(f"h{i}", "p", "x" if i % 2 else "o") for i in range(1, 8)]
+    ((d, _), *_) = _all_ways(tmp_path, _csv(HEADER, old), _csv(HEADER, new), ONE_KEY)
+    by_column, as_objects = RowChanges(d.changes), RowChanges(list(d.changes))
+    assert by_column.columns is not None and as_objects.columns is None
+    assert by_column == as_objects and len(by_column) == 6  # 3 changed, 2 added, 1 removed
+    assert hash(by_column) == hash(as_objects)
+    assert len({by_column, as_objects}) == 1
